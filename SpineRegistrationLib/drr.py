@@ -1,0 +1,234 @@
+"""The differentiable DRR renderer: line integrals of linear attenuation through a posed CT.
+
+A DRR pixel is the integral of mu (1/mm) along the ray from the X-ray source to the pixel
+centre, a dimensionless optical depth. The CT (or one vertebra of it) is placed in the
+world by a pose ``M`` (CT RAS -> world RAS, see :mod:`.pose`); rays are defined in world
+RAS by the detector geometry (:class:`.geometry.XrayGeometry`).
+
+How: the rays are mapped into continuous voxel indices once (:meth:`DRRRenderer.world_to_ijk`,
+the only place world millimetres become voxel indices) and integrated with Joseph's method
+(see :meth:`DRRRenderer._integrate`). Everything is differentiable with
+respect to the pose and to the detector geometry, batched over poses (B) and views (V),
+and runs on whatever device the volume buffer lives on.
+
+Shapes: pose (B, 4, 4); detector tensors (V, 3); images (B, V, rows, columns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .geometry import XrayGeometry
+from .pose import invert_rigid, transform_points
+from .volume import Volume
+
+#: Linear attenuation of water at ~60 keV effective energy, 1/mm.
+MU_WATER_PER_MM = 0.0206
+
+
+def hu_to_mu(hu: np.ndarray, mu_water_per_mm: float = MU_WATER_PER_MM) -> np.ndarray:
+    """Hounsfield units -> linear attenuation in 1/mm, ``mu_w * (1 + HU/1000)``, air and below clipped to 0."""
+    hu = np.asarray(hu, dtype=np.float32)
+    return (mu_water_per_mm * np.clip(1.0 + hu / 1000.0, 0.0, None)).astype(np.float32)
+
+
+@dataclass
+class Detectors:
+    """V X-ray views of one size as tensors (differentiable if they require grad).
+
+    source, origin, u, v: (V, 3) world RAS mm / unit vectors; spacing: (V, 2) mm (du, dv);
+    size: (columns, rows), shared by all views.
+    """
+
+    source: torch.Tensor
+    origin: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+    spacing: torch.Tensor
+    size: tuple[int, int]
+
+    @classmethod
+    def from_geometries(
+        cls, geometries: Sequence[XrayGeometry], dtype=torch.float32, device=None
+    ) -> "Detectors":
+        sizes = {g.size for g in geometries}
+        if len(sizes) != 1:
+            raise ValueError(f"views rendered together must share one size (columns, rows), got {sorted(sizes)}")
+
+        def stack(values):
+            return torch.as_tensor(np.stack(values), dtype=dtype, device=device)
+
+        return cls(
+            source=stack([g.source for g in geometries]),
+            origin=stack([g.detector_origin for g in geometries]),
+            u=stack([g.detector_u for g in geometries]),
+            v=stack([g.detector_v for g in geometries]),
+            spacing=stack([np.asarray(g.pixel_spacing) for g in geometries]),
+            size=sizes.pop(),
+        )
+
+    @property
+    def num_views(self) -> int:
+        return self.source.shape[0]
+
+
+class DRRRenderer(nn.Module):
+    """Render DRRs of one attenuation volume (whole CT, a vertebra ROI box, or a masked vertebra).
+
+    Args:
+        mu: Volume of linear attenuation in 1/mm (see :func:`hu_to_mu`).
+        mask: optional (K, J, I) bool array; voxels outside it are set to zero (vertebra alone).
+        roi_ijk: optional ((i0, j0, k0), (i1, j1, k1)) inclusive voxel bounds; the volume is
+            cropped to it. Defaults to the mask's bounding box when a mask is given.
+        samples_per_chunk: ray-slice samples per ``grid_sample`` call (bounds memory; with
+            autograd each chunk is recomputed in backward instead of stored).
+    """
+
+    def __init__(
+        self,
+        mu: Volume,
+        mask: np.ndarray | None = None,
+        roi_ijk: tuple[Sequence[int], Sequence[int]] | None = None,
+        samples_per_chunk: int = 1 << 23,
+    ) -> None:
+        super().__init__()
+        array = np.asarray(mu.array, dtype=np.float32)
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != array.shape:
+                raise ValueError(f"mask shape {mask.shape} does not match volume shape {array.shape}")
+            if not mask.any():
+                raise ValueError("mask is empty: nothing to render")
+            array = np.where(mask, array, 0.0).astype(np.float32)
+            if roi_ijk is None:
+                roi_ijk = _bounding_box_ijk(mask)
+        lo_ijk = np.zeros(3, dtype=int)
+        if roi_ijk is not None:
+            lo_ijk = np.clip(np.asarray(roi_ijk[0], dtype=int), 0, None)
+            hi_ijk = np.minimum(np.asarray(roi_ijk[1], dtype=int), np.array(mu.shape_ijk) - 1)
+            if np.any(hi_ijk < lo_ijk):
+                raise ValueError(f"ROI {roi_ijk} does not overlap the volume of size {mu.shape_ijk}")
+            array = array[lo_ijk[2] : hi_ijk[2] + 1, lo_ijk[1] : hi_ijk[1] + 1, lo_ijk[0] : hi_ijk[0] + 1]
+        # Cropping shifts index 0: the cropped grid's IJK->RAS starts at the ROI corner.
+        shift = np.eye(4)
+        shift[:3, 3] = lo_ijk
+        ras_to_ijk = np.linalg.inv(mu.ijk_to_ras @ shift)
+        self.register_buffer("mu", torch.from_numpy(np.ascontiguousarray(array))[None, None])
+        self.register_buffer("ras_to_ijk", torch.as_tensor(ras_to_ijk, dtype=torch.float32))
+        self.register_buffer("crop_ijk_to_ras", torch.as_tensor(mu.ijk_to_ras @ shift, dtype=torch.float32))
+        self.samples_per_chunk = int(samples_per_chunk)
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        k, j, i = self.mu.shape[-3:]
+        return i, j, k
+
+    def world_to_ijk(self, pose: torch.Tensor) -> torch.Tensor:
+        """(B, 4, 4) pose (CT RAS -> world) -> (B, 4, 4) world RAS mm -> continuous (i, j, k) of the crop."""
+        return self.ras_to_ijk.to(pose.dtype) @ invert_rigid(pose)
+
+    def forward(self, pose: torch.Tensor, detectors: Detectors) -> torch.Tensor:
+        """Render (B, V, rows, columns) DRRs (optical depth) for poses (B, 4, 4) and V views."""
+        if pose.ndim != 3 or pose.shape[-2:] != (4, 4):
+            raise ValueError(f"pose must have shape (B, 4, 4), got {tuple(pose.shape)}")
+        columns, rows = detectors.size
+        dtype = self.mu.dtype
+        col = torch.arange(columns, dtype=dtype, device=pose.device)
+        row = torch.arange(rows, dtype=dtype, device=pose.device)
+        step_u = (detectors.u * detectors.spacing[:, :1]).to(dtype)  # (V, 3) mm per column
+        step_v = (detectors.v * detectors.spacing[:, 1:]).to(dtype)  # (V, 3) mm per row
+        pixels = (
+            detectors.origin.to(dtype)[:, None, None]
+            + row[:, None, None] * step_v[:, None, None]
+            + col[None, :, None] * step_u[:, None, None]
+        )  # (V, rows, columns, 3) world RAS mm
+        source = detectors.source.to(dtype)
+        length_mm = torch.linalg.vector_norm(pixels - source[:, None, None], dim=-1)  # (V, rows, columns)
+        to_ijk = self.world_to_ijk(pose.to(dtype))[:, None]  # (B, 1, 4, 4)
+        src = transform_points(to_ijk, source[None, :, None])[:, :, 0]  # (B, V, 3) voxel indices
+        pix = transform_points(to_ijk, pixels.flatten(1, 2)[None])  # (B, V, rows*columns, 3)
+        direction = pix - src[:, :, None]
+        images = [
+            self._integrate(src[b, v], direction[b, v], length_mm[v].flatten())
+            for b in range(pose.shape[0])
+            for v in range(detectors.num_views)
+        ]
+        return torch.stack(images).reshape(pose.shape[0], detectors.num_views, rows, columns)
+
+    def _integrate(self, src: torch.Tensor, direction: torch.Tensor, length_mm: torch.Tensor) -> torch.Tensor:
+        """Line integrals of mu along N rays ``src + t * direction``, t in [0, 1] -> (N,).
+
+        Joseph's method: the rays of one view are cut by the slices perpendicular to the
+        axis they run most along, and mu is bilinearly interpolated in each slice (one 2D
+        ``grid_sample`` over all slices at once, ~25x faster on CPU than 3D trilinear
+        sampling at the same accuracy). The sum over slices of the piecewise-linear
+        interpolant is exactly its integral along that axis; each slice stands for a path
+        length of ``length_mm / |direction[axis]|``.
+        """
+        axis = int(direction.detach().abs().mean(0).argmax())
+        slices, to_grid = self._slices(axis)
+        outputs = []
+        per_chunk = max(1, self.samples_per_chunk // slices.shape[0])
+        for start in range(0, direction.shape[0], per_chunk):
+            part = slice(start, start + per_chunk)
+            args = (src, direction[part], length_mm[part])
+            if torch.is_grad_enabled() and (src.requires_grad or direction.requires_grad):
+                outputs.append(checkpoint(self._joseph_chunk, slices, to_grid, axis, *args, use_reentrant=False))
+            else:
+                outputs.append(self._joseph_chunk(slices, to_grid, axis, *args))
+        return torch.cat(outputs)
+
+    def _slices(self, axis: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The volume as a stack of 2D slices across ``axis`` (0=i, 1=j, 2=k): (n, 1, H, W).
+
+        Returns it with the (ijk) axes that map to the slice's W and H (grid x, y).
+        """
+        volume = self.mu[0, 0]  # (K, J, I)
+        if axis == 0:
+            return volume.permute(2, 0, 1)[:, None], (1, 2)  # (I, 1, K, J): x = j, y = k
+        if axis == 1:
+            return volume.permute(1, 0, 2)[:, None], (0, 2)  # (J, 1, K, I): x = i, y = k
+        return volume[:, None], (0, 1)  # (K, 1, J, I): x = i, y = j
+
+    def _joseph_chunk(self, slices, to_grid, axis, src, direction, length_mm) -> torch.Tensor:
+        count = slices.shape[0]
+        plane = torch.arange(count, dtype=src.dtype, device=src.device)
+        d_axis = direction[:, axis]
+        d_axis = torch.where(d_axis.abs() < 1e-12, torch.full_like(d_axis, 1e-12), d_axis)
+        t = (plane[:, None] - src[axis]) / d_axis  # (n_slices, N) ray parameter at each slice
+        inside = ((t >= 0.0) & (t <= 1.0)).to(src.dtype)
+        sizes = torch.tensor(self.shape_ijk, dtype=src.dtype, device=src.device)
+        coords = [src[a] + t * direction[:, a] for a in to_grid]  # two (n_slices, N)
+        grid = torch.stack(
+            [2.0 * coords[n] / (sizes[a] - 1).clamp(min=1) - 1.0 for n, a in enumerate(to_grid)], -1
+        )  # align_corners=True normalisation, (n_slices, N, 2)
+        values = F.grid_sample(slices, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=True)
+        return (values[:, 0, 0] * inside).sum(0) * length_mm / d_axis.abs()
+
+
+def _bounding_box_ijk(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive (i, j, k) bounds of the True voxels of a (K, J, I) mask."""
+    k, j, i = np.nonzero(mask)
+    return np.array([i.min(), j.min(), k.min()]), np.array([i.max(), j.max(), k.max()])
+
+
+def render_drr(
+    mu: Volume,
+    geometry: XrayGeometry,
+    matrix_ras: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """One DRR as a (rows, columns) float32 array: convenience wrapper around :class:`DRRRenderer`."""
+    renderer = DRRRenderer(mu, mask=mask).to(device)
+    pose = torch.as_tensor(np.eye(4) if matrix_ras is None else matrix_ras, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        image = renderer(pose[None], Detectors.from_geometries([geometry], device=device))
+    return image[0, 0].cpu().numpy()

@@ -1,0 +1,70 @@
+"""The in-memory 3D image: a voxel array and its IJK -> RAS matrix.
+
+Array order follows SimpleITK and ``slicer.util.arrayFromVolume``: ``array[k, j, i]``
+(slowest axis first), while the matrix maps column vectors ``[i, j, k, 1]`` to RAS mm,
+exactly like a Slicer volume node's IJKToRAS matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .frames import apply_matrix
+
+
+@dataclass
+class Volume:
+    """A 3D image in RAS.
+
+    array: (K, J, I) voxel values (HU for CT, integer labels for a labelmap).
+    ijk_to_ras: (4, 4) float64, RAS mm = ijk_to_ras @ [i, j, k, 1].
+    """
+
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=np.float64)
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume array must be 3D (K, J, I), got shape {self.array.shape}")
+        if self.ijk_to_ras.shape != (4, 4):
+            raise ValueError(f"ijk_to_ras must be 4x4, got {self.ijk_to_ras.shape}")
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        """Voxel counts along (I, J, K)."""
+        k, j, i = self.array.shape
+        return i, j, k
+
+    @property
+    def spacing_mm(self) -> np.ndarray:
+        """(3,) voxel size along I, J, K in mm."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def ras_to_ijk(self) -> np.ndarray:
+        return np.linalg.inv(self.ijk_to_ras)
+
+    def ijk_to_ras_points(self, points_ijk: np.ndarray) -> np.ndarray:
+        """(..., 3) continuous voxel indices (i, j, k) -> RAS mm."""
+        return apply_matrix(self.ijk_to_ras, points_ijk)
+
+    def ras_to_ijk_points(self, points_ras: np.ndarray) -> np.ndarray:
+        """(..., 3) RAS mm -> continuous voxel indices (i, j, k)."""
+        return apply_matrix(self.ras_to_ijk, points_ras)
+
+    def bounds_ras(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned RAS box (min, max) enclosing all voxel centres."""
+        ni, nj, nk = self.shape_ijk
+        corners = np.array([[i, j, k] for i in (0, ni - 1) for j in (0, nj - 1) for k in (0, nk - 1)], float)
+        ras = self.ijk_to_ras_points(corners)
+        return ras.min(axis=0), ras.max(axis=0)
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """Same grid, other voxel values (e.g. a mask or mu instead of HU)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} does not match volume shape {self.array.shape}")
+        return Volume(array, self.ijk_to_ras.copy())
