@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .geometry import XrayGeometry
 from .pose import invert_rigid, transform_points
-from .volume import Volume
+from .volume import Volume, bounding_box_ijk
 
 #: Linear attenuation of water at ~60 keV effective energy, 1/mm.
 MU_WATER_PER_MM = 0.0206
@@ -85,8 +85,9 @@ class DRRRenderer(nn.Module):
     Args:
         mu: Volume of linear attenuation in 1/mm (see :func:`hu_to_mu`).
         mask: optional (K, J, I) bool array; voxels outside it are set to zero (vertebra alone).
-        roi_ijk: optional ((i0, j0, k0), (i1, j1, k1)) inclusive voxel bounds; the volume is
-            cropped to it. Defaults to the mask's bounding box when a mask is given.
+        roi_ijk: optional (start_ijk, stop_ijk) voxel box, stop exclusive (as
+            :func:`.volume.bounding_box_ijk` returns); the volume is cropped to it.
+            Defaults to the mask's bounding box when a mask is given.
         samples_per_chunk: ray-slice samples per ``grid_sample`` call (bounds memory; with
             autograd each chunk is recomputed in backward instead of stored).
     """
@@ -108,14 +109,14 @@ class DRRRenderer(nn.Module):
                 raise ValueError("mask is empty: nothing to render")
             array = np.where(mask, array, 0.0).astype(np.float32)
             if roi_ijk is None:
-                roi_ijk = _bounding_box_ijk(mask)
+                roi_ijk = bounding_box_ijk(mask)
         lo_ijk = np.zeros(3, dtype=int)
         if roi_ijk is not None:
             lo_ijk = np.clip(np.asarray(roi_ijk[0], dtype=int), 0, None)
-            hi_ijk = np.minimum(np.asarray(roi_ijk[1], dtype=int), np.array(mu.shape_ijk) - 1)
-            if np.any(hi_ijk < lo_ijk):
+            hi_ijk = np.minimum(np.asarray(roi_ijk[1], dtype=int), np.array(mu.shape_ijk))
+            if np.any(hi_ijk <= lo_ijk):
                 raise ValueError(f"ROI {roi_ijk} does not overlap the volume of size {mu.shape_ijk}")
-            array = array[lo_ijk[2] : hi_ijk[2] + 1, lo_ijk[1] : hi_ijk[1] + 1, lo_ijk[0] : hi_ijk[0] + 1]
+            array = array[lo_ijk[2] : hi_ijk[2], lo_ijk[1] : hi_ijk[1], lo_ijk[0] : hi_ijk[0]]
         # Cropping shifts index 0: the cropped grid's IJK->RAS starts at the ROI corner.
         shift = np.eye(4)
         shift[:3, 3] = lo_ijk
@@ -211,12 +212,6 @@ class DRRRenderer(nn.Module):
         )  # align_corners=True normalisation, (n_slices, N, 2)
         values = F.grid_sample(slices, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=True)
         return (values[:, 0, 0] * inside).sum(0) * length_mm / d_axis.abs()
-
-
-def _bounding_box_ijk(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive (i, j, k) bounds of the True voxels of a (K, J, I) mask."""
-    k, j, i = np.nonzero(mask)
-    return np.array([i.min(), j.min(), k.min()]), np.array([i.max(), j.max(), k.max()])
 
 
 def render_drr(

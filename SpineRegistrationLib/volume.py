@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
 from .frames import apply_matrix
 
 
@@ -68,3 +69,27 @@ class Volume:
         if array.shape != self.array.shape:
             raise ValueError(f"array shape {array.shape} does not match volume shape {self.array.shape}")
         return Volume(array, self.ijk_to_ras.copy())
+
+
+def bounding_box_ijk(mask: np.ndarray, margin_vox: int | tuple[int, int, int] = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel box around a (K, J, I) mask, grown by ``margin_vox`` and clipped to the array.
+
+    Returns (start_ijk, stop_ijk): (3,) int arrays in (i, j, k) order, stop exclusive, so
+    ``array[k0:k1, j0:j1, i0:i1]`` is the crop. Raises InputError for an empty mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3D (K, J, I), got shape {mask.shape}")
+    if not mask.any():
+        raise InputError("cannot take the bounding box of an empty mask")
+    margin = np.broadcast_to(np.asarray(margin_vox, dtype=int), (3,))
+    shape_ijk = np.array(mask.shape[::-1])
+    start, stop = [], []
+    for axis_kji in range(3):
+        other = tuple(a for a in range(3) if a != axis_kji)
+        hits = np.flatnonzero(mask.any(axis=other))
+        start.append(hits[0])
+        stop.append(hits[-1] + 1)
+    start_ijk = np.maximum(np.array(start[::-1]) - margin, 0)
+    stop_ijk = np.minimum(np.array(stop[::-1]) + margin, shape_ijk)
+    return start_ijk, stop_ijk

@@ -57,3 +57,35 @@ def staged_output_dir(path: str | os.PathLike, overwrite: bool = False):
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
+
+
+def check_device(name: str):
+    """A torch device by name; InputError for an unknown one or CUDA without a GPU."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; expected cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but no CUDA GPU is available")
+    return device
+
+
+def check_in_view(volume, mask, matrix_ras, geometry, what: str) -> None:
+    """InputError unless the posed object's centre projects inside the detector and in front of the source.
+
+    ``mask`` (K, J, I) selects the object inside ``volume`` (None: the whole volume).
+    """
+    import numpy as np
+
+    from ..frames import apply_matrix
+
+    if mask is None:
+        low, high = volume.bounds_ras()
+        center = (low + high) / 2
+    else:
+        k, j, i = np.nonzero(mask)
+        center = volume.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))
+    if not geometry.sees(apply_matrix(matrix_ras, center)[None])[0]:
+        raise InputError(f"the X-ray geometry does not see {what}: its centre projects outside the detector")

@@ -1,0 +1,70 @@
+"""``spinereg drr``: render a DRR of a CT (or of one vertebra) for an X-ray geometry.
+
+Examples::
+
+    spinereg drr --ct ct.nii.gz --geometry ap.json --out ap_drr.nrrd
+    spinereg drr --ct ct.nii.gz --seg seg.nii.gz --vertebra L1 --geometry lat.json \\
+        --transform L1.h5 --out l1_lat.png
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "drr",
+        help="render a digitally reconstructed radiograph (whole CT or one vertebra)",
+        description=(
+            "Render the line integral of linear attenuation (1/mm, from HU) from the X-ray source "
+            "to every detector pixel: an optical depth, bone bright. .nrrd/.mha keep float values; "
+            ".png stores them scaled to 16 bits."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--ct", required=True, metavar="CT", help="CT volume in HU (NIfTI, NRRD, MHA, DICOM folder)")
+    parser.add_argument("--seg", metavar="SEG", help="vertebra labelmap or Slicer .seg.nrrd (with --vertebra)")
+    parser.add_argument("--vertebra", metavar="NAME", help="render this vertebra alone (e.g. L1, or a raw label)")
+    parser.add_argument("--label-scheme", default="auto", help="label numbering of --seg: auto, verse or totalseg")
+    parser.add_argument("--geometry", required=True, metavar="G.json", help="spinereg-xray-geometry JSON sidecar")
+    parser.add_argument(
+        "--transform", metavar="T",
+        help="pose of the CT (CT RAS -> world): ITK transform (.h5/.tfm) or JSON matrix_ras (default: identity)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument("--out", required=True, metavar="DRR", help="output image (.nrrd, .mha, .nii.gz or .png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..drr import hu_to_mu, render_drr
+    from ..errors import InputError
+    from ..geometry import load_geometry
+    from ..io import read_labelmap, read_rigid_matrix, read_volume, vertebra_mask, write_xray
+    from .common import check_device, check_in_view, new_output_file
+
+    out = new_output_file(args.out, args.overwrite)
+    if bool(args.seg) != bool(args.vertebra):
+        raise InputError("--seg and --vertebra go together: give both to render one vertebra, or neither")
+    device = check_device(args.device)
+    geometry = load_geometry(args.geometry)
+    ct = read_volume(args.ct)
+    matrix = np.eye(4) if args.transform is None else read_rigid_matrix(args.transform)
+    mask = None
+    if args.seg:
+        labelmap = read_labelmap(args.seg, args.label_scheme)
+        if labelmap.volume.array.shape != ct.array.shape or not np.allclose(
+            labelmap.volume.ijk_to_ras, ct.ijk_to_ras, atol=1e-3
+        ):
+            raise InputError(f"segmentation {args.seg} does not share the CT's voxel grid")
+        mask = vertebra_mask(labelmap, args.vertebra)
+    check_in_view(ct, mask, matrix, geometry, what=args.vertebra or "the CT")
+    image = render_drr(ct.with_array(hu_to_mu(ct.array)), geometry, matrix_ras=matrix, mask=mask, device=device)
+    write_xray(image, out)
+    print(f"wrote {out} ({geometry.columns}x{geometry.rows}, max optical depth {image.max():.3f})")
+    return 0
