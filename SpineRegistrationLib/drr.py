@@ -16,6 +16,8 @@ Shapes: pose (B, 4, 4); detector tensors (V, 3); images (B, V, rows, columns).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -136,32 +138,62 @@ class DRRRenderer(nn.Module):
         return self.ras_to_ijk.to(pose.dtype) @ invert_rigid(pose)
 
     def forward(self, pose: torch.Tensor, detectors: Detectors) -> torch.Tensor:
-        """Render (B, V, rows, columns) DRRs (optical depth) for poses (B, 4, 4) and V views."""
+        """Render (B, V, rows, columns) DRRs (optical depth) for poses (B, 4, 4) and V views.
+
+        Only the rays through the detector window that the posed volume box projects onto
+        are traced (a vertebra covers a few percent of an X-ray); the rest are zero.
+        """
         if pose.ndim != 3 or pose.shape[-2:] != (4, 4):
             raise ValueError(f"pose must have shape (B, 4, 4), got {tuple(pose.shape)}")
         columns, rows = detectors.size
         dtype = self.mu.dtype
-        col = torch.arange(columns, dtype=dtype, device=pose.device)
-        row = torch.arange(rows, dtype=dtype, device=pose.device)
-        step_u = (detectors.u * detectors.spacing[:, :1]).to(dtype)  # (V, 3) mm per column
-        step_v = (detectors.v * detectors.spacing[:, 1:]).to(dtype)  # (V, 3) mm per row
-        pixels = (
-            detectors.origin.to(dtype)[:, None, None]
-            + row[:, None, None] * step_v[:, None, None]
-            + col[None, :, None] * step_u[:, None, None]
-        )  # (V, rows, columns, 3) world RAS mm
-        source = detectors.source.to(dtype)
-        length_mm = torch.linalg.vector_norm(pixels - source[:, None, None], dim=-1)  # (V, rows, columns)
-        to_ijk = self.world_to_ijk(pose.to(dtype))[:, None]  # (B, 1, 4, 4)
-        src = transform_points(to_ijk, source[None, :, None])[:, :, 0]  # (B, V, 3) voxel indices
-        pix = transform_points(to_ijk, pixels.flatten(1, 2)[None])  # (B, V, rows*columns, 3)
-        direction = pix - src[:, :, None]
-        images = [
-            self._integrate(src[b, v], direction[b, v], length_mm[v].flatten())
-            for b in range(pose.shape[0])
-            for v in range(detectors.num_views)
-        ]
-        return torch.stack(images).reshape(pose.shape[0], detectors.num_views, rows, columns)
+        pose = pose.to(dtype)
+        to_ijk = self.world_to_ijk(pose)  # (B, 4, 4)
+        images = pose.new_zeros(pose.shape[0], detectors.num_views, rows, columns)
+        for b in range(pose.shape[0]):
+            for v in range(detectors.num_views):
+                source = detectors.source[v].to(dtype)
+                origin = detectors.origin[v].to(dtype)
+                step_u = (detectors.u[v] * detectors.spacing[v, 0]).to(dtype)  # mm per column
+                step_v = (detectors.v[v] * detectors.spacing[v, 1]).to(dtype)  # mm per row
+                r0, r1, c0, c1 = self._window(pose[b].detach(), source, origin, step_u, step_v, rows, columns)
+                if r1 <= r0 or c1 <= c0:
+                    continue
+                row = torch.arange(r0, r1, dtype=dtype, device=pose.device)
+                col = torch.arange(c0, c1, dtype=dtype, device=pose.device)
+                pixels = origin + row[:, None, None] * step_v + col[None, :, None] * step_u  # world RAS mm
+                length_mm = torch.linalg.vector_norm(pixels - source, dim=-1).flatten()
+                src = transform_points(to_ijk[b], source[None])[0]  # voxel indices
+                direction = transform_points(to_ijk[b], pixels.flatten(0, 1)) - src
+                window = self._integrate(src, direction, length_mm).reshape(r1 - r0, c1 - c0)
+                images[b, v, r0:r1, c0:c1] = window
+        return images
+
+    def _window(self, pose, source, origin, step_u, step_v, rows: int, columns: int) -> tuple[int, int, int, int]:
+        """Detector rows [r0, r1) and columns [c0, c1) that the posed volume box can reach.
+
+        The box is the interpolation support [-1, n] in voxels; its 8 corners are projected
+        onto the detector plane. A box reaching behind the source gets the whole detector.
+        """
+        with torch.no_grad():
+            ni, nj, nk = self.shape_ijk
+            corners = torch.tensor(
+                [[i, j, k] for i in (-1, ni) for j in (-1, nj) for k in (-1, nk)], dtype=pose.dtype, device=pose.device
+            )
+            world = transform_points(pose @ self.crop_ijk_to_ras.to(pose.dtype), corners)
+            normal = torch.linalg.cross(step_u, step_v)
+            normal = normal * torch.sign((origin - source) @ normal)  # towards the detector
+            depth = (world - source) @ normal
+            if bool((depth <= 0).any()):
+                return 0, rows, 0, columns
+            hit = source + (world - source) * (((origin - source) @ normal) / depth)[:, None]
+            col = (hit - origin) @ step_u / (step_u @ step_u)
+            row = (hit - origin) @ step_v / (step_v @ step_v)
+            c0 = max(0, int(math.floor(col.min().item())) - 1)
+            c1 = min(columns, int(math.ceil(col.max().item())) + 2)
+            r0 = max(0, int(math.floor(row.min().item())) - 1)
+            r1 = min(rows, int(math.ceil(row.max().item())) + 2)
+        return r0, r1, c0, c1
 
     def _integrate(self, src: torch.Tensor, direction: torch.Tensor, length_mm: torch.Tensor) -> torch.Tensor:
         """Line integrals of mu along N rays ``src + t * direction``, t in [0, 1] -> (N,).
@@ -205,11 +237,11 @@ class DRRRenderer(nn.Module):
         d_axis = torch.where(d_axis.abs() < 1e-12, torch.full_like(d_axis, 1e-12), d_axis)
         t = (plane[:, None] - src[axis]) / d_axis  # (n_slices, N) ray parameter at each slice
         inside = ((t >= 0.0) & (t <= 1.0)).to(src.dtype)
-        sizes = torch.tensor(self.shape_ijk, dtype=src.dtype, device=src.device)
-        coords = [src[a] + t * direction[:, a] for a in to_grid]  # two (n_slices, N)
-        grid = torch.stack(
-            [2.0 * coords[n] / (sizes[a] - 1).clamp(min=1) - 1.0 for n, a in enumerate(to_grid)], -1
-        )  # align_corners=True normalisation, (n_slices, N, 2)
+        # In-slice coordinates, normalised for grid_sample (align_corners=True: index 0 -> -1, n-1 -> +1).
+        scale = 2.0 / (torch.tensor(self.shape_ijk, dtype=src.dtype, device=src.device)[list(to_grid)] - 1).clamp(min=1)
+        start = src[list(to_grid)] * scale - 1.0  # (2,)
+        slope = direction[:, list(to_grid)] * scale  # (N, 2)
+        grid = start + t[..., None] * slope  # (n_slices, N, 2)
         values = F.grid_sample(slices, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=True)
         return (values[:, 0, 0] * inside).sum(0) * length_mm / d_axis.abs()
 
