@@ -1,8 +1,9 @@
 """Review figures: X-rays with the DRR blended over them, written as PNG.
 
-False-colour overlay: the X-ray drives magenta (red + blue), the DRR drives green, so
-where they agree bone looks grey/white, bone seen only on the X-ray is magenta and bone
-only in the DRR is green — the way registration results are usually judged by eye.
+The DRR is blended in green over the grey X-ray with an opacity that grows with its
+intensity (as Slicer blends a foreground volume over a background), so a registered
+vertebra's green outline lies exactly on its X-ray shadow and a misregistered one is
+visibly offset.
 """
 
 from __future__ import annotations
@@ -20,20 +21,15 @@ def normalize(image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.5))
     return np.clip((image - low) / max(high - low, 1e-12), 0.0, 1.0)
 
 
-def overlay_rgb(xray: np.ndarray, drr: np.ndarray, drr_mask: np.ndarray | None = None) -> np.ndarray:
-    """(rows, cols) X-ray and DRR -> (rows, cols, 3) uint8 false-colour overlay.
-
-    ``drr_mask`` limits the green channel's blend to where the DRR has content (a
-    vertebra's DRR is zero elsewhere, and the X-ray shows through in grey there).
-    """
+def overlay_rgb(xray: np.ndarray, drr: np.ndarray, opacity: float = 0.65) -> np.ndarray:
+    """(rows, cols) X-ray and DRR -> (rows, cols, 3) uint8: the DRR in green over the grey X-ray."""
     if xray.shape != drr.shape:
         raise ValueError(f"X-ray {xray.shape} and DRR {drr.shape} must have the same shape")
-    gray = normalize(xray)
+    gray = normalize(xray)[..., None]
     positive = drr[drr > 0]
-    green = np.clip(drr / np.percentile(positive, 99.5), 0, 1) if positive.size else np.zeros_like(gray)
-    if drr_mask is None:
-        drr_mask = np.ones_like(gray, dtype=bool)
-    rgb = np.stack([gray, np.where(drr_mask, green, gray), gray], axis=-1)
+    weight = np.clip(drr / np.percentile(positive, 99.0), 0, 1) if positive.size else np.zeros_like(drr)
+    alpha = (opacity * weight)[..., None]
+    rgb = gray * (1 - alpha) + alpha * np.array([0.15, 1.0, 0.25])
     return (rgb * 255).round().astype(np.uint8)
 
 

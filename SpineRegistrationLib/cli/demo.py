@@ -2,7 +2,7 @@
 
 Generates the phantom and its AP/LAT X-rays (vertebrae moved by a known pose), renders the
 DRR of every vertebra at its initial pose (identity: the CT as scanned) and at the known
-pose, and writes ``overlay.png`` (X-ray magenta, DRR green: grey where they agree) and
+pose, and writes ``overlay.png`` (the DRR in green over each X-ray) and
 ``summary.json``.
 """
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                         drrs[stage][view] += renderer(pose, detector)[0, 0].cpu().numpy()
                     render_s.append(time.perf_counter() - tick)
         print("[3/3] writing overlay.png and summary.json ...", file=sys.stderr)
-        panels = [overlay_rgb(image, drrs[stage][view], drrs[stage][view] > 0)
+        panels = [overlay_rgb(image, drrs[stage][view])
                   for stage in stages for view, image in enumerate(case.images)]
         write_png(np.concatenate([tile(panels[:2]), np.full((8, tile(panels[:2]).shape[1], 3), 24, np.uint8),
                                   tile(panels[2:])]), staging / "overlay.png")
