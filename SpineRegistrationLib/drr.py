@@ -90,8 +90,11 @@ class DRRRenderer(nn.Module):
         roi_ijk: optional (start_ijk, stop_ijk) voxel box, stop exclusive (as
             :func:`.volume.bounding_box_ijk` returns); the volume is cropped to it.
             Defaults to the mask's bounding box when a mask is given.
-        samples_per_chunk: ray-slice samples per ``grid_sample`` call (bounds memory; with
-            autograd each chunk is recomputed in backward instead of stored).
+        downsample: average blocks of this many voxels per axis after cropping (a coarser
+            volume for coarse detector resolutions: 8x fewer voxels per factor 2, same mass).
+        samples_per_chunk: ray-slice samples per ``grid_sample`` call (bounds memory; when a
+            render needs several chunks under autograd, each is recomputed in backward
+            instead of stored).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class DRRRenderer(nn.Module):
         mu: Volume,
         mask: np.ndarray | None = None,
         roi_ijk: tuple[Sequence[int], Sequence[int]] | None = None,
+        downsample: int = 1,
         samples_per_chunk: int = 1 << 23,
     ) -> None:
         super().__init__()
@@ -119,14 +123,20 @@ class DRRRenderer(nn.Module):
             if np.any(hi_ijk <= lo_ijk):
                 raise ValueError(f"ROI {roi_ijk} does not overlap the volume of size {mu.shape_ijk}")
             array = array[lo_ijk[2] : hi_ijk[2], lo_ijk[1] : hi_ijk[1], lo_ijk[0] : hi_ijk[0]]
-        # Cropping shifts index 0: the cropped grid's IJK->RAS starts at the ROI corner.
-        shift = np.eye(4)
-        shift[:3, 3] = lo_ijk
-        ras_to_ijk = np.linalg.inv(mu.ijk_to_ras @ shift)
+        # Cropping shifts index 0 to the ROI corner; block averaging scales the index and
+        # centres new voxel 0 on old index (f - 1) / 2.
+        factor = int(downsample)
+        if factor < 1:
+            raise ValueError(f"downsample must be an integer >= 1, got {downsample}")
+        index_map = np.diag([factor, factor, factor, 1.0])
+        index_map[:3, 3] = lo_ijk + (factor - 1) / 2.0
+        array = _block_mean(array, factor)
+        crop_ijk_to_ras = mu.ijk_to_ras @ index_map
         self.register_buffer("mu", torch.from_numpy(np.ascontiguousarray(array))[None, None])
-        self.register_buffer("ras_to_ijk", torch.as_tensor(ras_to_ijk, dtype=torch.float32))
-        self.register_buffer("crop_ijk_to_ras", torch.as_tensor(mu.ijk_to_ras @ shift, dtype=torch.float32))
+        self.register_buffer("ras_to_ijk", torch.as_tensor(np.linalg.inv(crop_ijk_to_ras), dtype=torch.float32))
+        self.register_buffer("crop_ijk_to_ras", torch.as_tensor(crop_ijk_to_ras, dtype=torch.float32))
         self.samples_per_chunk = int(samples_per_chunk)
+        self._slice_cache: dict = {}
 
     @property
     def shape_ijk(self) -> tuple[int, int, int]:
@@ -209,26 +219,34 @@ class DRRRenderer(nn.Module):
         slices, to_grid = self._slices(axis)
         outputs = []
         per_chunk = max(1, self.samples_per_chunk // slices.shape[0])
+        chunked = direction.shape[0] > per_chunk
         for start in range(0, direction.shape[0], per_chunk):
             part = slice(start, start + per_chunk)
             args = (src, direction[part], length_mm[part])
-            if torch.is_grad_enabled() and (src.requires_grad or direction.requires_grad):
+            if chunked and torch.is_grad_enabled() and (src.requires_grad or direction.requires_grad):
                 outputs.append(checkpoint(self._joseph_chunk, slices, to_grid, axis, *args, use_reentrant=False))
             else:
                 outputs.append(self._joseph_chunk(slices, to_grid, axis, *args))
         return torch.cat(outputs)
 
     def _slices(self, axis: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The volume as a stack of 2D slices across ``axis`` (0=i, 1=j, 2=k): (n, 1, H, W).
+        """The volume as a contiguous stack of 2D slices across ``axis`` (0=i, 1=j, 2=k): (n, 1, H, W).
 
-        Returns it with the (ijk) axes that map to the slice's W and H (grid x, y).
+        Returns it with the (ijk) axes that map to the slice's W and H (grid x, y). Cached
+        per axis for the current buffer (moving the module to another device renews it).
         """
-        volume = self.mu[0, 0]  # (K, J, I)
-        if axis == 0:
-            return volume.permute(2, 0, 1)[:, None], (1, 2)  # (I, 1, K, J): x = j, y = k
-        if axis == 1:
-            return volume.permute(1, 0, 2)[:, None], (0, 2)  # (J, 1, K, I): x = i, y = k
-        return volume[:, None], (0, 1)  # (K, 1, J, I): x = i, y = j
+        key = (axis, self.mu.data_ptr(), self.mu.dtype, self.mu.device)
+        if key not in self._slice_cache:
+            volume = self.mu[0, 0]  # (K, J, I)
+            if axis == 0:
+                stack, to_grid = volume.permute(2, 0, 1), (1, 2)  # (I, K, J): x = j, y = k
+            elif axis == 1:
+                stack, to_grid = volume.permute(1, 0, 2), (0, 2)  # (J, K, I): x = i, y = k
+            else:
+                stack, to_grid = volume, (0, 1)  # (K, J, I): x = i, y = j
+            self._slice_cache = {k: v for k, v in self._slice_cache.items() if k[1] == key[1]}
+            self._slice_cache[key] = (stack.contiguous()[:, None], to_grid)
+        return self._slice_cache[key]
 
     def _joseph_chunk(self, slices, to_grid, axis, src, direction, length_mm) -> torch.Tensor:
         count = slices.shape[0]
@@ -236,14 +254,30 @@ class DRRRenderer(nn.Module):
         d_axis = direction[:, axis]
         d_axis = torch.where(d_axis.abs() < 1e-12, torch.full_like(d_axis, 1e-12), d_axis)
         t = (plane[:, None] - src[axis]) / d_axis  # (n_slices, N) ray parameter at each slice
-        inside = ((t >= 0.0) & (t <= 1.0)).to(src.dtype)
+        # Slices behind the source or beyond the detector do not count (only possible when
+        # the source or a pixel lies within the volume's slab along ``axis``).
+        end = src[axis] + direction[:, axis]
+        inside = None
+        if bool(((src[axis] > -1) & (src[axis] < count)).any() or ((end > -1) & (end < count)).any()):
+            inside = ((t >= 0.0) & (t <= 1.0)).to(src.dtype)
         # In-slice coordinates, normalised for grid_sample (align_corners=True: index 0 -> -1, n-1 -> +1).
         scale = 2.0 / (torch.tensor(self.shape_ijk, dtype=src.dtype, device=src.device)[list(to_grid)] - 1).clamp(min=1)
         start = src[list(to_grid)] * scale - 1.0  # (2,)
         slope = direction[:, list(to_grid)] * scale  # (N, 2)
         grid = start + t[..., None] * slope  # (n_slices, N, 2)
         values = F.grid_sample(slices, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=True)
-        return (values[:, 0, 0] * inside).sum(0) * length_mm / d_axis.abs()
+        values = values[:, 0, 0] if inside is None else values[:, 0, 0] * inside
+        return values.sum(0) * length_mm / d_axis.abs()
+
+
+def _block_mean(array: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor^3 blocks of a (K, J, I) array, zero-padded at the far end to a multiple."""
+    if factor == 1:
+        return array
+    pad = [(0, -n % factor) for n in array.shape]
+    padded = np.pad(array, pad)
+    k, j, i = (n // factor for n in padded.shape)
+    return padded.reshape(k, factor, j, factor, i, factor).mean(axis=(1, 3, 5)).astype(np.float32)
 
 
 def render_drr(

@@ -277,6 +277,21 @@ class XrayGeometry:
             raise InputError(f"scale factor must be a finite number > 0, got {factor!r}")
         return self.resized(*(max(1, math.floor(n / factor + 0.5)) for n in self.size))
 
+    def cropped(self, col0: int, row0: int, cols: int, rows: int) -> XrayGeometry:
+        """The sub-detector of ``cols`` x ``rows`` pixels whose pixel (0, 0) is this one's (col0, row0).
+
+        Matches ``image[row0:row0 + rows, col0:col0 + cols]``; the window may extend past
+        the detector (a larger virtual detector in the same plane).
+        """
+        return XrayGeometry(
+            source=self.source.copy(),
+            detector_origin=self.pixel_to_ras(col0, row0),
+            detector_u=self.detector_u.copy(),
+            detector_v=self.detector_v.copy(),
+            pixel_spacing=self.pixel_spacing,
+            size=(cols, rows),
+        )
+
 
 # ---------------------------------------------------------------------- field parsing
 def _is_number(value: Any) -> bool:

@@ -23,8 +23,19 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: a usage error is one line
+    ``spinereg: error: ...`` on stderr (naming the subcommand and pointing to its --help),
+    exit status 2. Subparsers inherit the class."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("spinereg").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"spinereg: error: {where}{_one_line(message)} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spinereg",
         description="Per-vertebra 2D/3D registration of a spine CT to AP/LAT X-rays.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -43,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import InputError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version or a usage error: argparse has printed it
+        return exit_.code if isinstance(exit_.code, int) else 0
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

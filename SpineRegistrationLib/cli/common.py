@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,11 +35,30 @@ def new_output_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
 
 
 @contextlib.contextmanager
+def staged_output_file(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
+
+    The temporary name ends with ``path``'s own name, so writers that pick the format by
+    extension (SimpleITK) write the same format. A failure (or an interrupt) part-way
+    through writing leaves any previous ``path`` intact and no temporary file behind.
+    Whether ``path`` may be replaced is :func:`new_output_file`'s question, asked before.
+    """
+    target = Path(path)
+    staging = target.with_name(f".partial-{secrets.token_hex(4)}-{target.name}")
+    try:
+        yield staging
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def staged_output_dir(path: str | os.PathLike, overwrite: bool = False):
     """Yield a temporary folder beside ``path``; move it to ``path`` only if the block succeeds.
 
     So a failed run never leaves a partial DIR that looks complete, and an existing
-    non-empty DIR is never touched unless ``overwrite`` (then it is replaced whole at the end).
+    non-empty DIR is never touched unless ``overwrite`` (then it is replaced whole at the
+    end: moved aside, the new one moved in, and only then deleted).
     """
     target = Path(path)
     if target.exists() and not target.is_dir():
@@ -54,9 +74,19 @@ def staged_output_dir(path: str | os.PathLike, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+    if not target.exists():
+        staging.rename(target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.previous-", dir=parent))
+    target.rename(aside / target.name)
+    try:
+        staging.rename(target)
+    except BaseException:
+        (aside / target.name).rename(target)  # put the previous folder back
+        aside.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def check_device(name: str):
@@ -87,5 +117,16 @@ def check_in_view(volume, mask, matrix_ras, geometry, what: str) -> None:
     else:
         k, j, i = np.nonzero(mask)
         center = volume.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))
-    if not geometry.sees(apply_matrix(matrix_ras, center)[None])[0]:
-        raise InputError(f"the X-ray geometry does not see {what}: its centre projects outside the detector")
+    center = apply_matrix(matrix_ras, center)
+    if geometry.sees(center[None])[0]:
+        return
+    depth_mm = float((center - geometry.source) @ geometry.detector_normal)
+    if depth_mm <= 0:
+        where = f"lies {-depth_mm:.0f} mm behind the X-ray source"
+    elif depth_mm >= geometry.sdd_mm:
+        where = "lies beyond the detector"
+    else:
+        column, row = geometry.project(center)
+        where = (f"projects to pixel ({column:.0f}, {row:.0f}), outside the "
+                 f"{geometry.columns}x{geometry.rows} detector")
+    raise InputError(f"the X-ray geometry does not see {what}: its centre {where}")

@@ -45,10 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from ..drr import hu_to_mu, render_drr
     from ..errors import InputError
     from ..geometry import load_geometry
-    from ..io import read_labelmap, read_rigid_matrix, read_volume, vertebra_mask, write_xray
-    from .common import check_device, check_in_view, new_output_file
+    from ..io import check_xray_extension, read_labelmap, read_rigid_matrix, read_volume, vertebra_mask, write_xray
+    from .common import check_device, check_in_view, new_output_file, staged_output_file
 
     out = new_output_file(args.out, args.overwrite)
+    check_xray_extension(out)
     if bool(args.seg) != bool(args.vertebra):
         raise InputError("--seg and --vertebra go together: give both to render one vertebra, or neither")
     device = check_device(args.device)
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         mask = vertebra_mask(labelmap, args.vertebra)
     check_in_view(ct, mask, matrix, geometry, what=args.vertebra or "the CT")
     image = render_drr(ct.with_array(hu_to_mu(ct.array)), geometry, matrix_ras=matrix, mask=mask, device=device)
-    write_xray(image, out)
+    with staged_output_file(out) as staging:
+        write_xray(image, staging)
     print(f"wrote {out} ({geometry.columns}x{geometry.rows}, max optical depth {image.max():.3f})")
     return 0

@@ -22,7 +22,7 @@ from .labelmaps import (
 )
 from .segnrrd import write_seg_nrrd
 from .transforms import check_rigid, read_matrix_json, read_rigid_matrix, read_transform, write_transform
-from .xray import XrayImage, invert_intensities, read_xray, write_xray
+from .xray import XrayImage, check_xray_extension, invert_intensities, read_xray, write_xray
 
 __all__ = [
     "Labelmap",
@@ -32,6 +32,7 @@ __all__ = [
     "centroid_ras",
     "centroids_ras",
     "check_rigid",
+    "check_xray_extension",
     "invert_intensities",
     "read_centroids",
     "read_labelmap",

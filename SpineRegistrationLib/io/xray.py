@@ -95,6 +95,16 @@ def read_xray(path: str | os.PathLike, geometry: XrayGeometry | None = None, inv
     return XrayImage(array.astype(np.float32), geometry)
 
 
+def check_xray_extension(path: str | os.PathLike) -> None:
+    """InputError unless :func:`write_xray` can write ``path`` (by its extension).
+
+    Lets a command refuse a bad output name before doing the work.
+    """
+    name = Path(path).name.lower()
+    if not name.endswith((".png", *_FLOAT_EXTENSIONS)):
+        raise InputError(f"cannot write X-ray {path}: expected extension .png or one of {', '.join(_FLOAT_EXTENSIONS)}")
+
+
 def write_xray(image: np.ndarray | XrayImage, path: str | os.PathLike) -> None:
     """Write a (rows, cols) X-ray.
 
@@ -105,13 +115,12 @@ def write_xray(image: np.ndarray | XrayImage, path: str | os.PathLike) -> None:
     array = np.asarray(image.array if isinstance(image, XrayImage) else image, dtype=np.float32)
     if array.ndim != 2:
         raise ValueError(f"X-ray array must be 2D (rows, cols), got shape {array.shape}")
+    check_xray_extension(path)
     name = Path(path).name.lower()
     if name.endswith(".png"):
         span = float(array.max() - array.min())
         scaled = (array - array.min()) / span * _PNG_MAX if span > 0 else np.zeros_like(array)
         out = sitk.GetImageFromArray(np.round(scaled).astype(np.uint16))
-    elif name.endswith(_FLOAT_EXTENSIONS):
-        out = sitk.GetImageFromArray(array)
     else:
-        raise InputError(f"cannot write X-ray {path}: expected extension .png or one of {', '.join(_FLOAT_EXTENSIONS)}")
+        out = sitk.GetImageFromArray(array)
     write_image_file(out, path)

@@ -418,3 +418,12 @@ def test_cli_bad_input_is_one_line(tmp_path, spinereg, argv, message):
     code, err = spinereg(*argv, "--out", str(out))
     assert code == 2 and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_cropped_keeps_pixels_in_place():
+    geometry = c_arm_geometry(primary_deg=30, size=(64, 48), pixel_spacing=(0.5, 0.7))
+    crop = geometry.cropped(10, 5, 20, 12)
+    assert crop.size == (20, 12)
+    np.testing.assert_allclose(crop.pixel_to_ras(3, 4), geometry.pixel_to_ras(13, 9), atol=1e-9)
+    point = geometry.pixel_to_ras(17.5, 11.25) + 0.3 * (geometry.source - geometry.pixel_to_ras(17.5, 11.25))
+    np.testing.assert_allclose(crop.project(point), geometry.project(point) - [10, 5], atol=1e-9)
