@@ -1,0 +1,689 @@
+"""SpineRegistration: per-vertebra 2D/3D registration of a spine CT to AP and LAT X-rays.
+
+The Slicer module (scripted-module template: Module / Widget / Logic / Test). The Widget
+only moves values between the .ui and the parameter node and calls the Logic; the Logic
+turns nodes into library calls through SpineRegistrationSceneLogic (MRML only, tested
+headless with slicer-core) and runs long work out of process through
+SpineRegistrationProcess (the ``spinereg`` command in PythonSlicer), as SlicerMONAIAuto3DSeg
+does. The algorithms live in the SpineRegistrationLib Python package, installed into
+Slicer's Python on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Union
+
+import qt
+import vtk
+
+import slicer
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+#: The Python package that holds the algorithms (distribution name, import name).
+LIBRARY_DISTRIBUTION = "SpineRegistration"
+LIBRARY_PACKAGE = "SpineRegistrationLib"
+
+#: Small sample: the phantom the SampleData entry and the self-test generate.
+SAMPLE_NAME = "SpineRegistrationPhantom"
+SAMPLE_VERTEBRAE = ("L1", "L2", "L3")
+SAMPLE_SPACING_MM = 1.5
+
+#: Milliseconds between two looks at the background process's output.
+POLL_INTERVAL_MS = 200
+
+#: Slice views that show the AP and LAT X-rays (their planes also appear in 3D).
+XRAY_SLICE_VIEWS = {"AP": "Red", "LAT": "Yellow"}
+
+
+#
+# SpineRegistration
+#
+
+
+class SpineRegistration(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Spine Registration")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SpineRegistration developers"]
+        self.parent.helpText = _("""
+Registers a spine CT and its vertebra segmentation to intraoperative AP and LAT X-rays,
+one vertebra at a time: a learned dual-view pose estimate refined by matching digitally
+reconstructed radiographs (DRRs), then a smooth deformation. Each X-ray is shown on its
+detector plane, the DRR of the registered vertebrae is blended over it, and the moved
+vertebrae are shown in 3D.
+See <a href="https://github.com/SpineRegistration/SpineRegistration">the documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer, PyTorch, SimpleITK and MONAI. Module layout after the Slicer
+scripted-module template and SlicerMONAIAuto3DSeg.
+""")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data
+#
+
+
+def registerSampleData():
+    """Add the spine phantom to the Sample Data module (generated on demand, nothing downloaded)."""
+    import SampleData
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="SpineRegistration",
+        sampleName=SAMPLE_NAME,
+        thumbnailFileName=os.path.join(iconsPath, "SpineRegistration.png"),
+        # Nothing is downloaded (customDownloader generates the data), but SampleDataSource
+        # needs one entry per file to list the sample.
+        uris=f"generated://{SAMPLE_NAME}",
+        fileNames=SAMPLE_NAME,
+        nodeNames="Phantom CT",
+        customDownloader=_loadSamplePhantom,
+    )
+
+
+def _loadSamplePhantom(source=None):
+    """SampleData custom downloader: generate (once, cached) and load the phantom."""
+    logic = SpineRegistrationLogic()
+    if not SpineRegistrationWidget.ensureDependencies(logic):
+        return []
+    folder = os.path.join(slicer.app.temporaryPath, SAMPLE_NAME)
+    with slicer.util.WaitCursor():
+        if not os.path.isfile(os.path.join(folder, "truth.json")):
+            logic.writeSamplePhantom(folder)
+        nodes = logic.loadSampleData(folder)
+    logic.showXrays(nodes["AP"], nodes["LAT"])
+    return list(nodes.values())
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class SpineRegistrationParameterNode:
+    """The module's choices, saved with the scene.
+
+    ctVolume - the preoperative CT.
+    segmentation - its vertebra segmentation (segmentation node or labelmap).
+    apXray, latXray - the intraoperative X-rays (single-slice volumes with attached geometry).
+    vertebrae - vertebrae to register; empty: every vertebra both X-rays see.
+    method - auto (learned, then intensity refinement), learned or intensity.
+    device - auto (the command's default), cpu or cuda.
+    drrOpacity - opacity of the DRR blended over each X-ray.
+    showSegmentation3D - show the moved vertebra surfaces in 3D.
+    showXrayPlanes3D - show the X-ray planes and their sources in 3D.
+    """
+
+    ctVolume: vtkMRMLScalarVolumeNode
+    segmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    apXray: vtkMRMLScalarVolumeNode
+    latXray: vtkMRMLScalarVolumeNode
+    vertebrae: list[str]
+    method: Annotated[str, Choice(["auto", "learned", "intensity"])] = "auto"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    drrOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    showSegmentation3D: bool = True
+    showXrayPlanes3D: bool = True
+
+
+#
+# SpineRegistrationWidget
+#
+
+
+class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run = None
+        self._updatingVertebrae = False
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self.onPollRun)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SpineRegistration.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = SpineRegistrationLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.loadXraysButton.connect("clicked(bool)", self.onLoadXrays)
+        self.ui.createBoxesButton.connect("clicked(bool)", self.onCreateBoxes)
+        self.ui.registerButton.connect("clicked(bool)", self.onRegister)
+        self.ui.deformButton.connect("clicked(bool)", self.onDeform)
+        self.ui.resetButton.connect("clicked(bool)", self.onReset)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateVertebraList)
+        self.ui.apXraySelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showGeometryPath("AP", node))
+        self.ui.latXraySelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showGeometryPath("LAT", node))
+        self.ui.vertebraListWidget.connect("itemChanged(QListWidgetItem*)", self.onVertebraChecked)
+        self.ui.progressBar.setVisible(False)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._pollTimer.stop()
+        if self._run is not None:
+            self._run.cancel()
+            self._run = None
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.onCancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.ctVolume:
+            self._parameterNode.ctVolume = self.logic.guessNode("ct")
+        if not self._parameterNode.segmentation:
+            self._parameterNode.segmentation = self.logic.guessNode("segmentation")
+        if not self._parameterNode.apXray:
+            self._parameterNode.apXray = self.logic.guessNode("AP")
+        if not self._parameterNode.latXray:
+            self._parameterNode.latXray = self.logic.guessNode("LAT")
+
+    def setParameterNode(self, inputParameterNode: SpineRegistrationParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets with the "SlicerParameterName" dynamic property in the .ui are bound here.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.updateVertebraList()
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Enable the actions that make sense now and apply the display settings."""
+        p = self._parameterNode
+        if p is None:
+            return
+        running = self._run is not None
+        ready = bool(p.ctVolume and p.segmentation and p.apXray and p.latXray)
+        self.ui.registerButton.enabled = ready and not running
+        self.ui.registerButton.toolTip = (
+            _("Register the checked vertebrae to the AP and LAT X-rays (runs in the background).")
+            if ready else _("Select the CT, its segmentation and both X-rays first.")
+        )
+        self.ui.cancelButton.enabled = running
+        self.ui.resetButton.enabled = not running
+        self.ui.loadXraysButton.enabled = not running
+        canDeform, why = self.logic.deformationAvailable()
+        self.ui.deformButton.enabled = canDeform and not running
+        self.ui.deformButton.toolTip = why
+        self.logic.applyDisplaySettings(p.drrOpacity, p.showSegmentation3D, p.showXrayPlanes3D)
+
+    # ------------------------------------------------------------------ inputs
+    def showGeometryPath(self, view: str, node) -> None:
+        """Show the geometry file attached to the selected X-ray (if any) in its path box."""
+        edit = self.ui.apGeometryPathLineEdit if view == "AP" else self.ui.latGeometryPathLineEdit
+        path = node.GetAttribute("SpineRegistration.GeometryFile") if node else None
+        if path:
+            edit.currentPath = path
+
+    def onLoadXrays(self) -> None:
+        """Load the X-ray files given (or use the selected volumes) and attach their geometry."""
+        if not self.ensureDependencies(self.logic):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not place the X-rays."), waitCursor=True):
+            for view, imageEdit, geometryEdit in (
+                ("AP", self.ui.apImagePathLineEdit, self.ui.apGeometryPathLineEdit),
+                ("LAT", self.ui.latImagePathLineEdit, self.ui.latGeometryPathLineEdit),
+            ):
+                imagePath, geometryPath = imageEdit.currentPath, geometryEdit.currentPath
+                selected = self._parameterNode.apXray if view == "AP" else self._parameterNode.latXray
+                node = self.logic.loadOrAttachXray(view, imagePath or None, geometryPath or None, selected)
+                if node is None:
+                    continue
+                if view == "AP":
+                    self._parameterNode.apXray = node
+                else:
+                    self._parameterNode.latXray = node
+                imageEdit.currentPath = ""
+            if self._parameterNode.apXray and self._parameterNode.latXray:
+                self.logic.showXrays(self._parameterNode.apXray, self._parameterNode.latXray, self._parameterNode.drrOpacity)
+
+    def updateVertebraList(self, *args) -> None:
+        """Fill the check list with the segmentation's vertebrae (checked: to register)."""
+        if self._parameterNode is None:
+            return
+        self._updatingVertebrae = True
+        try:
+            self.ui.vertebraListWidget.clear()
+            names = self.logic.vertebraNames(self._parameterNode.segmentation)
+            chosen = set(self._parameterNode.vertebrae) or set(names)
+            for name in names:
+                item = qt.QListWidgetItem(name)
+                item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
+                item.setCheckState(qt.Qt.Checked if name in chosen else qt.Qt.Unchecked)
+                self.ui.vertebraListWidget.addItem(item)
+        finally:
+            self._updatingVertebrae = False
+
+    def onVertebraChecked(self, item) -> None:
+        if self._updatingVertebrae or self._parameterNode is None:
+            return
+        items = [self.ui.vertebraListWidget.item(i) for i in range(self.ui.vertebraListWidget.count)]
+        checked = [it.text() for it in items if it.checkState() == qt.Qt.Checked]
+        # All checked is stored as "all" (empty), so new vertebrae of the segmentation are included.
+        self._parameterNode.vertebrae = [] if len(checked) == len(items) else checked
+
+    def onCreateBoxes(self) -> None:
+        if not self.ensureDependencies(self.logic):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not make the vertebra boxes."), waitCursor=True):
+            self.logic.createVertebraBoxes(self._parameterNode)
+
+    # ------------------------------------------------------------------ registration
+    def onRegister(self) -> None:
+        if not self.ensureDependencies(self.logic):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Registration could not start."), waitCursor=True):
+            self._run = self.logic.startRegistration(self._parameterNode)
+            self.ui.progressBar.setVisible(True)
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Registering ...")
+            self._pollTimer.start()
+        self.onParameterNodeModified()
+
+    def onPollRun(self) -> None:
+        """GUI timer: show the background run's progress; apply its result when it ends."""
+        run = self._run
+        if run is None:
+            self._pollTimer.stop()
+            return
+        for event in run.poll():
+            if event.fraction is not None:
+                self.ui.progressBar.value = int(round(100 * event.fraction))
+            self.ui.statusLabel.text = event.message
+            logging.info(event.line)
+        if run.running:
+            return
+        self._pollTimer.stop()
+        self._run = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+                made = self.logic.finishRegistration(run, self._parameterNode)
+                self.ui.resultsTableView.setMRMLTableNode(made["table"])
+                self.ui.progressBar.value = 100
+                self.ui.statusLabel.text = _("Registered {count} vertebrae in {seconds:.0f} s.").format(
+                    count=len(made["transforms"]), seconds=run.process.elapsed_s
+                )
+        finally:
+            if self.ui.progressBar.value != 100:
+                self.ui.statusLabel.text = _("Registration failed; the scene is unchanged.")
+            self.ui.progressBar.setVisible(False)
+            self.onParameterNodeModified()
+
+    def onCancel(self) -> None:
+        if self._run is None:
+            return
+        self._pollTimer.stop()
+        with slicer.util.WaitCursor():
+            self._run.cancel()
+        self._run = None
+        self.ui.progressBar.setVisible(False)
+        self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+        self.onParameterNodeModified()
+
+    def onDeform(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Deformable registration failed."), waitCursor=True):
+            self.logic.deform(self._parameterNode)
+
+    def onReset(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Reset failed."), waitCursor=True):
+            self.logic.reset()
+            self.ui.resultsTableView.setMRMLTableNode(None)
+            self.ui.statusLabel.text = _("Results removed.")
+
+    # ------------------------------------------------------------------ dependencies
+    @staticmethod
+    def ensureDependencies(logic) -> bool:
+        """Install the SpineRegistration library (and its torch) on first use, after asking."""
+        if not logic.missingDependencies():
+            return True
+        if slicer.app.testingEnabled():
+            raise RuntimeError(f"{LIBRARY_PACKAGE} is not installed in Slicer's Python (needed by the test)")
+        text = _(
+            "Spine Registration needs Python packages that are not installed yet: {missing}.\n\n"
+            "Install them now? This downloads several hundred MB (PyTorch) and may take a few minutes."
+        ).format(missing=", ".join(logic.missingDependencies()))
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install dependencies")):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
+            logic.installDependencies()
+            return not logic.missingDependencies()
+        return False
+
+
+#
+# SpineRegistrationLogic
+#
+
+
+class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
+    """The module's work on ``slicer.mrmlScene``, usable without the widget (Python console,
+    scripts, the self-test). Node handling is in SpineRegistrationSceneLogic; this class adds
+    what needs the application: the scene singleton, slice views, PythonSlicer, pip."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return SpineRegistrationParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def scene():
+        """The scene-building helper module (imported on use: it needs the installed library)."""
+        import SpineRegistrationSceneLogic
+
+        return SpineRegistrationSceneLogic
+
+    # ------------------------------------------------------------------ dependencies
+    @staticmethod
+    def missingDependencies() -> list[str]:
+        import importlib.util
+
+        return [name for name in ("torch", LIBRARY_PACKAGE) if importlib.util.find_spec(name) is None]
+
+    @staticmethod
+    def libraryInstallSource() -> str:
+        """Where pip gets the library: this source tree when the module runs from a checkout
+        (its pyproject.toml is two levels up), else the package index."""
+        root = Path(__file__).resolve().parent.parent
+        if (root / "pyproject.toml").is_file() and (root / LIBRARY_PACKAGE).is_dir():
+            return str(root)
+        return LIBRARY_DISTRIBUTION
+
+    def installDependencies(self) -> None:
+        """torch through the PyTorch extension when it is there (it picks the CUDA build that
+        fits the GPU), then the library (which brings SimpleITK, numpy, tqdm)."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils  # the SlicerPyTorch extension
+
+                PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+            except ImportError:
+                logging.info("SlicerPyTorch is not installed: torch comes from the package index")
+        source = self.libraryInstallSource()
+        if source == LIBRARY_DISTRIBUTION and hasattr(getattr(slicer, "packaging", None), "pip_ensure"):
+            slicer.packaging.pip_ensure([LIBRARY_DISTRIBUTION], requester="SpineRegistration", prompt_install=False)
+        else:
+            slicer.util.pip_install([source])
+        importlib.invalidate_caches()
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """The interpreter that runs ``spinereg`` (Slicer's own Python, where the library is)."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    # ------------------------------------------------------------------ inputs
+    def guessNode(self, kind: str):
+        """A sensible default node for an empty selector (tagged X-rays, else the first fitting node)."""
+        scene = slicer.mrmlScene
+        if kind in ("AP", "LAT"):
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+                if node.GetAttribute("SpineRegistration.Role") == "xray" and node.GetAttribute("SpineRegistration.View") == kind:
+                    return node
+            return None
+        if kind == "segmentation":
+            return scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute("SpineRegistration.Role"):
+                continue
+            image = node.GetImageData()
+            if image is not None and min(image.GetDimensions()) > 1:
+                return node
+        return None
+
+    def vertebraNames(self, segmentationNode) -> list[str]:
+        if segmentationNode is None or self.missingDependencies():
+            return []
+        return self.scene().vertebra_names(segmentationNode)
+
+    def loadOrAttachXray(self, view: str, imagePath: str | None, geometryPath: str | None, selectedNode):
+        """Load an X-ray file with its geometry, or attach a geometry file to the selected
+        X-ray volume. Returns the X-ray node, or None when there was nothing to do."""
+        scene = self.scene()
+        if imagePath:
+            return scene.load_xray(slicer.mrmlScene, imagePath, geometryPath, view)
+        if geometryPath:
+            if selectedNode is None:
+                raise ValueError(f"select the {view} X-ray volume, or give its image file, before its geometry")
+            geometry = scene.read_geometry_file(geometryPath)
+            scene.attach_geometry(slicer.mrmlScene, selectedNode, geometry, view, geometryPath)
+            return selectedNode
+        return None
+
+    def createVertebraBoxes(self, parameterNode) -> dict:
+        return self.scene().create_vertebra_rois(
+            slicer.mrmlScene, parameterNode.segmentation, parameterNode.ctVolume, list(parameterNode.vertebrae) or None
+        )
+
+    def writeSamplePhantom(self, folder: str) -> dict:
+        """Write the sample phantom (CT, segmentation, AP/LAT X-rays + geometry, truth.json)."""
+        from SpineRegistrationLib.phantom import PhantomConfig
+        from SpineRegistrationLib.sample_data import SampleConfig, make_sample, write_sample
+
+        os.makedirs(folder, exist_ok=True)
+        config = SampleConfig(phantom=PhantomConfig(spacing_mm=SAMPLE_SPACING_MM, vertebrae=SAMPLE_VERTEBRAE))
+        return write_sample(folder, *make_sample(config))
+
+    def loadSampleData(self, folder: str) -> dict:
+        """Load a sample-data folder (as ``spinereg phantom`` writes it) into the scene and
+        select it in the parameter node. Returns {"ct", "segmentation", "AP", "LAT"} -> node."""
+        scene = self.scene()
+        nodes = {
+            "ct": scene.load_ct(slicer.mrmlScene, os.path.join(folder, "ct.nii.gz"), "Phantom CT"),
+            "segmentation": scene.load_segmentation(slicer.mrmlScene, os.path.join(folder, "seg.nii.gz"), "Phantom vertebrae"),
+        }
+        for view in scene.VIEWS:
+            nodes[view] = scene.load_xray(
+                slicer.mrmlScene, os.path.join(folder, f"{view}.png"), os.path.join(folder, f"{view}.json"), view
+            )
+        parameterNode = self.getParameterNode()
+        parameterNode.ctVolume = nodes["ct"]
+        parameterNode.segmentation = nodes["segmentation"]
+        parameterNode.apXray = nodes["AP"]
+        parameterNode.latXray = nodes["LAT"]
+        return nodes
+
+    # ------------------------------------------------------------------ registration
+    def registrationInputs(self, parameterNode):
+        return self.scene().RegistrationInputs(
+            ct_node=parameterNode.ctVolume,
+            segmentation_node=parameterNode.segmentation,
+            xrays={"AP": parameterNode.apXray, "LAT": parameterNode.latXray},
+            vertebrae=list(parameterNode.vertebrae),
+            method=parameterNode.method,
+            device=parameterNode.device,
+        )
+
+    def startRegistration(self, parameterNode):
+        """Check the inputs, write them out and start ``spinereg register`` in the background.
+        Raises ValueError (nothing started, scene unchanged) for bad inputs."""
+        scene = self.scene()
+        if "register" not in scene.available_commands():
+            raise ValueError("the installed SpineRegistration library has no 'spinereg register' command; update it")
+        return scene.RegistrationRun(
+            self.registrationInputs(parameterNode), python=self.pythonExecutable(), work_dir=slicer.app.temporaryPath
+        ).start()
+
+    def finishRegistration(self, run, parameterNode) -> dict:
+        """Apply a finished run's result to the scene and show it; ValueError if it failed."""
+        made = run.finish(slicer.mrmlScene)
+        self.showXrays(parameterNode.apXray, parameterNode.latXray, parameterNode.drrOpacity)
+        self.applyDisplaySettings(parameterNode.drrOpacity, parameterNode.showSegmentation3D, parameterNode.showXrayPlanes3D)
+        return made
+
+    def register(self, parameterNode, callback=None, timeoutSeconds: float | None = None) -> dict:
+        """Blocking registration (scripts, the self-test): start, wait, apply."""
+        run = self.startRegistration(parameterNode)
+        try:
+            run.process.wait(timeout_s=timeoutSeconds, callback=callback)
+        except BaseException:
+            run.cancel()
+            raise
+        return self.finishRegistration(run, parameterNode)
+
+    def deformationAvailable(self) -> tuple[bool, str]:
+        """(whether Deform can run, a tooltip saying why not)."""
+        if self.missingDependencies():
+            return False, _("Install the SpineRegistration library first (Register asks).")
+        if "deform" not in self.scene().available_commands():
+            return False, _("Deformable registration is not in the installed SpineRegistration library yet.")
+        if not self.scene().nodes_with(slicer.mrmlScene, self.scene().ROLE_TRANSFORM):
+            return False, _("Register first: the deformation starts from the rigid result.")
+        return True, _("Deformable refinement of the registered segmentation.")
+
+    def deform(self, parameterNode) -> None:
+        available, why = self.deformationAvailable()
+        if not available:
+            raise ValueError(why)
+        # `spinereg deform` writes a displacement-field transform; its options are not fixed yet.
+        raise ValueError(_("Deformable registration is not wired in this module version yet."))
+
+    def reset(self) -> int:
+        return self.scene().reset_results(slicer.mrmlScene)
+
+    # ------------------------------------------------------------------ display
+    def showXrays(self, apNode, latNode, opacity: float = 0.5) -> None:
+        """Four-up layout: AP X-ray in Red, LAT in Yellow (each in its detector plane, DRR
+        blended over it, plane shown in 3D), the CT in Green, the 3D view."""
+        if slicer.app.layoutManager() is None:
+            return
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+        scene = self.scene()
+        for view, node in (("AP", apNode), ("LAT", latNode)):
+            if node is None or scene.geometry_of(node) is None:
+                continue
+            layoutName = XRAY_SLICE_VIEWS[view]
+            scene.show_xray_in_slice_view(slicer.mrmlScene, layoutName, node, opacity)
+            sliceWidget = slicer.app.layoutManager().sliceWidget(layoutName)
+            if sliceWidget is not None:
+                sliceWidget.sliceLogic().FitSliceToAll()
+        slicer.app.layoutManager().threeDWidget(0).threeDView().resetFocalPoint()
+
+    def applyDisplaySettings(self, drrOpacity: float, showSegmentation3D: bool, showXrayPlanes3D: bool) -> None:
+        if self.missingDependencies():
+            return
+        scene = self.scene()
+        scene.set_drr_opacity(slicer.mrmlScene, drrOpacity)
+        scene.set_results_visibility(slicer.mrmlScene, moved_segmentation=showSegmentation3D, xray_planes=showXrayPlanes3D)
+
+
+#
+# SpineRegistrationTest
+#
+
+
+class SpineRegistrationTest(ScriptedLoadableModuleTest):
+    """End to end in Slicer: generate the phantom, load it through the module, register it
+    with ``spinereg register`` in the background and compare each vertebra's pose with
+    truth.json (mean target registration error over the vertebra's voxels < 2 mm).
+    """
+
+    MAX_MTRE_MM = 2.0
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PhantomRegistration()
+
+    def test_PhantomRegistration(self):
+        import json
+
+        import numpy as np
+
+        logic = SpineRegistrationLogic()
+        self.assertEqual(logic.missingDependencies(), [], "install the SpineRegistration library into Slicer first")
+        scene = logic.scene()
+
+        self.delayDisplay("Generating the phantom")
+        folder = tempfile.mkdtemp(prefix="SpineRegistrationTest-", dir=slicer.app.temporaryPath)
+        try:
+            logic.writeSamplePhantom(folder)
+            nodes = logic.loadSampleData(folder)
+            self.assertEqual(scene.vertebra_names(nodes["segmentation"]), list(SAMPLE_VERTEBRAE))
+
+            self.delayDisplay("Registering")
+            parameterNode = logic.getParameterNode()
+            parameterNode.vertebrae = []
+            parameterNode.method = "auto"
+            made = logic.register(parameterNode, callback=lambda event: logging.info(event.line), timeoutSeconds=1800)
+
+            truth = json.loads(Path(folder, "truth.json").read_text())["vertebrae"]
+            labelmap = scene.vertebra_labelmap(nodes["segmentation"], nodes["ct"])
+            self.assertEqual(sorted(made["transforms"]), sorted(truth))
+            for name, entry in truth.items():
+                mask = labelmap.volume.array == labelmap.labels[name]
+                k, j, i = np.nonzero(mask)
+                points = labelmap.volume.ijk_to_ras_points(np.stack([i, j, k], axis=1).astype(float))
+                difference = scene.transform_to_parent_of(made["transforms"][name]) - np.array(entry["matrix_ras"])
+                mtre = np.linalg.norm(points @ difference[:3, :3].T + difference[:3, 3], axis=1).mean()
+                self.delayDisplay(f"{name}: mTRE {mtre:.2f} mm")
+                self.assertLess(mtre, self.MAX_MTRE_MM, f"{name}: mean target registration error {mtre:.2f} mm")
+            for view in scene.VIEWS:
+                drr = scene.drr_node_of(nodes[view])
+                self.assertIsNotNone(drr)
+                self.assertEqual(drr.GetImageData().GetDimensions(), nodes[view].GetImageData().GetDimensions())
+            self.delayDisplay("Test passed")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
