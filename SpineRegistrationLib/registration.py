@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .drr import Detectors, DRRRenderer
 from .errors import InputError
 from .geometry import XrayGeometry
-from .pose import matrix_to_params, params_to_matrix_torch, pose_matrix, rotvec_to_matrix
+from .pose import matrix_to_params, params_to_matrix, params_to_matrix_torch, pose_matrix, rotvec_to_matrix
 from .similarity import image_gradients, vertebra_similarity
 from .volume import Volume, bounding_box_ijk
 
@@ -54,6 +54,7 @@ class RigidConfig:
     global_search: "grid+cmaes" (default: the translation grid, then CMA-ES around its
         best pose with ``polish_sigma_*``), "grid", "cmaes" or "none".
     search_mm / search_step_mm: half-range and step of the translation grid, per axis.
+    grid_rotation_deg: trial rotations of the grid search (0: translations only).
     candidates / candidate_gap_mm: how many of the grid's best translations (at least the
         gap apart) CMA-ES polishes before the best one is kept.
     cmaes_sigma_deg / cmaes_sigma_mm / cmaes_evaluations: CMA-ES initial spread and budget
@@ -63,17 +64,22 @@ class RigidConfig:
     cmaes_all_levels: also run CMA-ES instead of Adam at the finer levels (the
         gradient-free baseline).
     roi_margin_mm: the vertebra's 3D box grows by this (CT mm) before projection.
+    tournament_margin: candidates within this coarse score of the best are all refined
+        before one is chosen.
     doubt_below: final similarity under which the verdict is "doubt".
+    ambiguity_margin: the verdict is also "doubt" when a rival candidate elsewhere (a
+        wrong vertebra level, typically) scored within this of the winner.
     seed: seeds CMA-ES.
     """
 
     pixel_mm: tuple[float, ...] = (3.2, 1.6, 0.8)
-    iterations: tuple[int, ...] = (60, 40, 25)
+    iterations: tuple[int, ...] = (20, 30, 15)
     lr_deg: float = 1.0
     lr_mm: float = 1.0
     global_search: str = "grid+cmaes"
     search_mm: float = 25.0
     search_step_mm: float = 1.0
+    grid_rotation_deg: float = 7.0
     candidates: int = 3
     candidate_gap_mm: float = 12.0
     cmaes_sigma_deg: float = 5.0
@@ -83,7 +89,9 @@ class RigidConfig:
     polish_sigma_mm: float = 2.0
     cmaes_all_levels: bool = False
     roi_margin_mm: float = 4.0
-    doubt_below: float = 0.3
+    tournament_margin: float = 0.05
+    doubt_below: float = 0.5
+    ambiguity_margin: float = 0.01
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +108,8 @@ class VertebraResult:
     matrix_ras: (4, 4) CT RAS -> world. params: (rx, ry, rz deg, tx, ty, tz mm) about
     center_ras (the vertebra centroid, CT RAS mm). similarity: final objective in [-1, 1].
     verdict: "pass" or "doubt". time_s: wall time. evaluations: DRR renders used.
+    rival_margin: similarity lead over the best candidate at another place (typically the
+    neighbouring vertebra level), None when the search kept no rival.
     """
 
     name: str
@@ -110,6 +120,7 @@ class VertebraResult:
     verdict: str
     time_s: float
     evaluations: int
+    rival_margin: float | None = None
     stages: list[dict] = field(default_factory=list)
 
 
@@ -236,43 +247,59 @@ class _LevelProblem:
 def _grid_search(
     vertebra: _Vertebra, views: list[_View], start: np.ndarray, config: RigidConfig, device
 ) -> list[np.ndarray]:
-    """The best translations of ``start`` on a 3D grid, scored by template NCC maps in all views.
+    """The best poses near ``start`` on a grid of translations x a few rotations.
 
-    Returns up to ``config.candidates`` poses, best first, at least ``candidate_gap_mm``
-    apart: a neighbouring vertebra can score nearly as well as the right one before the
-    rotation is known, so the next stage chooses among them.
+    For each trial rotation (identity and +-``grid_rotation_deg`` about each axis, about
+    the vertebra centre) the vertebra's DRR is a template; masked NCC maps of its
+    gradients against each X-ray score every 2D shift, and every 3D translation of the
+    grid is scored by the shifts it projects to in all views at once. Returns up to
+    ``config.candidates`` poses, best first, with translations at least
+    ``candidate_gap_mm`` apart: before the rotation is known a neighbouring vertebra can
+    score nearly as well as the right one, so the next stages choose among them.
     """
     center_world = start[:3, :3] @ vertebra.center_ras + start[:3, 3]
-    maps, origins = [], []
-    pose = torch.as_tensor(start, dtype=torch.float32, device=device)[None]
-    for view in views:
-        reach_px = int(math.ceil(config.search_mm * _magnification(view.geometry, center_world)
-                                 / min(view.geometry.pixel_spacing) * math.sqrt(2))) + 2
-        template_view = _crop(view, _window(vertebra, start, view, 2))
-        with torch.no_grad():
-            template = vertebra.render(pose, template_view.geometry)[0]
-        weight = _support(template, 1)
-        c0, r0, cols, rows = _window(vertebra, start, view, 2)
-        search = _crop(view, (c0 - reach_px, r0 - reach_px, cols + 2 * reach_px, rows + 2 * reach_px))
-        maps.append(_gradient_ncc_map(template, weight, search.image.to(device)))
-        origins.append(reach_px)
-    axis = torch.arange(-config.search_mm, config.search_mm + 1e-6, config.search_step_mm, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3).numpy()
-    score = np.zeros(len(grid))
-    for view, ncc_map, origin in zip(views, maps, origins):
-        shift = view.geometry.project(center_world + grid) - view.geometry.project(center_world)[None]
-        score += _bilinear(ncc_map, shift[:, 1] + origin, shift[:, 0] + origin)
-    candidates = []
-    for index in np.argsort(-score):
-        if len(candidates) == config.candidates:
+    axis = np.arange(-config.search_mm, config.search_mm + 1e-6, config.search_step_mm)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    scored = []  # (score, translation, rotated start)
+    for rotated in _trial_rotations(start, center_world, config.grid_rotation_deg):
+        score = np.zeros(len(grid))
+        pose = torch.as_tensor(rotated, dtype=torch.float32, device=device)[None]
+        for view in views:
+            reach_px = int(math.ceil(config.search_mm * _magnification(view.geometry, center_world)
+                                     / min(view.geometry.pixel_spacing) * math.sqrt(2))) + 2
+            window = _window(vertebra, rotated, view, 2)
+            with torch.no_grad():
+                template = vertebra.render(pose, _crop(view, window).geometry)[0]
+            c0, r0, cols, rows = window
+            search = _crop(view, (c0 - reach_px, r0 - reach_px, cols + 2 * reach_px, rows + 2 * reach_px))
+            ncc_map = _gradient_ncc_map(template, _support(template, 1), search.image.to(device))
+            shift = view.geometry.project(center_world + grid) - view.geometry.project(center_world)[None]
+            score += _bilinear(ncc_map, shift[:, 1] + reach_px, shift[:, 0] + reach_px)
+        best = np.argsort(-score)[: 50 * config.candidates]
+        scored += [(score[index], grid[index], rotated) for index in best]
+    scored.sort(key=lambda item: -item[0])
+    poses, kept = [], []
+    for _, shift, rotated in scored:
+        if len(poses) == config.candidates:
             break
-        if all(np.linalg.norm(grid[index] - other) >= config.candidate_gap_mm for other in candidates):
-            candidates.append(grid[index])
-    poses = []
-    for shift in candidates:
-        moved = start.copy()
-        moved[:3, 3] += shift
-        poses.append(moved)
+        if all(np.linalg.norm(shift - other) >= config.candidate_gap_mm for other in kept):
+            kept.append(shift)
+            moved = rotated.copy()
+            moved[:3, 3] += shift
+            poses.append(moved)
+    return poses
+
+
+def _trial_rotations(start: np.ndarray, center_world: np.ndarray, angle_deg: float) -> list[np.ndarray]:
+    """``start`` and ``start`` turned by +-angle about each world axis through ``center_world``."""
+    poses = [start]
+    if angle_deg > 0:
+        for axis in range(3):
+            for sign in (-1.0, 1.0):
+                params = np.zeros(6)
+                params[axis] = sign * angle_deg
+                turn = params_to_matrix(params, center_world)
+                poses.append(turn @ start)
     return poses
 
 
@@ -335,8 +362,8 @@ def _cmaes(problem: _LevelProblem, start: np.ndarray, center_world: np.ndarray, 
 
 
 def _adam(problem: _LevelProblem, start: np.ndarray, center_world: np.ndarray, iterations: int,
-          lr_deg: float, lr_mm: float, device) -> np.ndarray:
-    """Adam on (rotation vector, translation) about ``center_world``; returns the best pose seen."""
+          lr_deg: float, lr_mm: float, device) -> tuple[np.ndarray, float]:
+    """Adam on (rotation vector, translation) about ``center_world``; returns the best pose seen and its score."""
     start_t = torch.as_tensor(start, dtype=torch.float32, device=device)[None]
     center_t = torch.as_tensor(center_world, dtype=torch.float32, device=device)[None]
     rotvec = torch.zeros(1, 3, device=device, requires_grad=True)
@@ -345,6 +372,9 @@ def _adam(problem: _LevelProblem, start: np.ndarray, center_world: np.ndarray, i
                                   {"params": [translation], "lr": lr_mm}])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, iterations), eta_min=0.0)
     best_pose, best_score = start, -np.inf
+    if iterations == 0:
+        with torch.no_grad():
+            return start, float(problem.similarity(start_t)[0])
     for _ in range(iterations):
         optimizer.zero_grad()
         pose = _delta_pose(rotvec, translation, center_t, start_t)
@@ -354,7 +384,7 @@ def _adam(problem: _LevelProblem, start: np.ndarray, center_world: np.ndarray, i
         (-score).backward()
         optimizer.step()
         schedule.step()
-    return best_pose
+    return best_pose, best_score
 
 
 def register_vertebra(
@@ -398,57 +428,84 @@ def register_vertebra(
 
     report("global search", 0.0)
     coarse = [views[0] for views in levels]
-    candidates = [pose]
-    if config.global_search.startswith("grid"):
-        candidates = _grid_search(vertebra, coarse, pose, config, device)
-        pose = candidates[0]
-    if "cmaes" in config.global_search:
-        wide = config.global_search == "cmaes"
-        reach_mm = config.search_mm if wide else 3 * config.polish_sigma_mm
-        budget = config.cmaes_evaluations if wide else config.cmaes_evaluations // 2
-        best_score = -np.inf
-        for index, candidate in enumerate(candidates):
-            margin = [int(math.ceil(reach_mm * 1.7 / v.geometry.pixel_spacing[0])) for v in coarse]
-            problem = _LevelProblem(vertebra, coarse, candidate, margin, device)
-            found, score = _cmaes(
-                problem, candidate, candidate[:3, :3] @ vertebra.center_ras + candidate[:3, 3],
-                config.cmaes_sigma_deg if wide else config.polish_sigma_deg,
-                config.cmaes_sigma_mm if wide else config.polish_sigma_mm,
-                budget, config.seed + index, device,
-            )
-            if score > best_score:
-                best_score, pose = score, found
+    candidates = _global_search(vertebra, coarse, pose, config, device)
     stages.append({"stage": f"global:{config.global_search}", "evaluations": vertebra.evaluations,
+                   "scores": [round(float(score), 4) for _, score in candidates],
                    "time_s": round(time.perf_counter() - started, 3)})
-    for level, iterations in enumerate(config.iterations):
-        report(f"level {level + 1}/{len(config.iterations)}", (level + 1) / (len(config.iterations) + 1))
-        views = [v[level] for v in levels]
-        margin = [max(2, int(math.ceil(3.0 / v.geometry.pixel_spacing[0]))) for v in views]
-        problem = _LevelProblem(vertebra, views, pose, margin, device)
-        center_world = pose[:3, :3] @ vertebra.center_ras + pose[:3, 3]
-        if config.cmaes_all_levels and level > 0:
-            shrink = 0.5**level
-            pose, _ = _cmaes(problem, pose, center_world, config.cmaes_sigma_deg * shrink * 0.5,
-                             config.cmaes_sigma_mm * shrink * 0.5, config.cmaes_evaluations // 2,
-                             config.seed + level, device)
-        elif not config.cmaes_all_levels or config.global_search != "cmaes":
-            pose = _adam(problem, pose, center_world, iterations, config.lr_deg * 0.5**level,
-                         config.lr_mm * 0.5**level, device)
+    # Tournament: every candidate close to the best coarse score is refined through all but
+    # the finest level, where the anatomy (not just the outline) decides between levels.
+    best_coarse = max(score for _, score in candidates)
+    finalists = [pose for pose, score in candidates if score >= best_coarse - config.tournament_margin]
+    last = max(1, len(levels[0]) - 1)
+    refined = []
+    for index, candidate in enumerate(finalists):
+        report(f"candidate {index + 1}/{len(finalists)}", 0.2 + 0.6 * index / len(finalists))
+        score = -np.inf
+        for level in range(min(last, len(levels[0]))):
+            candidate, score = _refine(vertebra, [v[level] for v in levels], candidate, level, config, device)
+        refined.append((score, candidate))
+    refined.sort(key=lambda item: -item[0])
+    similarity, pose = refined[0]
+    rivals = [similarity - score for score, other in refined[1:]
+              if np.linalg.norm(other[:3, 3] - pose[:3, 3]) >= config.candidate_gap_mm]
+    stages.append({"stage": "tournament", "finalists": len(finalists), "scores": [round(s, 4) for s, _ in refined],
+                   "evaluations": vertebra.evaluations, "time_s": round(time.perf_counter() - started, 3)})
+    for level in range(last, len(levels[0])):
+        report(f"level {level + 1}/{len(levels[0])}", 0.9)
+        pose, similarity = _refine(vertebra, [v[level] for v in levels], pose, level, config, device)
         stages.append({"stage": f"level{level + 1}", "evaluations": vertebra.evaluations,
-                       "time_s": round(time.perf_counter() - started, 3),
-                       "window_px": [crop.geometry.size for crop in problem.crops]})
-    final = _LevelProblem(vertebra, [v[-1] for v in levels], pose, [2] * len(levels), device)
-    with torch.no_grad():
-        similarity = float(final.similarity(torch.as_tensor(pose, dtype=torch.float32, device=device)[None])[0])
+                       "time_s": round(time.perf_counter() - started, 3)})
+    margin = rivals[0] if rivals else None
+    ambiguous = margin is not None and margin < config.ambiguity_margin
     report("done", 1.0)
     return VertebraResult(
         name=name,
         matrix_ras=pose,
         params=matrix_to_params(pose, vertebra.center_ras),
         center_ras=vertebra.center_ras,
-        similarity=similarity,
-        verdict="pass" if similarity >= config.doubt_below else "doubt",
+        similarity=float(similarity),
+        verdict="pass" if similarity >= config.doubt_below and not ambiguous else "doubt",
         time_s=time.perf_counter() - started,
         evaluations=vertebra.evaluations,
+        rival_margin=margin,
         stages=stages,
     )
+
+
+def _global_search(
+    vertebra: _Vertebra, coarse: list[_View], pose: np.ndarray, config: RigidConfig, device
+) -> list[tuple[np.ndarray, float]]:
+    """Candidate poses with their coarse-level scores (-inf where none was computed)."""
+    candidates = [pose]
+    if config.global_search.startswith("grid"):
+        candidates = _grid_search(vertebra, coarse, pose, config, device)
+    if "cmaes" not in config.global_search:
+        return [(candidate, -np.inf) for candidate in candidates]
+    wide = config.global_search == "cmaes"
+    reach_mm = config.search_mm if wide else 3 * config.polish_sigma_mm
+    margin = [int(math.ceil(reach_mm * 1.7 / v.geometry.pixel_spacing[0])) for v in coarse]
+    polished = []
+    for index, candidate in enumerate(candidates):
+        problem = _LevelProblem(vertebra, coarse, candidate, margin, device)
+        polished.append(_cmaes(
+            problem, candidate, candidate[:3, :3] @ vertebra.center_ras + candidate[:3, 3],
+            config.cmaes_sigma_deg if wide else config.polish_sigma_deg,
+            config.cmaes_sigma_mm if wide else config.polish_sigma_mm,
+            config.cmaes_evaluations if wide else config.cmaes_evaluations // 2, config.seed + index, device,
+        ))
+    return polished
+
+
+def _refine(
+    vertebra: _Vertebra, views: list[_View], pose: np.ndarray, level: int, config: RigidConfig, device
+) -> tuple[np.ndarray, float]:
+    """One pyramid level of local optimisation (Adam, or CMA-ES for the gradient-free baseline)."""
+    margin = [max(2, int(math.ceil(3.0 / v.geometry.pixel_spacing[0]))) for v in views]
+    problem = _LevelProblem(vertebra, views, pose, margin, device)
+    center_world = pose[:3, :3] @ vertebra.center_ras + pose[:3, 3]
+    if config.cmaes_all_levels:
+        shrink = 0.25 * 0.5**level
+        return _cmaes(problem, pose, center_world, config.cmaes_sigma_deg * shrink, config.cmaes_sigma_mm * shrink,
+                      config.cmaes_evaluations // 2, config.seed + level, device)
+    return _adam(problem, pose, center_world, config.iterations[level], config.lr_deg * 0.5**level,
+                 config.lr_mm * 0.5**level, device)
