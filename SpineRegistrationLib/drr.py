@@ -253,20 +253,21 @@ class DRRRenderer(nn.Module):
         plane = torch.arange(count, dtype=src.dtype, device=src.device)
         d_axis = direction[:, axis]
         d_axis = torch.where(d_axis.abs() < 1e-12, torch.full_like(d_axis, 1e-12), d_axis)
-        t = (plane[:, None] - src[axis]) / d_axis  # (n_slices, N) ray parameter at each slice
+        # The in-slice coordinates are linear in the slice index: grid = base + index * slope,
+        # normalised for grid_sample (align_corners=True: index 0 -> -1, n-1 -> +1).
+        a = list(to_grid)
+        scale = 2.0 / (torch.tensor(self.shape_ijk, dtype=src.dtype, device=src.device)[a] - 1).clamp(min=1)
+        slope = direction[:, a] / d_axis[:, None] * scale  # (N, 2) per slice
+        base = (src[a] - src[axis] * direction[:, a] / d_axis[:, None]) * scale - 1.0  # (N, 2) at slice 0
+        grid = torch.addcmul(base, plane[:, None, None], slope)  # (n_slices, N, 2)
+        values = F.grid_sample(slices, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=True)
+        values = values[:, 0, 0]
         # Slices behind the source or beyond the detector do not count (only possible when
         # the source or a pixel lies within the volume's slab along ``axis``).
         end = src[axis] + direction[:, axis]
-        inside = None
         if bool(((src[axis] > -1) & (src[axis] < count)).any() or ((end > -1) & (end < count)).any()):
-            inside = ((t >= 0.0) & (t <= 1.0)).to(src.dtype)
-        # In-slice coordinates, normalised for grid_sample (align_corners=True: index 0 -> -1, n-1 -> +1).
-        scale = 2.0 / (torch.tensor(self.shape_ijk, dtype=src.dtype, device=src.device)[list(to_grid)] - 1).clamp(min=1)
-        start = src[list(to_grid)] * scale - 1.0  # (2,)
-        slope = direction[:, list(to_grid)] * scale  # (N, 2)
-        grid = start + t[..., None] * slope  # (n_slices, N, 2)
-        values = F.grid_sample(slices, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=True)
-        values = values[:, 0, 0] if inside is None else values[:, 0, 0] * inside
+            t = (plane[:, None] - src[axis]) / d_axis  # (n_slices, N) ray parameter at each slice
+            values = values * ((t >= 0.0) & (t <= 1.0)).to(values.dtype)
         return values.sum(0) * length_mm / d_axis.abs()
 
 
