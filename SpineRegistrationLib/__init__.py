@@ -10,6 +10,7 @@ Pure Python (torch, numpy, SimpleITK); never imports slicer or qt. One concept p
 - ``io``          images, labelmaps, .seg.nrrd, centroids, X-rays, ITK transform files
 - ``drr``         the differentiable DRR renderer
 - ``phantom``     the procedural spine phantom and its simulated X-rays
+- ``pipeline``    the whole ``register`` job: inputs checked, every vertebra registered, result folder
 - ``cli``         the ``spinereg`` command
 """
 

@@ -320,7 +320,7 @@ def _gradient_ncc_map(template: torch.Tensor, weight: torch.Tensor, image: torch
         mean_i = F.conv2d(img, w) / count
         var_i = (F.conv2d(img * img, w) - count * mean_i**2).clamp(min=0)
         maps.append((numerator / (t_norm * torch.sqrt(var_i) + 1e-8))[0, 0])
-    return (0.5 * (maps[0] + maps[1])).numpy()
+    return (0.5 * (maps[0] + maps[1])).cpu().numpy()
 
 
 def _bilinear(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -394,7 +394,7 @@ def register_vertebra(
     xrays: Sequence[np.ndarray],
     geometries: Sequence[XrayGeometry],
     init: np.ndarray | None = None,
-    config: RigidConfig = RigidConfig(),
+    config: RigidConfig | None = None,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> VertebraResult:
@@ -404,6 +404,7 @@ def register_vertebra(
     starting matrix_ras (default identity).
     """
     started = time.perf_counter()
+    config = RigidConfig() if config is None else config
     if len(xrays) != len(geometries) or not xrays:
         raise InputError(f"need one geometry per X-ray, got {len(xrays)} X-rays and {len(geometries)} geometries")
     for index, (xray, geometry) in enumerate(zip(xrays, geometries)):

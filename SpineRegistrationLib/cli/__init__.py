@@ -20,6 +20,7 @@ COMMANDS = {
     "phantom": "phantom",
     "drr": "drr",
     "geometry": "geometry",
+    "register": "register",
 }
 
 

@@ -524,11 +524,6 @@ def test_cancel_kills_a_long_run_and_leaves_no_output(tmp_path):
 
 
 # ---------------------------------------------------------------------- the real register command
-def _has_register() -> bool:
-    return "register" in logic.available_commands()
-
-
-@pytest.mark.skipif(not _has_register(), reason="spinereg register is not written yet")
 def test_register_help_lists_the_options_the_module_uses():
     run = CliProcess(["register", "--help"]).start()
     assert run.wait(timeout_s=60) == 0
@@ -539,7 +534,6 @@ def test_register_help_lists_the_options_the_module_uses():
         assert method in text
 
 
-@pytest.mark.skipif(not _has_register(), reason="spinereg register is not written yet")
 def test_register_from_the_scene_recovers_the_true_poses(scene, loaded, phantom_dir, tmp_path):
     events = []
     made = logic.RegistrationRun(_inputs(loaded, method="intensity"), work_dir=tmp_path).run(

@@ -1,0 +1,172 @@
+"""``spinereg register``: per-vertebra rigid registration of a CT to two (or more) X-rays.
+
+Example::
+
+    spinereg register --ct ct.nii.gz --seg seg.nii.gz --vertebra L1 --vertebra L2 \\
+        --xray AP.png --geometry AP.json --xray LAT.png --geometry LAT.json --out result/
+
+The work is :mod:`SpineRegistrationLib.pipeline` (same configuration object, same checks);
+this file only turns options into a :class:`~SpineRegistrationLib.pipeline.RegisterConfig`,
+shows progress and writes the folder atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+#: Registration methods, as :data:`SpineRegistrationLib.pipeline.METHODS` (repeated here so
+#: ``--help`` does not import torch).
+METHODS = ("auto", "learned", "intensity")
+
+#: Default torch CPU threads, see the --threads help.
+DEFAULT_THREADS = 1
+
+DESCRIPTION = (
+    "Find the pose of each vertebra (CT RAS -> world RAS, rigid) that makes its digitally reconstructed "
+    "radiographs match the X-rays, all views jointly. Writes to DIR (which appears only once complete): "
+    "result.json (format spinereg-result: per vertebra matrix_ras, params in deg/mm about its centroid, "
+    "similarity, pass/doubt verdict, time), one ITK transform per vertebra (L1.h5, loads in Slicer as the "
+    "vertebra's transform) and drr_<VIEW>.nrrd per X-ray (the registered vertebrae's DRR, optical depth, the "
+    "X-ray's size; VIEW is the geometry file's stem, e.g. AP). Progress goes to stderr, a summary table to "
+    "stdout. Exit status 0 when every vertebra was registered (check verdicts marked 'doubt'), 2 for bad input."
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "register",
+        help="register each vertebra of a CT to AP/LAT X-rays (rigid, per vertebra)",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    suppress = argparse.SUPPRESS
+    ct = parser.add_argument_group("CT and vertebrae")
+    ct.add_argument("--ct", required=True, metavar="CT", default=suppress,
+                    help="CT volume in HU (NIfTI, NRRD, MHA or a DICOM series folder)")
+    ct.add_argument("--seg", required=True, metavar="SEG", default=suppress,
+                    help="vertebra labelmap on the CT's voxel grid, or a Slicer .seg.nrrd")
+    ct.add_argument("--label-scheme", default="auto", choices=("auto", "verse", "totalseg"),
+                    help="label numbering of --seg (auto: from segment names or label values)")
+    ct.add_argument("--vertebra", action="append", metavar="NAME", default=suppress,
+                    help="vertebra to register (L1, T12, ... or a raw integer label); repeat for several "
+                    "(default: every vertebra of --seg whose centroid all X-rays see at the initial pose)")
+
+    xray = parser.add_argument_group("X-rays (two or more views; --xray and --geometry pair up in order)")
+    xray.add_argument("--xray", action="append", required=True, metavar="IMAGE", default=suppress,
+                      help="X-ray image (PNG, TIFF, NRRD, MHA or DICOM), bone bright unless --invert; repeat per view")
+    xray.add_argument("--geometry", action="append", required=True, metavar="G.json|dicom", default=suppress,
+                      help="the matching X-ray's spinereg-xray-geometry JSON (write one with 'spinereg geometry'), "
+                      "or the word 'dicom' to read it from the X-ray's DICOM tags (isocentre taken at the "
+                      "vertebrae's centroid); repeat per view")
+    xray.add_argument("--invert", action="store_true",
+                      help="the X-rays are stored bone-dark: flip their intensities (DICOM MONOCHROME1 needs no flag)")
+
+    method = parser.add_argument_group("registration")
+    method.add_argument("--init", metavar="INIT.json|INIT.h5", default=suppress,
+                        help="initial pose of the CT (CT RAS -> world RAS): JSON {\"matrix_ras\": 4x4} or an ITK "
+                        "transform (.h5/.tfm); must be rigid (default: identity, the CT as scanned)")
+    method.add_argument("--method", default="auto", choices=METHODS,
+                        help="intensity: DRR similarity (gradient and patch NCC) with a global search and "
+                        "multi-resolution gradient refinement; learned: a trained network's pose, refined "
+                        "(needs a model shipped in Resources/Models); auto: learned when a model is shipped, "
+                        "else intensity")
+    method.add_argument("--device", default="cpu", help="torch device: cpu, cuda (cuda:N) or auto (cuda when available)")
+    method.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+                        help="torch CPU threads (torch.set_num_threads). 1 by default: one vertebra's tensors are "
+                        "small (its cropped volume, a few thousand rays per view), so more threads mostly add "
+                        "synchronisation; measured on a shared 2-core CPU, one vertebra took 14-22 s with 1 thread "
+                        "and 97-112 s with 2. Try more on a many-core CPU with fine (< 1 mm) CTs")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="DIR", default=suppress,
+                     help="output folder (created; must be new or empty unless --overwrite)")
+    out.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder (only once complete)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+class _ProgressPrinter:
+    """Progress on stderr: ``[i/n] L1: registering`` when a vertebra starts, a tqdm bar
+    (``L1:  40%|####  | ...``) within it and a one-line summary when it ends. The Slicer
+    module's runner parses exactly these lines (SpineRegistrationProcess)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.bar = None
+        self.index = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.index != self.index:
+            self.close()
+            self.index = event.index
+            print(f"[{event.index}/{event.count}] {event.vertebra}: registering", file=self.stream, flush=True)
+            self.bar = tqdm(total=100, desc=event.vertebra, file=self.stream, leave=False, mininterval=0.2)
+        self.bar.set_postfix_str(event.stage, refresh=False)
+        self.bar.update(max(0, round(100 * event.fraction) - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _table(results) -> str:
+    """The summary table printed on stdout."""
+    lines = [f"{'vertebra':<9} {'similarity':>10}  {'verdict':<7} {'time_s':>7} {'renders':>8}"]
+    for r in results:
+        lines.append(f"{r.name:<9} {r.similarity:>10.3f}  {r.verdict:<7} {r.time_s:>7.1f} {r.evaluations:>8d}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from ..pipeline import RegisterConfig, iter_register_case, load_case, write_result
+    from ..registration import RigidConfig
+    from .common import staged_output_dir
+
+    started = time.perf_counter()
+    config = RegisterConfig(
+        ct=args.ct,
+        seg=args.seg,
+        xrays=args.xray,
+        geometries=args.geometry,
+        vertebrae=getattr(args, "vertebra", None) or (),
+        label_scheme=args.label_scheme,
+        invert=args.invert,
+        init=getattr(args, "init", None),
+        method=args.method,
+        device=args.device,
+        rigid=RigidConfig(),
+        threads=args.threads,
+    )
+    with staged_output_dir(args.out, args.overwrite) as staging:
+        case = load_case(config)  # every bad-input check, before any line of progress
+        for note in case.notes:
+            print(f"spinereg: note: {note}", file=sys.stderr)
+        print(f"registering {len(case.vertebrae)} vertebra(e) ({', '.join(case.vertebrae)}) to "
+              f"{len(case.views)} views ({', '.join(case.views)}), method {case.method}, device {case.device}",
+              file=sys.stderr, flush=True)
+        printer = _ProgressPrinter(sys.stderr)
+        results = []
+        try:
+            for result in iter_register_case(case, progress=printer):
+                printer.close()
+                results.append(result)
+                print(f"{result.name}: similarity {result.similarity:.3f} ({result.verdict}), "
+                      f"{result.time_s:.1f} s, {result.evaluations} renders", file=sys.stderr, flush=True)
+        finally:
+            printer.close()
+        paths = write_result(staging, results, case, total_time_s=time.perf_counter() - started)
+    doubt = [r.name for r in results if r.verdict != "pass"]
+    if doubt:
+        print(f"spinereg: warning: {', '.join(doubt)}: registration in doubt (low final similarity); "
+              "check the overlay before using it", file=sys.stderr)
+    print(_table(results))
+    names = ", ".join(path.name for path in paths.values())
+    print(f"wrote {args.out}: {names} ({len(results)} vertebra(e), {len(doubt)} in doubt, "
+          f"{time.perf_counter() - started:.1f} s in all)")
+    return 0
