@@ -482,18 +482,18 @@ def iter_register_case(
 
 
 # ---------------------------------------------------------------------- results
-def render_result_drrs(case: CaseInputs, results: Sequence[VertebraResult]) -> list[np.ndarray]:
-    """Per view, the sum of the registered vertebrae's DRRs at their poses: (rows, columns)
-    float32 optical depth, the X-ray's size."""
+def render_vertebra_drrs(case: CaseInputs, poses: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Per view, the sum of the vertebrae's DRRs at ``poses`` (name -> matrix_ras): (rows,
+    columns) float32 optical depth, the X-ray's size."""
     import torch
 
     from .drr import Detectors, DRRRenderer
 
     images = [np.zeros((g.rows, g.columns), np.float32) for g in case.geometries]
     detectors = [Detectors.from_geometries([g], device=case.device) for g in case.geometries]
-    for result in results:
-        renderer = DRRRenderer(case.mu, mask=case.mask(result.name)).to(case.device)
-        pose = torch.as_tensor(result.matrix_ras, dtype=torch.float32, device=case.device)[None]
+    for name, matrix in poses.items():
+        renderer = DRRRenderer(case.mu, mask=case.mask(name)).to(case.device)
+        pose = torch.as_tensor(matrix, dtype=torch.float32, device=case.device)[None]
         with torch.no_grad():
             for image, detector in zip(images, detectors):
                 image += renderer(pose, detector)[0, 0].cpu().numpy()
@@ -578,7 +578,7 @@ def write_result(
     for result in results:
         paths[result.name] = directory / f"{result.name}.h5"
         write_transform(result.matrix_ras, paths[result.name])
-    for view, image in zip(case.views, render_result_drrs(case, results)):
+    for view, image in zip(case.views, render_vertebra_drrs(case, {r.name: r.matrix_ras for r in results})):
         paths[f"drr_{view}"] = directory / f"drr_{view}.nrrd"
         write_xray(image, paths[f"drr_{view}"])
     paths["result"] = directory / RESULT_FILE

@@ -108,7 +108,7 @@ def test_write_result_round_trip(sample, registered, tmp_path):
             pytest.approx(result.similarity), result.verdict, result.evaluations)
         np.testing.assert_allclose(read_transform(tmp_path / f"{result.name}.h5"), result.matrix_ras, atol=1e-9)
     # The DRR of each view: the X-ray's size, the registered vertebrae and nothing else.
-    expected = pipeline.render_result_drrs(case, results)
+    expected = pipeline.render_vertebra_drrs(case, {r.name: r.matrix_ras for r in results})
     for view, geometry, image in zip(case.views, case.geometries, expected):
         drr = read_xray(tmp_path / f"drr_{view}.nrrd", geometry).array
         np.testing.assert_allclose(drr, image, rtol=1e-6, atol=1e-6)
