@@ -12,16 +12,6 @@ from pathlib import Path
 from ..errors import InputError
 
 
-def existing_file(path: str | os.PathLike) -> Path:
-    """Return ``path`` as a Path, or raise InputError if it is not an existing file."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"file not found: {p}")
-    if p.is_dir() and not p.name.endswith(".dcm"):
-        return p  # a DICOM series folder is accepted where readers allow it
-    return p
-
-
 def new_output_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Check that ``path`` may be written: refuse to replace an existing file unless asked."""
     p = Path(path)

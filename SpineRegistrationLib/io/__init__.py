@@ -13,7 +13,6 @@ from .centroids import axis_codes, read_centroids, write_centroids
 from .images import read_volume, write_volume
 from .labelmaps import (
     Labelmap,
-    bounding_box_ijk,
     centroid_ras,
     centroids_ras,
     read_labelmap,
@@ -21,6 +20,7 @@ from .labelmaps import (
     write_labelmap,
 )
 from .segnrrd import write_seg_nrrd
+from ..volume import bounding_box_ijk
 from .transforms import check_rigid, read_matrix_json, read_rigid_matrix, read_transform, write_transform
 from .xray import XrayImage, check_xray_extension, invert_intensities, read_xray, write_xray
 

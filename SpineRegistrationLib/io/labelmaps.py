@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..labels import LabelScheme, get_scheme, guess_scheme_from_labels, sort_vertebrae, vertebra_label
-from ..volume import Volume, bounding_box_ijk  # noqa: F401 - re-exported by io
+from ..volume import Volume
 from .images import as_3d_scalar, ijk_to_ras_of, read_image_file, volume_to_image, write_image_file
 from . import segnrrd
 
