@@ -21,6 +21,7 @@ COMMANDS = {
     "drr": "drr",
     "geometry": "geometry",
     "register": "register",
+    "evaluate": "evaluate",
 }
 
 

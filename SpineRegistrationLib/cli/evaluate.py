@@ -1,0 +1,190 @@
+"""``spinereg evaluate``: accuracy, robustness and speed of registration on simulated cases with known truth.
+
+Example::
+
+    spinereg evaluate --cases 20 --methods ours,cmaes --out eval/
+    spinereg evaluate --ct ct.nii.gz --seg seg.nii.gz --vertebra L2 --vertebra L3 --out eval/
+
+The work is :mod:`SpineRegistrationLib.evaluation` (same configuration object,
+:class:`~SpineRegistrationLib.evaluation.EvalConfig`); this file turns options into it,
+shows progress and writes the folder atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+#: Methods, as :data:`SpineRegistrationLib.evaluation.METHODS` (repeated so --help stays torch-free).
+METHODS = ("ours", "cmaes")
+#: Default torch CPU threads: as ``spinereg register`` (one vertebra's tensors are small).
+DEFAULT_THREADS = 1
+
+DESCRIPTION = (
+    "Build a set of biplanar (AP + LAT) X-ray cases with known per-vertebra poses from a CT and its vertebra "
+    "labelmap (default: the embedded spine phantom, generated): the whole spine offset from the CT by a random "
+    "rigid pose about the target vertebra (uniform per axis within --rot-deg / --trans-mm), every vertebra moved "
+    "a little more on its own, jittered C-arm geometry (distances, angles, pixel size) and X-ray realism "
+    "(noise, gamma, scatter, heel effect, blur, collimation). Register each case's vertebra from the identity "
+    "with each method and report, per case and per method: mTRE over the vertebra's voxels, success rates at "
+    "mTRE < 1 / 2 / 10 mm, rotation and translation errors, capture range (success by initial mTRE) and time "
+    "per vertebra. Writes DIR/results.json (format spinereg-evaluation) and DIR/plot.png; DIR appears only "
+    "once complete. Progress goes to stderr, the summary table to stdout."
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="measure registration accuracy and speed on simulated cases with known truth",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    suppress = argparse.SUPPRESS
+    data = parser.add_argument_group("CT and vertebrae (default: the phantom, T10-L5 at 1 mm)")
+    data.add_argument("--ct", metavar="CT", default=suppress,
+                      help="CT volume in HU (NIfTI, NRRD, MHA or a DICOM series folder); with --seg")
+    data.add_argument("--seg", metavar="SEG", default=suppress,
+                      help="vertebra labelmap on the CT's voxel grid, or a Slicer .seg.nrrd; with --ct")
+    data.add_argument("--label-scheme", default="auto", choices=("auto", "verse", "totalseg"),
+                      help="label numbering of --seg")
+    data.add_argument("--vertebra", action="append", metavar="NAME", default=suppress,
+                      help="vertebra to register (repeat for several; cases cycle through them) "
+                      "(default: every vertebra with both neighbours in the labelmap)")
+
+    cases = parser.add_argument_group("cases")
+    cases.add_argument("--cases", type=int, default=20, metavar="N", help="number of cases")
+    cases.add_argument("--rot-deg", type=float, default=10.0, metavar="DEG",
+                       help="half-range of the spine's random rotation about the target vertebra, per axis, degrees")
+    cases.add_argument("--trans-mm", type=float, default=20.0, metavar="MM",
+                       help="half-range of the target vertebra's random translation, per axis, mm")
+    cases.add_argument("--seed", type=int, default=0, help="random seed of the case set (case i is the same for any N > i)")
+    cases.add_argument("--detector-size", type=int, nargs=2, default=(512, 512), metavar=("COLUMNS", "ROWS"),
+                       help="simulated detector size in pixels")
+    cases.add_argument("--pixel-mm", type=float, default=1.0, metavar="MM",
+                       help="simulated detector pixel spacing in mm (jittered by 5 %% per view)")
+
+    method = parser.add_argument_group("methods")
+    method.add_argument("--methods", default=",".join(METHODS), metavar="A,B",
+                        help="comma-separated methods: ours (the registration of 'spinereg register', intensity "
+                        "method), cmaes (gradient-free baseline: CMA-ES at every pyramid level)")
+    method.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    method.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+                        help="torch CPU threads (torch.set_num_threads), as for 'spinereg register'")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="DIR", default=suppress,
+                     help="output folder (created; must be new or empty unless --overwrite)")
+    out.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder (only once complete)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"ours,cmaes"`` -> ["ours", "cmaes"]; InputError for an empty list, a repeat or an unknown name."""
+    from ..errors import InputError
+
+    names = [name.strip() for name in str(text).split(",") if name.strip()]
+    if not names:
+        raise InputError(f"--methods {text!r}: name at least one of {', '.join(METHODS)}")
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise InputError(f"--methods: unknown method {unknown[0]!r}; expected a comma-separated list of "
+                         f"{', '.join(METHODS)}")
+    if len(set(names)) != len(names):
+        raise InputError(f"--methods {text!r}: a method is named twice")
+    return names
+
+
+def _load_data(args: argparse.Namespace):
+    """(CT in HU, Labelmap, description) from --ct/--seg, or the default phantom."""
+    import numpy as np
+
+    from ..errors import InputError
+
+    ct_path, seg_path = getattr(args, "ct", None), getattr(args, "seg", None)
+    if bool(ct_path) != bool(seg_path):
+        raise InputError("--ct and --seg go together: give both, or neither for the phantom")
+    if ct_path:
+        from ..io import read_labelmap, read_volume
+
+        ct = read_volume(ct_path)
+        labelmap = read_labelmap(seg_path, args.label_scheme)
+        if labelmap.volume.array.shape != ct.array.shape or not np.allclose(
+            labelmap.volume.ijk_to_ras, ct.ijk_to_ras, atol=1e-3
+        ):
+            raise InputError(f"segmentation {seg_path} does not share the CT's voxel grid")
+        return ct, labelmap, {"ct": str(ct_path), "seg": str(seg_path), "label_scheme": labelmap.scheme.name}
+    from ..io import Labelmap
+    from ..phantom import PhantomConfig, generate_phantom
+
+    phantom = generate_phantom(PhantomConfig())
+    names = phantom.config.vertebrae
+    return phantom.ct, Labelmap(phantom.labels, "verse"), {
+        "ct": f"phantom {names[0]}-{names[-1]}, {phantom.config.spacing_mm:g} mm, seed {phantom.config.seed}"
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from ..errors import InputError
+    from ..evaluation import (EvalConfig, format_table, iter_cases, iter_run_method, make_method,
+                              summarize_by_method, write_report)
+    from .common import check_device, staged_output_dir
+
+    started = time.perf_counter()
+    methods = parse_methods(args.methods)
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    try:
+        import matplotlib  # noqa: F401 - the report's plot needs it; fail before any work
+    except ImportError:
+        raise InputError("spinereg evaluate writes plot.png with matplotlib: pip install matplotlib") from None
+    config = EvalConfig(
+        cases=args.cases,
+        vertebrae=tuple(getattr(args, "vertebra", None) or ()) or None,
+        rot_deg=args.rot_deg,
+        trans_mm=args.trans_mm,
+        seed=args.seed,
+        detector_size=tuple(args.detector_size),
+        pixel_spacing_mm=args.pixel_mm,
+    )
+    device = check_device(args.device)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        with staged_output_dir(args.out, args.overwrite) as staging:
+            print("loading the CT and labelmap ..." if getattr(args, "ct", None) else "generating the phantom ...",
+                  file=sys.stderr, flush=True)
+            ct, labelmap, inputs = _load_data(args)
+            runners = {name: make_method(name, device=device) for name in methods}
+            generated = iter_cases(ct, labelmap, None, config, device=device)
+            cases = list(tqdm(generated, total=config.cases, desc="simulating X-rays", unit="case",
+                              file=sys.stderr, mininterval=0.5))
+            records = []
+            for name, method in runners.items():
+                progress = tqdm(iter_run_method(cases, method, name), total=len(cases), desc=name, unit="case",
+                                file=sys.stderr, mininterval=0.5)
+                for record in progress:
+                    records.append(record)
+                    if record["error"] is None:
+                        progress.set_postfix_str(f"last mTRE {record['mtre_mm']:.2f} mm", refresh=False)
+            summaries = summarize_by_method(records)
+            metadata = {"inputs": inputs, "methods": methods, "device": str(device), "threads": args.threads,
+                        "vertebrae": sorted({case.vertebra for case in cases}),
+                        "total_s": round(time.perf_counter() - started, 1)}
+            paths = write_report(staging, summaries, records, config=config, metadata=metadata)
+    finally:
+        torch.set_num_threads(threads_before)
+    errors = [r for r in records if r["error"] is not None]
+    if errors:
+        print(f"spinereg: warning: {len(errors)} run(s) failed and count as failures; first: {errors[0]['method']} "
+              f"case {errors[0]['case']}: {errors[0]['error']}", file=sys.stderr)
+    print(format_table(summaries))
+    print(f"wrote {args.out}: {', '.join(path.name for path in paths.values())} "
+          f"({len(cases)} case(s) x {len(methods)} method(s), {time.perf_counter() - started:.1f} s in all)")
+    return 0
