@@ -256,7 +256,7 @@ def iter_cases(
     ct_hu: Volume,
     labelmap: Labelmap,
     centroids: dict[str, np.ndarray] | None = None,
-    config: EvalConfig = EvalConfig(),
+    config: EvalConfig | None = None,
     renderer: str = "ours",
     render_factory: RenderFactory | None = None,
     device: str | torch.device = "cpu",
@@ -270,6 +270,7 @@ def iter_cases(
         labelmap.volume.ijk_to_ras, ct_hu.ijk_to_ras, atol=1e-3
     ):
         raise InputError("the labelmap does not share the CT's voxel grid")
+    config = EvalConfig() if config is None else config
     names = list(labelmap.labels)
     if not names:
         raise InputError("the labelmap has no vertebra the label scheme knows")
@@ -355,7 +356,7 @@ def make_cases(
     ct_hu: Volume,
     labelmap: Labelmap,
     centroids: dict[str, np.ndarray] | None = None,
-    config: EvalConfig = EvalConfig(),
+    config: EvalConfig | None = None,
     renderer: str = "ours",
     render_factory: RenderFactory | None = None,
     device: str | torch.device = "cpu",

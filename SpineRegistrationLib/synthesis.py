@@ -88,7 +88,7 @@ def simulate_case(
     params: dict[str, np.ndarray],
     centroids_ras: dict[str, np.ndarray],
     geometries: list[XrayGeometry],
-    sim: XraySimConfig = XraySimConfig(),
+    sim: XraySimConfig | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> BiplanarCase:
@@ -96,5 +96,6 @@ def simulate_case(
     poses = {name: params_to_matrix(p, centroids_ras[name]) for name, p in params.items()}
     depths = render_posed_spine(ct_hu, labelmap, poses, geometries, device=device)
     generator = torch.Generator().manual_seed(seed)
+    sim = XraySimConfig() if sim is None else sim
     images = [simulate_xray(torch.from_numpy(depth), sim, generator).numpy() for depth in depths]
     return BiplanarCase(images=images, geometries=geometries, poses=poses, params=dict(params))

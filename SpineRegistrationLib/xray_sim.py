@@ -88,9 +88,10 @@ def _gaussian_kernel(sigma_px: float, radius: int, like: torch.Tensor) -> torch.
 
 
 def simulate_xray(
-    optical_depth: torch.Tensor, config: XraySimConfig = XraySimConfig(), generator: torch.Generator | None = None
+    optical_depth: torch.Tensor, config: XraySimConfig | None = None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Optical depth (..., rows, columns) -> simulated radiograph in [0, 1], bone bright."""
+    config = XraySimConfig() if config is None else config
     depth = optical_depth.clamp(min=0.0)
     columns = depth.shape[-1]
     heel = 1.0 - config.heel * torch.linspace(0.0, 1.0, columns, dtype=depth.dtype, device=depth.device)
