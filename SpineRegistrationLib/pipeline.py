@@ -52,7 +52,7 @@ from .io import (
     write_transform,
     write_xray,
 )
-from .io.xray import invert_intensities
+from .io.xray import checked_xray_array
 from .labels import get_scheme
 from .registration import RigidConfig, VertebraResult, register_vertebra
 from .volume import Volume
@@ -244,20 +244,7 @@ def _xray_from(value, geometry: XrayGeometry, invert: bool, label: str) -> np.nd
     if _is_path(value):
         array = read_xray(value, geometry, invert).array
     else:
-        array = np.asarray(value, dtype=np.float32)
-        if array.ndim != 2:
-            raise InputError(f"{label} has shape {array.shape}; an X-ray must be a 2D (rows, columns) array")
-        if not np.all(np.isfinite(array)):
-            raise InputError(f"{label} holds NaN or infinite pixel values")
-        if array.max() == array.min():
-            raise InputError(f"{label} is a constant image (every pixel is {array.min():g}); nothing to register to")
-        if invert:
-            array = invert_intensities(array)
-        rows, cols = array.shape
-        if tuple(geometry.size) != (cols, rows):
-            raise InputError(
-                f"{label} is {cols} columns x {rows} rows but its geometry says size {list(geometry.size)}"
-            )
+        array = checked_xray_array(value, label, geometry, invert)
     _check_contrast(array, label)
     return np.ascontiguousarray(array, dtype=np.float32)
 

@@ -79,20 +79,31 @@ def read_xray(path: str | os.PathLike, geometry: XrayGeometry | None = None, inv
     size that does not match the geometry.
     """
     image = read_image_file(path)
-    array = _to_grey_2d(image, path)
     # DICOM MONOCHROME1 needs nothing here: ITK's reader already inverted it (module docstring).
+    array = checked_xray_array(_to_grey_2d(image, path), str(path), geometry, invert)
+    return XrayImage(array, geometry)
+
+
+def checked_xray_array(
+    array: np.ndarray, label: str, geometry: XrayGeometry | None = None, invert: bool = False
+) -> np.ndarray:
+    """An X-ray array validated (2D, finite, not constant, of the geometry's size) and
+    optionally inverted (``max + min - x``): float32 (rows, columns). ``label`` names it in errors."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2:
+        raise InputError(f"{label} has shape {array.shape}; an X-ray must be a 2D (rows, columns) array")
     if not np.all(np.isfinite(array)):
-        raise InputError(f"{path} holds NaN or infinite pixel values")
+        raise InputError(f"{label} holds NaN or infinite pixel values")
     if array.max() == array.min():
-        raise InputError(f"{path} is a constant image (every pixel is {array.min():g}); nothing to register to")
+        raise InputError(f"{label} is a constant image (every pixel is {array.min():g}); nothing to register to")
     if invert:
         array = invert_intensities(array)
     rows, cols = array.shape
     if geometry is not None and tuple(geometry.size) != (cols, rows):
         raise InputError(
-            f"{path} is {cols} columns x {rows} rows but its geometry says size {list(geometry.size)} (columns, rows)"
+            f"{label} is {cols} columns x {rows} rows but its geometry says size {list(geometry.size)} (columns, rows)"
         )
-    return XrayImage(array.astype(np.float32), geometry)
+    return array
 
 
 def check_xray_extension(path: str | os.PathLike) -> None:
