@@ -51,6 +51,7 @@ from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.geometry import XrayGeometry, geometry_from_dicom, load_geometry, save_geometry
 from SpineRegistrationLib.io import Labelmap, read_labelmap, read_volume, read_xray, write_labelmap, write_volume
 from SpineRegistrationLib.io import write_xray
+from SpineRegistrationLib.io.jsonfile import read_json
 from SpineRegistrationLib.labels import SCHEMES, canonical_name, guess_scheme_from_labels, sort_vertebrae
 from SpineRegistrationLib.volume import Volume, bounding_box_ijk
 
@@ -818,12 +819,7 @@ def read_registration_result(out_dir: str | os.PathLike, xray_sizes: dict | None
     """
     out_dir = Path(out_dir)
     result_path = out_dir / RESULT_FILE
-    if not result_path.is_file():
-        raise InputError(f"the registration wrote no {RESULT_FILE} in {out_dir}")
-    try:
-        info = json.loads(result_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{result_path.name} is not JSON ({error})") from None
+    info = read_json(result_path, RESULT_FORMAT)
     if not isinstance(info, dict) or info.get("format") not in (RESULT_FORMAT, None) or not isinstance(info.get("vertebrae"), dict):
         raise InputError(f"{result_path.name} is not a {RESULT_FORMAT} file (no 'vertebrae' object)")
     if not info["vertebrae"]:
