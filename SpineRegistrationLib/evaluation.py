@@ -214,7 +214,7 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
-def _draw_geometries(rng: np.random.Generator, config: EvalConfig, isocenter_ras: np.ndarray) -> tuple[list, list]:
+def draw_geometries(rng: np.random.Generator, config: EvalConfig, isocenter_ras: np.ndarray) -> tuple[list, list]:
     """The jittered AP and LAT views around ``isocenter_ras`` and what was drawn."""
     geometries, drawn = [], []
     for view, primary_deg in VIEWS.items():
@@ -241,7 +241,7 @@ def _draw_geometries(rng: np.random.Generator, config: EvalConfig, isocenter_ras
     return geometries, drawn
 
 
-def _draw_sim(rng: np.random.Generator, config: EvalConfig) -> XraySimConfig:
+def draw_sim(rng: np.random.Generator, config: EvalConfig) -> XraySimConfig:
     return XraySimConfig(
         photons=_uniform(rng, config.photons),
         gamma=_uniform(rng, config.gamma),
@@ -319,8 +319,8 @@ def _generate_cases(ct_hu, mu_registration, names, targets, centroids, masks, re
                                         rng.uniform(-config.per_vertebra_mm, config.per_vertebra_mm, 3)])
                   for name in names}
         poses = {name: spine @ params_to_matrix(motion[name], centroids[name]) for name in names}
-        geometries, geometry_knobs = _draw_geometries(rng, config, center)
-        sims = [_draw_sim(rng, config) for _ in geometries]
+        geometries, geometry_knobs = draw_geometries(rng, config, center)
+        sims = [draw_sim(rng, config) for _ in geometries]
         noise_seed = int(rng.integers(2**31))
         started = time.perf_counter()
         images = []
@@ -401,8 +401,37 @@ def cmaes_method(device: str | torch.device = "cpu") -> Method:
     return ours_method(device, RigidConfig(global_search="cmaes", cmaes_all_levels=True))
 
 
+def learned_method(device: str | torch.device = "cpu", refine: bool = False, model=None) -> Method:
+    """The pose network (the shipped model unless ``model`` is given): alone, or refined (``auto``)."""
+    from .errors import InputError
+    from .learned.inference import PosePredictor, register_vertebra_learned
+    from .pipeline import learned_model
+
+    model = model if model is not None else learned_model()
+    if model is None:
+        raise InputError("no pose-network model is shipped (Resources/Models/*.pt): train one with 'spinereg train'")
+    predictor = PosePredictor(model, device)
+
+    def run(case: EvalCase) -> tuple[np.ndarray, float, dict]:
+        started = time.perf_counter()
+        result = register_vertebra_learned(case.vertebra, case.mu, case.mask, case.images, case.geometries, predictor,
+                                           init=case.matrix_init, refine=refine, device=device)
+        extra = {"verdict": result.verdict, "similarity": float(result.similarity),
+                 "evaluations": int(result.evaluations),
+                 "fallback": any(stage["stage"].startswith("fallback") for stage in result.stages)}
+        return result.matrix_ras, time.perf_counter() - started, extra
+
+    return run
+
+
+def auto_method(device: str | torch.device = "cpu", model=None) -> Method:
+    """The default of ``spinereg register``: the network's pose refined by intensity (full search when in doubt)."""
+    return learned_method(device, refine=True, model=model)
+
+
 #: Built-in methods by name: name -> factory(device) -> Method.
-METHODS: dict[str, Callable[..., Method]] = {"ours": ours_method, "cmaes": cmaes_method}
+METHODS: dict[str, Callable[..., Method]] = {"ours": ours_method, "cmaes": cmaes_method, "learned": learned_method,
+                                             "auto": auto_method}
 
 
 def make_method(name: str, device: str | torch.device = "cpu") -> Method:

@@ -728,3 +728,25 @@ def _label_centroids(labels: np.ndarray, label_of: dict[str, int], ijk_to_ras: n
             )
         centroids[name] = sums[label] / counts[label] @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
     return centroids
+
+
+def varied_phantom_config(seed: int, count: int = 8) -> PhantomConfig:
+    """A phantom of random anatomy for training: ``count`` consecutive vertebrae (T1..L5),
+    size, curvature, bone density, body shape and vertebra poses drawn from ``seed``."""
+    rng = np.random.default_rng([seed, 0x5917E])
+    first = int(rng.integers(0, len(PHANTOM_VERTEBRAE) - count + 1))
+    return PhantomConfig(
+        seed=seed,
+        vertebrae=PHANTOM_VERTEBRAE[first : first + count],
+        anatomy_scale=float(rng.uniform(0.85, 1.15)),
+        dims_jitter=0.08,
+        lordosis_deg=float(rng.uniform(15.0, 55.0)),
+        kyphosis_deg=float(rng.uniform(0.0, 30.0)),
+        scoliosis_deg=float(rng.uniform(-15.0, 15.0)),
+        random_pose_deg=3.0,
+        random_pose_mm=1.5,
+        body_half_axes_mm=(float(rng.uniform(120.0, 180.0)), float(rng.uniform(90.0, 130.0))),
+        fat_mm=float(rng.uniform(5.0, 30.0)),
+        cortical_hu=float(rng.uniform(900.0, 1400.0)),
+        cancellous_hu=float(rng.uniform(150.0, 350.0)),
+    )

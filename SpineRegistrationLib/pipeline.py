@@ -58,8 +58,9 @@ from .registration import RigidConfig, VertebraResult, register_vertebra
 from .volume import Volume
 
 #: Registration methods: ``intensity`` (DRR similarity, :func:`.registration.register_vertebra`),
-#: ``learned`` (a network's pose, refined; needs a shipped model) and ``auto`` (learned when a
-#: model is shipped, else intensity).
+#: ``learned`` (the pose network alone, :mod:`.learned`) and ``auto`` (the network's pose refined
+#: by intensity, with the full intensity search when in doubt; intensity alone when no model
+#: is shipped).
 METHODS = ("auto", "learned", "intensity")
 #: A geometry given as this word is read from the X-ray's own DICOM tags.
 DICOM_GEOMETRY = "dicom"
@@ -102,6 +103,8 @@ class RegisterConfig:
     views: names of the views (``AP``, ``LAT``), used in output file names; default: the
         geometry file stems (the X-ray file stem for ``dicom``), else ``view1``, ``view2``...
     threads: torch CPU threads while registering (None: leave torch's setting alone).
+    model: the pose network's model file for ``learned``/``auto`` (default: the one shipped
+        in Resources/Models).
     """
 
     ct: str | os.PathLike | Volume
@@ -117,6 +120,7 @@ class RegisterConfig:
     rigid: RigidConfig = field(default_factory=RigidConfig)
     views: Sequence[str] | None = None
     threads: int | None = None
+    model: str | os.PathLike | None = None
 
 
 @dataclass
@@ -128,7 +132,8 @@ class CaseInputs:
     matches). views: output names, one per X-ray. vertebrae: name -> label value, in
     registration order. init: (4, 4) matrix_ras. method: the method that will run (never
     ``auto``). device: torch device name. notes: one-line remarks for the user (e.g. the
-    method ``auto`` fell back to ``intensity``).
+    method ``auto`` fell back to ``intensity``). model: the loaded pose network (learned and
+    auto only).
     """
 
     config: RegisterConfig
@@ -142,6 +147,7 @@ class CaseInputs:
     method: str
     device: str
     notes: list[str] = field(default_factory=list)
+    model: object | None = None
 
     @cached_property
     def mu(self) -> Volume:
@@ -174,28 +180,25 @@ def learned_model() -> Path | None:
     return models[0] if models else None
 
 
-def resolve_method(method: str) -> tuple[str, str | None]:
-    """The method that will run for ``method`` and a one-line note when it differs.
+def resolve_method(method: str, model: str | os.PathLike | None = None) -> tuple[str, str | None, Path | None]:
+    """The method that will run for ``method``, a one-line note when it differs, and the model file.
 
-    ``learned`` without a shipped model raises InputError; ``auto`` then falls back to
-    ``intensity`` with a note.
+    ``learned`` without a model (``model`` or a shipped one) raises InputError; ``auto`` then
+    falls back to ``intensity`` with a note.
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     if method == "intensity":
-        return "intensity", None
-    model = learned_model()
+        return "intensity", None, None
+    model = Path(model) if model is not None else learned_model()
     if model is None:
         if method == "learned":
             raise InputError(
                 f"method 'learned' needs a trained model ({MODEL_DIR.name}/*.pt under Resources) and none is "
                 "shipped with this version; use method 'intensity' (or 'auto', which falls back to it)"
             )
-        return "intensity", "no learned model is shipped (Resources/Models/*.pt): using intensity-based registration"
-    # A model file exists, but this version has no learned registration to run it with.
-    if method == "learned":
-        raise InputError(f"method 'learned' is not available in this version (model {model.name} found but unused)")
-    return "intensity", "learned registration is not available in this version: using intensity-based registration"
+        return "intensity", "no learned model is shipped (Resources/Models/*.pt): using intensity-based registration", None
+    return method, None, model
 
 
 def resolve_device(name: str) -> str:
@@ -339,8 +342,13 @@ def load_case(config: RegisterConfig) -> CaseInputs:
         )
     if len(xrays) < 2:
         raise InputError(f"got {len(xrays)} X-ray; biplanar registration needs at least 2 views (e.g. AP and LAT)")
-    method, note = resolve_method(config.method)
+    method, note, model_path = resolve_method(config.method, config.model)
     device = resolve_device(config.device)
+    model = None
+    if model_path is not None:  # a bad model file fails here, before any image is read
+        from .learned.checkpoint import load_model
+
+        model = load_model(model_path)
     if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):
         raise InputError(f"threads must be a whole number >= 1, got {config.threads!r}")
     if str(config.label_scheme).strip().lower() != "auto":
@@ -422,6 +430,7 @@ def load_case(config: RegisterConfig) -> CaseInputs:
         method=method,
         device=device,
         notes=[note] if note else [],
+        model=model,
     )
 
 
@@ -449,6 +458,11 @@ def iter_register_case(
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    predictor = None
+    if case.method in ("learned", "auto"):
+        from .learned.inference import PosePredictor, register_vertebra_learned
+
+        predictor = PosePredictor(case.model, case.device)
     try:
         count = len(case.vertebrae)
         for index, name in enumerate(case.vertebrae, start=1):
@@ -459,6 +473,12 @@ def iter_register_case(
                     progress(CaseProgress(index, count, name, stage, float(fraction)))
 
             report("start", 0.0)
+            if predictor is not None:
+                yield register_vertebra_learned(
+                    name, case.mu, case.mask(name), case.xrays, case.geometries, predictor, init=case.init,
+                    config=case.config.rigid, refine=case.method == "auto", device=case.device, progress=report,
+                )
+                continue
             yield register_vertebra(
                 name, case.mu, case.mask(name), case.xrays, case.geometries, init=case.init,
                 config=case.config.rigid, device=case.device, progress=report,
@@ -530,6 +550,7 @@ def result_dict(case: CaseInputs, results: Sequence[VertebraResult], total_time_
         "init_matrix_ras": case.init.tolist(),
         "method": case.method,
         "method_requested": config.method,
+        "model": None if case.model is None else str(resolve_method(config.method, config.model)[2].absolute()),
         "device": case.device,
         "rigid_config": asdict(config.rigid),
         "vertebrae": vertebrae,

@@ -131,3 +131,29 @@ def invert_rigid(matrix: torch.Tensor) -> torch.Tensor:
 def transform_points(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Apply (B, 4, 4) to (B, N, 3) points (or (N, 3), broadcast) -> (B, N, 3)."""
     return points @ matrix[..., :3, :3].transpose(-1, -2) + matrix[..., None, :3, 3]
+
+
+def rotation_6d_to_matrix(d6: torch.Tensor) -> torch.Tensor:
+    """(..., 6) -> (..., 3, 3): the continuous 6D rotation representation (Zhou et al., CVPR 2019).
+
+    The 6 numbers are two 3-vectors; Gram-Schmidt turns them into the first two columns of
+    the rotation, their cross product is the third. Any input except parallel vectors
+    maps to a rotation, which is what makes it suited to regression.
+    """
+    a1, a2 = d6[..., :3], d6[..., 3:]
+    b1 = torch.nn.functional.normalize(a1, dim=-1)
+    b2 = torch.nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.linalg.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+def matrix_to_rotation_6d(rotation: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> (..., 6): the first two columns, the inverse of :func:`rotation_6d_to_matrix`."""
+    return torch.cat([rotation[..., :, 0], rotation[..., :, 1]], dim=-1)
+
+
+def geodesic_deg(rotation_a: torch.Tensor, rotation_b: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) x2 -> (...) angle of R_a^T R_b in degrees (differentiable, clamped off +-1)."""
+    trace = (rotation_a * rotation_b).sum((-1, -2))
+    cosine = ((trace - 1.0) / 2.0).clamp(-1.0 + 1e-6, 1.0 - 1e-6)
+    return torch.rad2deg(torch.acos(cosine))

@@ -22,6 +22,7 @@ COMMANDS = {
     "geometry": "geometry",
     "register": "register",
     "evaluate": "evaluate",
+    "train": "train",
 }
 
 

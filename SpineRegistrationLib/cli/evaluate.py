@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 #: Methods, as :data:`SpineRegistrationLib.evaluation.METHODS` (repeated so --help stays torch-free).
-METHODS = ("ours", "cmaes")
+METHODS = ("ours", "cmaes", "learned", "auto")
 #: Default torch CPU threads: as ``spinereg register`` (one vertebra's tensors are small).
 DEFAULT_THREADS = 1
 
@@ -64,9 +64,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        help="simulated detector pixel spacing in mm (jittered by 5 %% per view)")
 
     method = parser.add_argument_group("methods")
-    method.add_argument("--methods", default=",".join(METHODS), metavar="A,B",
+    method.add_argument("--methods", default="ours,cmaes", metavar="A,B",
                         help="comma-separated methods: ours (the registration of 'spinereg register', intensity "
-                        "method), cmaes (gradient-free baseline: CMA-ES at every pyramid level)")
+                        "method), cmaes (gradient-free baseline: CMA-ES at every pyramid level), learned (the "
+                        "shipped pose network alone), auto (the network's pose refined by intensity, full search "
+                        "when in doubt: 'spinereg register --method auto')")
     method.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     method.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
                         help="torch CPU threads (torch.set_num_threads), as for 'spinereg register'")

@@ -67,9 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "transform (.h5/.tfm); must be rigid (default: identity, the CT as scanned)")
     method.add_argument("--method", default="auto", choices=METHODS,
                         help="intensity: DRR similarity (gradient and patch NCC) with a global search and "
-                        "multi-resolution gradient refinement; learned: a trained network's pose, refined "
-                        "(needs a model shipped in Resources/Models); auto: learned when a model is shipped, "
-                        "else intensity")
+                        "multi-resolution gradient refinement; learned: the pose network's answer alone (well "
+                        "under a second); auto: the network's pose refined by intensity, with the full intensity "
+                        "search when the result is in doubt (intensity alone when no model is shipped)")
+    method.add_argument("--model", metavar="MODEL.pt", default=suppress,
+                        help="pose-network model file for learned/auto, e.g. from 'spinereg train' (default: the "
+                        "model shipped in Resources/Models)")
     method.add_argument("--device", default="cpu", help="torch device: cpu, cuda (cuda:N) or auto (cuda when available)")
     method.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
                         help="torch CPU threads (torch.set_num_threads). 1 by default: one vertebra's tensors are "
@@ -142,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         rigid=RigidConfig(),
         threads=args.threads,
+        model=getattr(args, "model", None),
     )
     with staged_output_dir(args.out, args.overwrite) as staging:
         case = load_case(config)  # every bad-input check, before any line of progress

@@ -1,0 +1,115 @@
+"""Learned registration of one vertebra: the network's pose, optionally refined by intensity.
+
+:class:`PosePredictor` feeds the network (:mod:`.network`) the patches of :mod:`.patches`:
+the first two X-rays (AP, LAT) resampled around the vertebra's projected centre and the
+vertebra's DRR at the current pose; it applies the predicted offset and, with
+``passes`` > 1, looks again from there (each pass re-centres the patches and re-renders the
+template, so the residual the network sees shrinks).
+
+:func:`register_vertebra_learned` is the ``learned`` and ``auto`` methods of
+``spinereg register``: the network's pose alone (scored, not moved), or refined by the
+intensity pyramid without its global search; when the refined result is in doubt, the full
+intensity registration (:func:`..registration.register_vertebra`) runs from the initial pose
+and the better-scoring result is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..drr import Detectors, DRRRenderer
+from ..geometry import XrayGeometry
+from ..registration import Progress, RigidConfig, VertebraResult, register_vertebra
+from ..volume import Volume
+from .checkpoint import load_model
+from .data import volume_downsample
+from .network import PoseNet
+from .patches import normalize_xray, patch_geometry, pose_from_offset, resample_to_patch, standardize, view_frame
+
+
+class PosePredictor:
+    """A pose network ready to predict (a :class:`.network.PoseNet` or a model file path)."""
+
+    def __init__(self, model: PoseNet | str | os.PathLike, device: str | torch.device = "cpu", passes: int = 2) -> None:
+        self.device = torch.device(device)
+        self.model = (model if isinstance(model, PoseNet) else load_model(model, self.device)).to(self.device).eval()
+        self.spec = self.model.config.patch
+        self.passes = int(passes)
+
+    def patches(self, template: DRRRenderer, xrays: Sequence[torch.Tensor], geometries: Sequence[XrayGeometry],
+                pose: np.ndarray, center_ct: np.ndarray) -> torch.Tensor:
+        """(1, 2, 2, n, n) network input for the vertebra at ``pose`` (CT RAS -> world)."""
+        center = pose[:3, :3] @ center_ct + pose[:3, 3]
+        patches = [patch_geometry(g, center, self.spec) for g in geometries]
+        images = torch.stack([resample_to_patch(x, g, p) for x, g, p in zip(xrays, geometries, patches)])
+        matrix = torch.as_tensor(pose, dtype=torch.float32, device=self.device)[None]
+        with torch.no_grad():
+            drr = template(matrix, Detectors.from_geometries(patches, device=self.device))[0]
+        return torch.stack([normalize_xray(images.to(self.device)), standardize(drr)], dim=1)[None]
+
+    def predict(self, mu: Volume, mask: np.ndarray, xrays: Sequence[np.ndarray], geometries: Sequence[XrayGeometry],
+                init: np.ndarray | None = None) -> np.ndarray:
+        """The vertebra's (4, 4) pose (CT RAS -> world) from the first two views, starting at ``init``.
+
+        mu: CT attenuation (1/mm); mask: (K, J, I) bool, the vertebra; xrays: (rows, columns)
+        arrays, bone bright, one per geometry.
+        """
+        k, j, i = np.nonzero(mask)
+        center_ct = mu.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))
+        template = DRRRenderer(mu, mask=mask, downsample=volume_downsample(mu, self.spec)).to(self.device)
+        views = [torch.as_tensor(np.asarray(x, np.float32)) for x in xrays[:2]]
+        frame = view_frame(geometries[0])
+        pose = np.eye(4) if init is None else np.asarray(init, np.float64)
+        for _ in range(self.passes):
+            with torch.no_grad():
+                rotation, translation = self.model(self.patches(template, views, geometries[:2], pose, center_ct))
+            pose = pose_from_offset(rotation[0].double().cpu().numpy(), translation[0].double().cpu().numpy(),
+                                    pose, center_ct, frame)
+        return pose
+
+
+def register_vertebra_learned(
+    name: str,
+    mu: Volume,
+    mask: np.ndarray,
+    xrays: Sequence[np.ndarray],
+    geometries: Sequence[XrayGeometry],
+    predictor: PosePredictor,
+    init: np.ndarray | None = None,
+    config: RigidConfig | None = None,
+    refine: bool = True,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+) -> VertebraResult:
+    """The ``learned`` (``refine=False``) or ``auto`` (``refine=True``) registration of one vertebra.
+
+    Same inputs and result as :func:`..registration.register_vertebra`; its ``stages`` start
+    with the network's, and say when the full intensity search had to take over.
+    """
+    started = time.perf_counter()
+    config = RigidConfig() if config is None else config
+    if progress is not None:
+        progress(f"{name}: network", 0.0)
+    start = predictor.predict(mu, mask, xrays, geometries, init)
+    network_s = time.perf_counter() - started
+    local = replace(config, global_search="none")
+    if not refine:  # score the network's pose at every level without moving it
+        local = replace(local, iterations=(0,) * len(config.iterations))
+    result = register_vertebra(name, mu, mask, xrays, geometries, init=start, config=local, device=device,
+                               progress=progress)
+    stages = [{"stage": "network", "time_s": round(network_s, 3)}] + result.stages
+    if refine and result.verdict != "pass":
+        if progress is not None:
+            progress(f"{name}: network result in doubt, full search", 0.5)
+        full = register_vertebra(name, mu, mask, xrays, geometries, init=init, config=config, device=device,
+                                 progress=progress)
+        stages += [{"stage": "fallback:intensity", "similarity": round(full.similarity, 4)}] + full.stages
+        if full.similarity > result.similarity:
+            result = replace(full, evaluations=full.evaluations + result.evaluations)
+    return replace(result, stages=stages, time_s=time.perf_counter() - started)

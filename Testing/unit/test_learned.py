@@ -1,0 +1,221 @@
+"""The learned registration (SpineRegistrationLib.learned): patch geometry against analytic
+projections, the pose frame, the synthetic samples, the network, model files and their
+errors, training with exact resume, and the shipped model on a phantom it never saw."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from SpineRegistrationLib.errors import InputError
+from SpineRegistrationLib.evaluation import EvalConfig
+from SpineRegistrationLib.geometry import c_arm_geometry, preset_geometry
+from SpineRegistrationLib.io import Labelmap
+from SpineRegistrationLib.learned.checkpoint import load_model, save_model
+from SpineRegistrationLib.learned.data import SampleStream, SynthesisConfig, TrainingCT, draw_sample
+from SpineRegistrationLib.learned.network import ModelConfig, PoseNet
+from SpineRegistrationLib.learned.patches import (
+    PatchSpec,
+    offset_in_frame,
+    patch_geometry,
+    pose_from_offset,
+    resample_to_patch,
+    view_frame,
+)
+from SpineRegistrationLib.learned.training import TrainConfig, pose_errors, train
+from SpineRegistrationLib.phantom import PhantomConfig, generate_phantom
+from SpineRegistrationLib.pose import matrix_to_rotation_6d, params_to_matrix, rotation_6d_to_matrix
+
+#: A small network and patch so that training steps take a fraction of a second.
+TINY = ModelConfig(size_px=32, mm_per_px=5.0, channels=(8, 16), fusion_layers=1, heads=2)
+
+
+@pytest.fixture(scope="module")
+def small_ct():
+    """T12-L4 at 2 mm voxels (longer than a TINY patch is high) as a training CT for TINY patches."""
+    phantom = generate_phantom(PhantomConfig(spacing_mm=2.0, vertebrae=("T12", "L1", "L2", "L3", "L4")))
+    return TrainingCT(phantom.ct, Labelmap(phantom.labels, "verse"), TINY.patch, name="small", points=64)
+
+
+# ---------------------------------------------------------------------- rotations and patches
+def test_6d_rotation_round_trip_and_orthonormality():
+    rotation = torch.as_tensor(params_to_matrix(np.array([20.0, -35.0, 50.0, 0, 0, 0]), np.zeros(3))[:3, :3])
+    assert torch.allclose(rotation_6d_to_matrix(matrix_to_rotation_6d(rotation)), rotation, atol=1e-12)
+    raw = rotation_6d_to_matrix(torch.randn(5, 6, dtype=torch.float64))
+    assert torch.allclose(raw @ raw.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(5, 3, 3), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(raw), torch.ones(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("view", ["AP", "LAT"])
+def test_patch_is_centred_on_the_vertebra_at_the_same_scale_whatever_the_detector(view):
+    center = np.array([10.0, -20.0, 30.0])
+    spec = PatchSpec(size_px=64, mm_per_px=2.5)
+    for sdd, sid, spacing in ((1020.0, 620.0, 0.5), (1200.0, 800.0, 1.3)):
+        geometry = preset_geometry(view, sdd_mm=sdd, sid_mm=sid, isocenter_ras=center + 15.0, pixel_spacing=(spacing, spacing))
+        patch = patch_geometry(geometry, center, spec)
+        assert np.allclose(patch.project(center), [31.5, 31.5], atol=1e-9)
+        # 10 mm across the beam at the centre's depth spans 10 / 2.5 = 4 patch pixels.
+        across = center + 10.0 * geometry.detector_u
+        assert np.allclose(patch.project(across) - patch.project(center), [4.0, 0.0], atol=0.05)
+
+
+def test_resampled_patch_reads_the_xray_where_the_patch_pixels_lie():
+    geometry = c_arm_geometry(size=(200, 160), pixel_spacing=(1.0, 1.0))
+    rows, columns = np.mgrid[0:160, 0:200].astype(np.float32)
+    ramp = torch.from_numpy(0.5 * columns + 2.0 * rows)  # linear: box averages and bilinear reads are exact
+    patch = patch_geometry(geometry, np.array([5.0, 0.0, -8.0]), PatchSpec(size_px=16, mm_per_px=2.0))
+    sampled = resample_to_patch(ramp, geometry, patch).numpy()
+    r, c = np.mgrid[0:16, 0:16]
+    where = geometry.project(patch.pixel_to_ras(c, r))  # (16, 16, 2) column, row in the X-ray
+    assert np.allclose(sampled, 0.5 * where[..., 0] + 2.0 * where[..., 1], atol=1e-3)
+
+
+def test_offset_in_frame_and_back_round_trip_and_read_in_the_ap_detector_axes():
+    ap = preset_geometry("AP")
+    frame = view_frame(ap)
+    center = np.array([3.0, 4.0, -50.0])
+    nominal = params_to_matrix(np.array([5.0, -3.0, 2.0, 1.0, 2.0, 3.0]), np.zeros(3))
+    pose = params_to_matrix(np.array([-4.0, 7.0, 9.0, 12.0, -6.0, 4.0]), center) @ nominal
+    rotation, translation = offset_in_frame(pose, nominal, center, frame)
+    assert np.allclose(pose_from_offset(rotation, translation, nominal, center, frame), pose, atol=1e-10)
+    # A shift of the vertebra by 7 mm along the AP detector's columns is t = (7, 0, 0).
+    shifted = np.eye(4)
+    shifted[:3, 3] = 7.0 * ap.detector_u
+    rotation, translation = offset_in_frame(shifted @ nominal, nominal, center, frame)
+    assert np.allclose(rotation, np.eye(3)) and np.allclose(translation, [7.0, 0.0, 0.0])
+
+
+# ---------------------------------------------------------------------- samples
+def test_samples_carry_their_true_offset_and_are_reproducible(small_ct):
+    config = SynthesisConfig(points=64)
+    stream = SampleStream([small_ct], config, batch_size=3, seed=4, start=0, stop=2)
+    batch = stream.batch(1)
+    assert batch["patches"].shape == (3, 2, 2, 32, 32) and batch["points"].shape == (3, 64, 3)
+    assert torch.isfinite(batch["patches"]).all()
+    again = stream.batch(1)
+    assert all(torch.equal(batch[key], again[key]) for key in batch)
+    assert not torch.equal(stream.batch(0)["translation"], batch["translation"])
+    # Offsets stay in the drawn ranges: 25 mm per axis plus the vertebra's own 2 mm and what
+    # a 12 deg spine rotation about the vertebra does to it (nothing to its centre).
+    assert float(batch["translation"].abs().max()) <= math.sqrt(3) * 27.0 + 1e-3
+    angles = torch.rad2deg(torch.acos(((batch["rotation"].diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)))
+    assert float(angles.max()) <= math.sqrt(3) * 14.0
+
+
+def test_without_an_offset_the_xray_shows_the_vertebra_where_the_template_is(small_ct):
+    still = EvalConfig(rot_deg=0.0, trans_mm=0.0, per_vertebra_deg=0.0, per_vertebra_mm=0.0,
+                       photons=(1e6, 1e6), collimation=(0.0, 0.0))
+    sample = draw_sample(small_ct, SynthesisConfig(acquisition=still, invert_probability=0.0), np.random.default_rng(0), "L2")
+    assert torch.allclose(sample["rotation"], torch.eye(3), atol=1e-6)
+    assert torch.allclose(sample["translation"], torch.zeros(3), atol=1e-4)
+    for xray, template in sample["patches"]:
+        support = template > template.min() + 0.5  # where the vertebra's template is
+        inside = float(xray[support].mean())  # bone: brighter than its surroundings
+        for shift in (3, -3):  # 15 mm across the spine (along it, the neighbours look alike)
+            assert inside > float(xray[torch.roll(support, shift, -1)].mean()) + 0.05
+
+
+def test_a_patch_too_small_for_the_vertebra_is_refused(small_ct):
+    cramped = TrainingCT(small_ct.ct, small_ct.labelmap, PatchSpec(size_px=16, mm_per_px=1.0), "cramped")
+    assert draw_sample(cramped, SynthesisConfig(), np.random.default_rng(0)) is None
+    with pytest.raises(InputError, match="cut off"):
+        SampleStream([cramped], SynthesisConfig(), batch_size=1, seed=0, start=0, stop=1).batch(0)
+
+
+def test_an_unknown_training_vertebra_is_one_clear_error(small_ct):
+    with pytest.raises(InputError, match="T4 is not in the segmentation"):
+        TrainingCT(small_ct.ct, small_ct.labelmap, TINY.patch, vertebrae=["T4"])
+
+
+# ---------------------------------------------------------------------- network and model files
+def test_network_starts_at_the_nominal_pose_and_checks_its_input():
+    model = PoseNet(TINY).eval()
+    rotation, translation = model(torch.randn(2, 2, 2, 32, 32))
+    assert torch.allclose(rotation, torch.eye(3).expand(2, 3, 3), atol=1e-6) and torch.allclose(translation, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="patches"):
+        model(torch.randn(2, 2, 2, 64, 64))
+
+
+def test_pose_errors_against_known_offsets():
+    points = torch.tensor([[[10.0, 0.0, 0.0], [-10.0, 0.0, 0.0]]])
+    quarter = torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])  # 90 deg about z
+    errors = pose_errors(quarter, torch.tensor([[3.0, 4.0, 0.0]]), torch.eye(3)[None], torch.zeros(1, 3), points)
+    assert errors["rotation_deg"].item() == pytest.approx(90.0, abs=0.1)
+    assert errors["translation_mm"].item() == pytest.approx(5.0)
+    # (10,0,0) -> (0,10,0)+(3,4,0) = (3,14,0): |(-7,14,0)|; (-10,0,0) -> (3,-6,0): |(13,-6,0)|
+    assert errors["point_mm"].item() == pytest.approx((math.hypot(7, 14) + math.hypot(13, 6)) / 2, rel=1e-5)
+
+
+def test_model_file_round_trip_and_bad_files_are_one_line_errors(tmp_path):
+    model = PoseNet(TINY).eval()
+    with torch.no_grad():
+        model.head[-1].bias.add_(0.1)
+    path = save_model(model, tmp_path / "m.pt")
+    x = torch.randn(1, 2, 2, 32, 32)
+    with torch.no_grad():
+        assert all(torch.allclose(a, b) for a, b in zip(model(x), load_model(path)(x)))
+    (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[:300])
+    (tmp_path / "foreign.pt").write_bytes(b"")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["channels"] = [8, 32]
+    torch.save(payload, tmp_path / "mismatch.pt")
+    cases = {"missing.pt": "does not exist", "corrupt.pt": "not a readable", "foreign.pt": "not a readable",
+             "other.pt": "not a spinereg pose-network file", "mismatch.pt": "weights do not fit"}
+    for name, message in cases.items():
+        with pytest.raises(InputError, match=message) as error:
+            load_model(tmp_path / name)
+        assert "\n" not in str(error.value)
+    with pytest.raises(InputError, match="trained for 32-pixel patches of 5 mm"):
+        load_model(path, expect=ModelConfig())
+
+
+# ---------------------------------------------------------------------- training
+def _train(ct, out, steps, **changes):
+    config = TrainConfig(out=out, steps=steps, batch_size=2, workers=0, seed=3, checkpoint_every=2, log_every=1,
+                         validate_every=2, validation_batches=1, model=TINY, synthesis=SynthesisConfig(points=64))
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return train([ct], config, progress=False)
+
+
+def test_resumed_training_ends_exactly_where_uninterrupted_training_does(small_ct, tmp_path, monkeypatch):
+    straight = load_model(_train(small_ct, tmp_path / "straight", 4))
+    # Interrupt the second run at its third step (Ctrl-C): the checkpoint of step 2 stays.
+    import SpineRegistrationLib.learned.training as training
+
+    calls = {"n": 0}
+    real_loss = training.pose_loss
+
+    def interrupting(errors, config):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_loss(errors, config)
+
+    monkeypatch.setattr(training, "pose_loss", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        _train(small_ct, tmp_path / "resumed", 4)
+    monkeypatch.setattr(training, "pose_loss", real_loss)
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    resumed = load_model(_train(small_ct, tmp_path / "resumed", 4, resume=True))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    with open(tmp_path / "resumed" / "log.csv") as file:
+        steps = [int(row["step"]) for row in csv.DictReader(file)]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_training_refuses_to_clobber_or_resume_nothing(small_ct, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        _train(small_ct, out, 2)
+    with pytest.raises(InputError, match="nothing to resume"):
+        _train(small_ct, tmp_path / "empty", 2, resume=True)
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
