@@ -48,26 +48,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     data.add_argument("--phantoms", type=int, default=6, metavar="N", help="phantoms when no CT is given")
     data.add_argument("--phantom-seed", type=int, default=1000, metavar="S", help="seed of the first phantom")
 
-    run = parser.add_argument_group("training")
-    run.add_argument("--out", required=True, metavar="DIR", help="training folder (must be new or empty unless --resume)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    run.add_argument("--init-model", metavar="MODEL.pt|shipped", default=suppress,
+    training = parser.add_argument_group("training")
+    training.add_argument("--out", required=True, metavar="DIR", help="training folder (must be new or empty unless --resume)")
+    training.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    training.add_argument("--init-model", metavar="MODEL.pt|shipped", default=suppress,
                      help="start from these weights (fine-tuning); 'shipped' is the model in Resources/Models")
-    run.add_argument("--steps", type=int, default=4500, help="optimiser steps")
-    run.add_argument("--batch-size", type=int, default=16, help="samples per step (per process)")
-    run.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle schedule)")
-    run.add_argument("--seed", type=int, default=0, help="seeds the weights and the sample stream")
-    run.add_argument("--workers", type=int, default=1, help="processes synthesising samples (0: none)")
-    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto")
-    run.add_argument("--threads", type=int, default=1, help="torch CPU threads of the training process")
-    run.add_argument("--log-every", type=int, default=20, metavar="STEPS", help="rows of log.csv")
-    run.add_argument("--validate-every", type=int, default=250, metavar="STEPS", help="validation errors in log.csv")
-    run.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS", help="checkpoint.pt refresh")
-    run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (needs tensorboard)")
+    training.add_argument("--steps", type=int, default=4500, help="optimiser steps")
+    training.add_argument("--batch-size", type=int, default=16, help="samples per step (per process)")
+    training.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle schedule)")
+    training.add_argument("--seed", type=int, default=0, help="seeds the weights and the sample stream")
+    training.add_argument("--workers", type=int, default=1, help="processes synthesising samples (0: none)")
+    training.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto")
+    training.add_argument("--threads", type=int, default=1, help="torch CPU threads of the training process")
+    training.add_argument("--log-every", type=int, default=20, metavar="STEPS", help="rows of log.csv")
+    training.add_argument("--validate-every", type=int, default=250, metavar="STEPS", help="validation errors in log.csv")
+    training.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS", help="checkpoint.pt refresh")
+    training.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (needs tensorboard)")
 
     model = parser.add_argument_group("model input (new models only; a model's own input is kept)")
     model.add_argument("--size-px", type=int, default=64, help="patch side in pixels (a multiple of 16)")
     model.add_argument("--mm-per-px", type=float, default=2.5, help="patch pixel at the vertebra centre, mm")
+    parser.set_defaults(func=run)
     return parser
 
 
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..learned.network import ModelConfig
-    from ..learned.training import TrainConfig, train
+    from ..learned.training import TrainConfig, check_run, train
     from ..pipeline import learned_model, resolve_device
 
     init_model = getattr(args, "init_model", None)
@@ -152,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         log_every=args.log_every, validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
         model=ModelConfig(size_px=args.size_px, mm_per_px=args.mm_per_px),
     )
+    check_run(config)  # the folder and checkpoint first: cheap, and nothing is built for a refused run
     sources = sources_from_args(args, config.model.patch)
     print(f"training on {len(sources)} CT(s): {', '.join(s.name for s in sources)}; {config.steps} steps of "
           f"{config.batch_size} samples on {config.device}", file=sys.stderr, flush=True)

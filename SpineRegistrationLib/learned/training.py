@@ -126,8 +126,9 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _check_out(config: TrainConfig) -> dict | None:
-    """The checkpoint to resume from (None for a fresh run); InputError when ``out`` disagrees."""
+def check_run(config: TrainConfig) -> dict | None:
+    """The checkpoint to resume from (None for a fresh run); InputError when ``out`` or the
+    starting weights (``init_model``) do not fit the run."""
     checkpoint = config.out / CHECKPOINT_FILE
     if config.resume:
         if not checkpoint.is_file():
@@ -137,9 +138,16 @@ def _check_out(config: TrainConfig) -> dict | None:
         if (saved.size_px, saved.mm_per_px) != (config.model.size_px, config.model.mm_per_px):
             raise InputError(f"{checkpoint} was trained for {saved.size_px}-pixel patches of {saved.mm_per_px:g} mm, "
                              f"not {config.model.size_px} of {config.model.mm_per_px:g}: resume with its own input")
+        planned = int(payload["train_config"]["steps"])
+        if planned != config.steps:
+            raise InputError(f"{checkpoint} belongs to a run of {planned} steps: resume it with --steps {planned}")
+        if int(payload["step"]) >= planned:
+            raise InputError(f"the run in {config.out} already finished its {planned} steps (model.pt is its result)")
         return payload
     if config.out.exists() and any(config.out.iterdir()):
         raise InputError(f"{config.out} is not empty: pass --resume to continue the run in it, or choose a new --out")
+    if config.init_model is not None:
+        model_from_payload(read_payload(config.init_model), config.init_model, expect=config.model)
     return None
 
 
@@ -205,7 +213,7 @@ def train(sources: Sequence[TrainingCT], config: TrainConfig, progress: bool = T
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if config.threads:
         torch.set_num_threads(config.threads)
-    payload = _check_out(config) if rank == 0 else None
+    payload = check_run(config) if rank == 0 else None
     if world > 1:  # the other ranks read what rank 0 checked
         torch.distributed.barrier()
         payload = read_payload(config.out / CHECKPOINT_FILE) if config.resume else None
