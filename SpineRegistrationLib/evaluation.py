@@ -418,6 +418,7 @@ def learned_method(device: str | torch.device = "cpu", refine: bool = False, mod
                                            init=case.matrix_init, refine=refine, device=device)
         extra = {"verdict": result.verdict, "similarity": float(result.similarity),
                  "evaluations": int(result.evaluations),
+                 "network_s": result.stages[0]["time_s"],
                  "fallback": any(stage["stage"].startswith("fallback") for stage in result.stages)}
         return result.matrix_ras, time.perf_counter() - started, extra
 
@@ -568,6 +569,13 @@ def summarize(
         "time_s": _stats([record["time_s"] for record in records], p90=False),
         "verdict_agreement": None,
     }
+    # What methods report beside the pose: DRR renders, the network's time, fallbacks.
+    extras = [record.get("extra") or {} for record in records]
+    for key in ("evaluations", "network_s"):
+        if any(key in extra for extra in extras):
+            summary[key] = _stats([float(extra.get(key, math.nan)) for extra in extras], p90=False)
+    if any("fallback" in extra for extra in extras):
+        summary["fallback_rate"] = float(np.mean([bool(extra.get("fallback")) for extra in extras]))
     judged = [(flag, record["verdict"]) for flag, record in zip(success_flags, records)
               if record.get("verdict") in ("pass", "doubt")]
     if judged:
@@ -590,8 +598,10 @@ def summarize_by_method(records: Sequence[dict]) -> dict[str, dict]:
 
 # --------------------------------------------------------------------------- report
 def format_table(summaries: dict[str, dict], markdown: bool = False) -> str:
-    """The headline table: method, cases, success@2mm, median mTRE, median time per vertebra."""
-    header = ("method", "cases", "success <2mm", "median mTRE (mm)", "p90 mTRE (mm)", "median time (s)")
+    """The headline table: method, cases, success@2mm, median and p90 mTRE, median rotation and
+    translation errors, median DRR renders and time per vertebra."""
+    header = ("method", "cases", "success <2mm", "median mTRE (mm)", "p90 mTRE (mm)", "median rot (deg)",
+              "median trans (mm)", "median renders", "median time (s)")
     rows = []
     for name, s in summaries.items():
         rows.append((
@@ -600,6 +610,9 @@ def format_table(summaries: dict[str, dict], markdown: bool = False) -> str:
             _fmt(s["success"].get(f"<{SUCCESS_MM:g}mm"), percent=True),
             _fmt(s["mtre_mm"]["median"]),
             _fmt(s["mtre_mm"]["p90"]),
+            _fmt(s["rotation_error_deg"]["median"]),
+            _fmt(s["translation_error_mm"]["median"]),
+            _fmt((s.get("evaluations") or {}).get("median"), digits=0),
             _fmt(s["time_s"]["median"], digits=1),
         ))
     if markdown:

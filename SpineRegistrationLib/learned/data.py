@@ -34,9 +34,17 @@ from .patches import PatchSpec, offset_in_frame, normalize_xray, patch_geometry,
 
 
 def training_acquisition() -> EvalConfig:
-    """The default pose and acquisition ranges of training: wider than the evaluation's."""
+    """The default pose and acquisition ranges of training.
+
+    Rotations (+-12 deg) and the acquisition are wider than the evaluation's; translations
+    are +-15 mm per axis, about half the spacing of two vertebrae: beyond it a vertebra sits
+    nearer its neighbour's nominal place than its own, and which level is which cannot be
+    told from the patches (the network would learn the average of two answers). Larger
+    offsets are the refinement's: it searches translations around the network's pose and
+    lets the candidate levels compete (:func:`.inference.register_vertebra_learned`).
+    """
     return EvalConfig(
-        rot_deg=12.0, trans_mm=25.0, per_vertebra_deg=2.0, per_vertebra_mm=2.0,
+        rot_deg=12.0, trans_mm=15.0, per_vertebra_deg=2.0, per_vertebra_mm=2.0,
         sdd_jitter_mm=60.0, sid_jitter_mm=40.0, ap_angle_jitter_deg=5.0, lat_angle_jitter_deg=8.0,
         pixel_spacing_jitter=0.3, photons=(5.0e3, 3.0e5), gamma=(0.5, 1.6), scatter_fraction=(0.0, 0.5),
         heel=(0.0, 0.25), blur_sigma_px=(0.3, 1.5), collimation=(0.0, 0.05),

@@ -7,10 +7,12 @@ vertebra's DRR at the current pose; it applies the predicted offset and, with
 template, so the residual the network sees shrinks).
 
 :func:`register_vertebra_learned` is the ``learned`` and ``auto`` methods of
-``spinereg register``: the network's pose alone (scored, not moved), or refined by the
-intensity pyramid without its global search; when the refined result is in doubt, the full
-intensity registration (:func:`..registration.register_vertebra`) runs from the initial pose
-and the better-scoring result is kept.
+``spinereg register``: the network's pose alone (scored, not moved), or that pose refined by
+the intensity registration with its translation grid centred there but without its CMA-ES
+search (the network has the rotation; the grid's candidates still let a neighbouring level
+compete, which no single prediction can rule out); when the refined result is in doubt, the
+full intensity registration (:func:`..registration.register_vertebra`) runs from the initial
+pose and the better-scoring result is kept.
 """
 
 from __future__ import annotations
@@ -98,9 +100,10 @@ def register_vertebra_learned(
         progress(f"{name}: network", 0.0)
     start = predictor.predict(mu, mask, xrays, geometries, init)
     network_s = time.perf_counter() - started
-    local = replace(config, global_search="none")
-    if not refine:  # score the network's pose at every level without moving it
-        local = replace(local, iterations=(0,) * len(config.iterations))
+    if refine:
+        local = replace(config, global_search="grid")
+    else:  # score the network's pose at every level without moving it
+        local = replace(config, global_search="none", iterations=(0,) * len(config.iterations))
     result = register_vertebra(name, mu, mask, xrays, geometries, init=start, config=local, device=device,
                                progress=progress)
     stages = [{"stage": "network", "time_s": round(network_s, 3)}] + result.stages

@@ -249,6 +249,32 @@ def test_method_auto_falls_back_to_intensity_without_a_model(sample, tmp_path, m
     assert load_case(config_of(sample, method="intensity")).notes == []
 
 
+def test_learned_and_auto_run_the_given_model_and_auto_falls_back_when_in_doubt(sample, tmp_path):
+    from SpineRegistrationLib.learned.checkpoint import save_model
+    from SpineRegistrationLib.learned.network import ModelConfig, PoseNet
+
+    # An untrained network answers "the nominal pose": learned keeps it, auto refines it
+    # and, with its result in doubt or not, ends at least as well as intensity alone.
+    path = save_model(PoseNet(ModelConfig(size_px=32, mm_per_px=5.0, channels=(8, 16), heads=2)), tmp_path / "m.pt")
+    phantom, labelmap, case = sample
+    learned = register_case(config_of(sample, method="learned", model=path, vertebrae=["L2"]))[0]
+    assert np.allclose(learned.matrix_ras, np.eye(4), atol=1e-5)  # the identity start, unmoved
+    assert [stage["stage"] for stage in learned.stages][:2] == ["network", "global:none"]
+    auto = register_case(config_of(sample, method="auto", model=path, vertebrae=["L2"]))[0]
+    assert mtre_mm(labelmap, "L2", auto.matrix_ras, case.poses["L2"]) < 1.5
+
+
+@pytest.mark.parametrize("content, message", [(b"garbage", "not a readable spinereg model"),
+                                              (None, "does not exist")])
+def test_a_bad_model_file_fails_before_anything_is_read(sample, tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as error:
+        load_case(config_of(sample, method="auto", model=path, ct=tmp_path / "missing_ct.nii.gz"))
+    assert "\n" not in str(error.value)
+
+
 def test_resolve_device():
     assert pipeline.resolve_device("cpu") == "cpu"
     assert pipeline.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
