@@ -435,11 +435,12 @@ METHODS: dict[str, Callable[..., Method]] = {"ours": ours_method, "cmaes": cmaes
                                              "auto": auto_method}
 
 
-def make_method(name: str, device: str | torch.device = "cpu") -> Method:
-    """A built-in method by name; InputError listing the known ones otherwise."""
+def make_method(name: str, device: str | torch.device = "cpu", **options) -> Method:
+    """A built-in method by name (``options`` go to its factory, e.g. ``model`` for learned/auto);
+    InputError listing the known ones otherwise."""
     if name not in METHODS:
         raise InputError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
-    return METHODS[name](device=device)
+    return METHODS[name](device=device, **options)
 
 
 # --------------------------------------------------------------------------- scoring

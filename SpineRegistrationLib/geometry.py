@@ -175,6 +175,11 @@ class XrayGeometry:
         """Source-to-detector distance: from the source to the detector plane (perpendicular), mm."""
         return abs(self._signed_source_distance_mm())
 
+    def magnification(self, point_ras: np.ndarray) -> float:
+        """Detector magnification at a point (RAS mm): source-detector over source-point distance
+        along the detector normal (how many detector mm one mm at that depth spans)."""
+        return self.sdd_mm / float((np.asarray(point_ras, dtype=np.float64) - self.source) @ self.detector_normal)
+
     @property
     def principal_point(self) -> np.ndarray:
         """(2,) continuous pixel coordinates (column, row) of the foot of the perpendicular from the source."""

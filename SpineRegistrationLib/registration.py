@@ -173,7 +173,7 @@ class _Vertebra:
         self.evaluations += poses.shape[0]
         matrix = poses[0].detach().cpu().double().numpy()
         center_world = matrix[:3, :3] @ self.center_ras + matrix[:3, 3]
-        pixel_at_object_mm = min(geometry.pixel_spacing) / _magnification(geometry, center_world)
+        pixel_at_object_mm = min(geometry.pixel_spacing) / geometry.magnification(center_world)
         factor = max(1, int(round(pixel_at_object_mm / float(self.mu.spacing_mm.min()))))
         if factor not in self.renderers:
             self.renderers[factor] = DRRRenderer(self.mu, mask=self.mask, roi_ijk=self.roi, downsample=factor).to(
@@ -214,11 +214,6 @@ def _support(drr: torch.Tensor, dilate_px: int) -> torch.Tensor:
 def _delta_pose(rotvec: torch.Tensor, translation: torch.Tensor, center_world: torch.Tensor, start: torch.Tensor):
     """(B, 4, 4): rotate by ``rotvec`` (rad) about ``center_world``, move it by ``translation`` (mm), after ``start``."""
     return pose_matrix(rotvec_to_matrix(rotvec), translation, center_world) @ start
-
-
-def _magnification(geometry: XrayGeometry, point_ras: np.ndarray) -> float:
-    """Detector magnification at a point: source-detector over source-point distance along the normal."""
-    return geometry.sdd_mm / float((point_ras - geometry.source) @ geometry.detector_normal)
 
 
 class _LevelProblem:
@@ -265,7 +260,7 @@ def _grid_search(
         score = np.zeros(len(grid))
         pose = torch.as_tensor(rotated, dtype=torch.float32, device=device)[None]
         for view in views:
-            reach_px = int(math.ceil(config.search_mm * _magnification(view.geometry, center_world)
+            reach_px = int(math.ceil(config.search_mm * view.geometry.magnification(center_world)
                                      / min(view.geometry.pixel_spacing) * math.sqrt(2))) + 2
             window = _window(vertebra, rotated, view, 2)
             with torch.no_grad():

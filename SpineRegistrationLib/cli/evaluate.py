@@ -69,6 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "method), cmaes (gradient-free baseline: CMA-ES at every pyramid level), learned (the "
                         "shipped pose network alone), auto (the network's pose refined by intensity, full search "
                         "when in doubt: 'spinereg register --method auto')")
+    method.add_argument("--model", metavar="MODEL.pt", default=suppress,
+                        help="pose-network model file for learned/auto (default: the shipped one), e.g. a "
+                        "patient-specific model from 'spinereg train --ct ... --seg ...'")
     method.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     method.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
                         help="torch CPU threads (torch.set_num_threads), as for 'spinereg register'")
@@ -163,7 +166,10 @@ def run(args: argparse.Namespace) -> int:
             print("loading the CT and labelmap ..." if getattr(args, "ct", None) else "generating the phantom ...",
                   file=sys.stderr, flush=True)
             ct, labelmap, inputs = _load_data(args)
-            runners = {name: make_method(name, device=device) for name in methods}
+            model = getattr(args, "model", None)
+            runners = {name: make_method(name, device=device, **({"model": model} if model and name in
+                                                                   ("learned", "auto") else {}))
+                       for name in methods}
             generated = iter_cases(ct, labelmap, None, config, device=device)
             cases = list(tqdm(generated, total=config.cases, desc="simulating X-rays", unit="case",
                               file=sys.stderr, mininterval=0.5))

@@ -133,6 +133,7 @@ def sources_from_args(args: argparse.Namespace, spec) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import sys
     from pathlib import Path
 
@@ -153,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         log_every=args.log_every, validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
         model=ModelConfig(size_px=args.size_px, mm_per_px=args.mm_per_px),
     )
-    check_run(config)  # the folder and checkpoint first: cheap, and nothing is built for a refused run
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, process 0 owns the folder
+        check_run(config)  # the folder and checkpoint first: cheap, and nothing is built for a refused run
     sources = sources_from_args(args, config.model.patch)
     print(f"training on {len(sources)} CT(s): {', '.join(s.name for s in sources)}; {config.steps} steps of "
           f"{config.batch_size} samples on {config.device}", file=sys.stderr, flush=True)

@@ -38,15 +38,10 @@ class PatchSpec:
         return self.size_px * self.mm_per_px
 
 
-def magnification(geometry: XrayGeometry, point_world: np.ndarray) -> float:
-    """Detector magnification at a point: source-detector over source-point distance along the normal."""
-    return geometry.sdd_mm / float((np.asarray(point_world) - geometry.source) @ geometry.detector_normal)
-
-
 def patch_geometry(geometry: XrayGeometry, center_world: np.ndarray, spec: PatchSpec) -> XrayGeometry:
     """The patch detector of ``geometry`` around ``center_world`` (RAS mm), see the module docstring."""
     center_world = np.asarray(center_world, dtype=np.float64)
-    spacing = spec.mm_per_px * magnification(geometry, center_world)
+    spacing = spec.mm_per_px * geometry.magnification(center_world)
     column, row = geometry.project(center_world)
     hit = geometry.pixel_to_ras(column, row)
     half = 0.5 * (spec.size_px - 1) * spacing

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -110,3 +112,18 @@ def test_a_used_training_folder_is_not_overwritten(trained, phantom_dir, spinere
                       "--steps", "1", "--out", out)
     assert_one_line_error(result)
     assert "not empty" in result.err and snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_two_processes_train_together_under_torchrun(phantom_dir, tmp_path):
+    """DistributedDataParallel over Gloo on the CPU: what several GPUs do with NCCL."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "SpineRegistrationLib",
+               "train", "--ct", str(phantom_dir / "ct.nii.gz"), "--seg", str(phantom_dir / "seg.nii.gz"), *TINY,
+               "--steps", "2", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(out / "log.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert load_model(out / "model.pt").config.size_px == 32

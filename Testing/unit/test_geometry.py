@@ -128,6 +128,9 @@ def test_ap_preset_is_exactly_as_specified():
     np.testing.assert_allclose(g.detector_origin, [half, SDD - SID, half], atol=1e-12)
     assert g.size == (512, 512) and g.pixel_spacing == (0.6, 0.6)
     assert g.sdd_mm == pytest.approx(SDD, abs=1e-12)
+    # Magnification: SDD over the source distance along the beam, whatever the lateral offset.
+    assert g.magnification(np.zeros(3)) == pytest.approx(SDD / SID, abs=1e-12)
+    assert g.magnification(np.array([40.0, 100.0, -30.0])) == pytest.approx(SDD / (SID + 100.0), abs=1e-12)
 
 
 def test_lat_preset_is_exactly_as_specified():
