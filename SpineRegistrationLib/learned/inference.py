@@ -57,23 +57,33 @@ class PosePredictor:
 
     def predict(self, mu: Volume, mask: np.ndarray, xrays: Sequence[np.ndarray], geometries: Sequence[XrayGeometry],
                 init: np.ndarray | None = None) -> np.ndarray:
-        """The vertebra's (4, 4) pose (CT RAS -> world) from the first two views, starting at ``init``.
+        """The vertebra's (4, 4) pose (CT RAS -> world) from an AP and a LAT view, starting at ``init``.
 
         mu: CT attenuation (1/mm); mask: (K, J, I) bool, the vertebra; xrays: (rows, columns)
-        arrays, bone bright, one per geometry.
+        arrays, bone bright, one per geometry, in any order (:func:`ap_lat_pair` picks two).
         """
         k, j, i = np.nonzero(mask)
         center_ct = mu.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))
         template = DRRRenderer(mu, mask=mask, downsample=volume_downsample(mu, self.spec)).to(self.device)
-        views = [torch.as_tensor(np.asarray(x, np.float32)) for x in xrays[:2]]
+        pair = ap_lat_pair(geometries)
+        views = [torch.as_tensor(np.asarray(xrays[i], np.float32)) for i in pair]
+        geometries = [geometries[i] for i in pair]
         frame = view_frame(geometries[0])
         pose = np.eye(4) if init is None else np.asarray(init, np.float64)
         for _ in range(self.passes):
             with torch.no_grad():
-                rotation, translation = self.model(self.patches(template, views, geometries[:2], pose, center_ct))
+                rotation, translation = self.model(self.patches(template, views, geometries, pose, center_ct))
             pose = pose_from_offset(rotation[0].double().cpu().numpy(), translation[0].double().cpu().numpy(),
                                     pose, center_ct, frame)
         return pose
+
+
+def ap_lat_pair(geometries: Sequence[XrayGeometry]) -> tuple[int, int]:
+    """Indices of the views the network takes as AP and LAT: the beam most along the
+    anterior-posterior axis (RAS y), then, of the others, the one most along left-right (x)."""
+    ap = max(range(len(geometries)), key=lambda i: abs(geometries[i].detector_normal[1]))
+    lat = max((i for i in range(len(geometries)) if i != ap), key=lambda i: abs(geometries[i].detector_normal[0]))
+    return ap, lat
 
 
 def register_vertebra_learned(

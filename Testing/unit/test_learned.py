@@ -89,6 +89,14 @@ def test_offset_in_frame_and_back_round_trip_and_read_in_the_ap_detector_axes():
     assert np.allclose(rotation, np.eye(3)) and np.allclose(translation, [7.0, 0.0, 0.0])
 
 
+def test_the_network_takes_its_ap_and_lat_views_whatever_their_order():
+    from SpineRegistrationLib.learned.inference import ap_lat_pair
+
+    ap, lat, oblique = preset_geometry("AP"), preset_geometry("LAT"), c_arm_geometry(primary_deg=45.0)
+    assert ap_lat_pair([ap, lat]) == (0, 1)
+    assert ap_lat_pair([lat, oblique, ap]) == (2, 0)
+
+
 # ---------------------------------------------------------------------- samples
 def test_samples_carry_their_true_offset_and_are_reproducible(small_ct):
     config = SynthesisConfig(points=64)
