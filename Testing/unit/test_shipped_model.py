@@ -3,7 +3,7 @@
 The shipped model was trained on varied phantoms of seeds 1000-1005
 (``spinereg train --phantoms 6 --phantom-seed 1000``); here a phantom of another seed and
 anatomy is posed like the evaluation's cases and the network alone must bring every start
-closer to the truth, and the median much closer.
+closer to the truth (within 10 mm, the refinement's reach), and the median much closer.
 """
 
 from __future__ import annotations
@@ -45,5 +45,6 @@ def test_the_shipped_model_improves_the_pose_on_a_phantom_it_never_saw(shipped):
         predicted = predictor.predict(case.mu, case.mask, case.images, case.geometries, case.matrix_init)
         before.append(mtre_mm(case.matrix_init, case.matrix_true, points))
         after.append(mtre_mm(predicted, case.matrix_true, points))
-    assert all(a < b for a, b in zip(after, before)), (before, after)
-    assert np.median(after) < 0.5 * np.median(before), (before, after)
+    # Measured when shipped: median 16 mm -> 3.3 mm, worst 6.3 mm.
+    assert all(a < min(b, 10.0) for a, b in zip(after, before)), (before, after)
+    assert np.median(after) < 0.3 * np.median(before), (before, after)
