@@ -33,7 +33,7 @@ from .errors import InputError
 from .geometry import XrayGeometry
 from .pose import matrix_to_params, params_to_matrix, params_to_matrix_torch, pose_matrix, rotvec_to_matrix
 from .similarity import image_gradients, vertebra_similarity
-from .volume import Volume, bounding_box_ijk
+from .volume import Volume, bounding_box_ijk, mask_center_ras
 
 #: progress(stage, fraction in [0, 1]) callback type.
 Progress = Callable[[str, float], None]
@@ -160,8 +160,7 @@ class _Vertebra:
         self.roi = bounding_box_ijk(mask, margin_vox)
         self.mu, self.mask, self.device = mu, mask, device
         self.renderers: dict[int, DRRRenderer] = {}
-        k, j, i = np.nonzero(mask)
-        self.center_ras = mu.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))
+        self.center_ras = mask_center_ras(mask, mu)
         start, stop = self.roi
         box = np.array([[a, b, c] for a in (start[0], stop[0] - 1) for b in (start[1], stop[1] - 1)
                         for c in (start[2], stop[2] - 1)], float)

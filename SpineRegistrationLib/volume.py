@@ -93,3 +93,9 @@ def bounding_box_ijk(mask: np.ndarray, margin_vox: int | tuple[int, int, int] = 
     start_ijk = np.maximum(np.array(start[::-1]) - margin, 0)
     stop_ijk = np.minimum(np.array(stop[::-1]) + margin, shape_ijk)
     return start_ijk, stop_ijk
+
+
+def mask_center_ras(mask: np.ndarray, volume: Volume) -> np.ndarray:
+    """(3,) RAS mm: the mean of the voxel centres of a (K, J, I) mask on ``volume``'s grid."""
+    k, j, i = np.nonzero(mask)
+    return volume.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))

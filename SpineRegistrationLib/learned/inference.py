@@ -31,7 +31,7 @@ import torch
 from ..drr import Detectors, DRRRenderer
 from ..geometry import XrayGeometry
 from ..registration import Progress, RigidConfig, VertebraResult, register_vertebra
-from ..volume import Volume
+from ..volume import Volume, mask_center_ras
 from .checkpoint import load_model
 from .data import volume_downsample
 from .network import PoseNet
@@ -65,8 +65,7 @@ class PosePredictor:
         mu: CT attenuation (1/mm); mask: (K, J, I) bool, the vertebra; xrays: (rows, columns)
         arrays, bone bright, one per geometry, in any order (:func:`ap_lat_pair` picks two).
         """
-        k, j, i = np.nonzero(mask)
-        center_ct = mu.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))
+        center_ct = mask_center_ras(mask, mu)
         template = DRRRenderer(mu, mask=mask, downsample=volume_downsample(mu, self.spec)).to(self.device)
         pair = ap_lat_pair(geometries)
         views = [torch.as_tensor(np.asarray(xrays[i], np.float32)) for i in pair]
@@ -84,8 +83,7 @@ class PosePredictor:
 def _moved_to(pose: np.ndarray, init: np.ndarray | None, mask: np.ndarray, mu: Volume) -> np.ndarray:
     """``pose`` translated so that the vertebra's centre is where ``init`` puts it (rotation kept)."""
     init = np.eye(4) if init is None else np.asarray(init, np.float64)
-    k, j, i = np.nonzero(mask)
-    center = mu.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))
+    center = mask_center_ras(mask, mu)
     shift = np.eye(4)
     shift[:3, 3] = (init[:3, :3] @ center + init[:3, 3]) - (pose[:3, :3] @ center + pose[:3, 3])
     return shift @ pose
