@@ -26,12 +26,14 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 #: Seconds a cancelled process gets to stop on its own (so the CLI can remove its staging
 #: folder) before the whole process tree is killed.
@@ -264,6 +266,17 @@ class CliProcess:
             pass
         if self._reader is not None:
             self._reader.join(timeout=5.0)
+        self._remove_staging()
+
+    def _remove_staging(self) -> None:
+        """Delete the staging folders of this run's ``--out`` (``.<name>.partial-*`` beside it,
+        see SpineRegistrationLib.cli.common.staged_output_dir): a run killed before it could
+        clean up must not leave them behind. The output folder itself is never touched."""
+        if "--out" not in self.command[:-1]:
+            return
+        target = Path(self.command[self.command.index("--out") + 1]).absolute()
+        for staging in target.parent.glob(f".{target.name}.partial-*"):
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _signal_tree(self, graceful: bool) -> None:
         process = self._process

@@ -523,6 +523,17 @@ def test_cancel_kills_a_long_run_and_leaves_no_output(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a half-written staging folder
 
 
+def test_a_run_killed_outright_leaves_no_staging_folder_either(tmp_path):
+    out = tmp_path / "demo"
+    run = CliProcess(["demo", "--spacing", "1", "--out", str(out)]).start()
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".demo.partial-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".demo.partial-*")), "the demo never staged its output"
+    run.cancel(grace_s=0.0)  # SIGKILL at once: the CLI cannot clean up itself
+    assert not run.running and list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------- the real register command
 def test_register_help_lists_the_options_the_module_uses():
     run = CliProcess(["register", "--help"]).start()
