@@ -58,9 +58,9 @@ from .registration import RigidConfig, VertebraResult, register_vertebra
 from .volume import Volume
 
 #: Registration methods: ``intensity`` (DRR similarity, :func:`.registration.register_vertebra`),
-#: ``learned`` (the pose network alone, :mod:`.learned`) and ``auto`` (the network's pose refined
-#: by intensity, with the full intensity search when in doubt; intensity alone when no model
-#: is shipped).
+#: ``learned`` (the pose network alone, :mod:`.learned`) and ``auto`` (the network's rotation, then
+#: the intensity registration without its rotation search, and the full one when in doubt;
+#: intensity alone when no model is shipped).
 METHODS = ("auto", "learned", "intensity")
 #: A geometry given as this word is read from the X-ray's own DICOM tags.
 DICOM_GEOMETRY = "dicom"
@@ -132,8 +132,8 @@ class CaseInputs:
     matches). views: output names, one per X-ray. vertebrae: name -> label value, in
     registration order. init: (4, 4) matrix_ras. method: the method that will run (never
     ``auto``). device: torch device name. notes: one-line remarks for the user (e.g. the
-    method ``auto`` fell back to ``intensity``). model: the loaded pose network (learned and
-    auto only).
+    method ``auto`` fell back to ``intensity``). model / model_path: the loaded pose network
+    and its file (learned and auto only).
     """
 
     config: RegisterConfig
@@ -148,6 +148,7 @@ class CaseInputs:
     device: str
     notes: list[str] = field(default_factory=list)
     model: object | None = None
+    model_path: Path | None = None
 
     @cached_property
     def mu(self) -> Volume:
@@ -431,6 +432,7 @@ def load_case(config: RegisterConfig) -> CaseInputs:
         device=device,
         notes=[note] if note else [],
         model=model,
+        model_path=model_path,
     )
 
 
@@ -550,7 +552,7 @@ def result_dict(case: CaseInputs, results: Sequence[VertebraResult], total_time_
         "init_matrix_ras": case.init.tolist(),
         "method": case.method,
         "method_requested": config.method,
-        "model": None if case.model is None else str(resolve_method(config.method, config.model)[2].absolute()),
+        "model": None if case.model_path is None else str(case.model_path.absolute()),
         "device": case.device,
         "rigid_config": asdict(config.rigid),
         "vertebrae": vertebrae,

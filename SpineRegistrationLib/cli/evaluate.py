@@ -67,8 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     method.add_argument("--methods", default="ours,cmaes", metavar="A,B",
                         help="comma-separated methods: ours (the registration of 'spinereg register', intensity "
                         "method), cmaes (gradient-free baseline: CMA-ES at every pyramid level), learned (the "
-                        "shipped pose network alone), auto (the network's pose refined by intensity, full search "
-                        "when in doubt: 'spinereg register --method auto')")
+                        "shipped pose network alone), auto (the network's rotation, then the intensity grid "
+                        "and refinement, full search when in doubt: 'spinereg register --method auto')")
     method.add_argument("--model", metavar="MODEL.pt", default=suppress,
                         help="pose-network model file for learned/auto (default: the shipped one), e.g. a "
                         "patient-specific model from 'spinereg train --ct ... --seg ...'")
@@ -163,13 +163,13 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     try:
         with staged_output_dir(args.out, args.overwrite) as staging:
-            print("loading the CT and labelmap ..." if getattr(args, "ct", None) else "generating the phantom ...",
-                  file=sys.stderr, flush=True)
-            ct, labelmap, inputs = _load_data(args)
-            model = getattr(args, "model", None)
+            model = getattr(args, "model", None)  # a bad model file fails before the data are made
             runners = {name: make_method(name, device=device, **({"model": model} if model and name in
                                                                    ("learned", "auto") else {}))
                        for name in methods}
+            print("loading the CT and labelmap ..." if getattr(args, "ct", None) else "generating the phantom ...",
+                  file=sys.stderr, flush=True)
+            ct, labelmap, inputs = _load_data(args)
             generated = iter_cases(ct, labelmap, None, config, device=device)
             cases = list(tqdm(generated, total=config.cases, desc="simulating X-rays", unit="case",
                               file=sys.stderr, mininterval=0.5))

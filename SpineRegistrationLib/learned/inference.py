@@ -80,10 +80,9 @@ class PosePredictor:
         return pose
 
 
-def _moved_to(pose: np.ndarray, init: np.ndarray | None, mask: np.ndarray, mu: Volume) -> np.ndarray:
-    """``pose`` translated so that the vertebra's centre is where ``init`` puts it (rotation kept)."""
+def _moved_to(pose: np.ndarray, init: np.ndarray | None, center: np.ndarray) -> np.ndarray:
+    """``pose`` translated so that the vertebra's centre (CT RAS mm) is where ``init`` puts it (rotation kept)."""
     init = np.eye(4) if init is None else np.asarray(init, np.float64)
-    center = mask_center_ras(mask, mu)
     shift = np.eye(4)
     shift[:3, 3] = (init[:3, :3] @ center + init[:3, 3]) - (pose[:3, :3] @ center + pose[:3, 3])
     return shift @ pose
@@ -123,7 +122,7 @@ def register_vertebra_learned(
     network_s = time.perf_counter() - started
     if refine:
         local = replace(config, global_search="grid")
-        start = _moved_to(start, init, mask, mu)
+        start = _moved_to(start, init, mask_center_ras(mask, mu))
     else:  # score the network's pose at every level without moving it
         local = replace(config, global_search="none", iterations=(0,) * len(config.iterations))
     result = register_vertebra(name, mu, mask, xrays, geometries, init=start, config=local, device=device,

@@ -62,7 +62,7 @@ def resample_to_patch(image: torch.Tensor, geometry: XrayGeometry, patch: XrayGe
     if factor > 1:
         pooled = F.avg_pool2d(pooled, factor, ceil_mode=True)
     rows, columns = np.meshgrid(np.arange(patch.rows), np.arange(patch.columns), indexing="ij")
-    where = geometry._ras_to_pixel(patch.pixel_to_ras(columns, rows))  # (n, n, 2) column, row of the X-ray
+    where = geometry.project(patch.pixel_to_ras(columns, rows))  # (n, n, 2) column, row of the X-ray
     where = (where - (factor - 1) / 2.0) / factor  # pooled pixel coordinates
     height, width = pooled.shape[-2:]
     grid = np.stack([2.0 * where[..., 0] / max(width - 1, 1) - 1.0, 2.0 * where[..., 1] / max(height - 1, 1) - 1.0], -1)
