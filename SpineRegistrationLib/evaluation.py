@@ -426,7 +426,8 @@ def learned_method(device: str | torch.device = "cpu", refine: bool = False, mod
 
 
 def auto_method(device: str | torch.device = "cpu", model=None) -> Method:
-    """The default of ``spinereg register``: the network's pose refined by intensity (full search when in doubt)."""
+    """The default of ``spinereg register``: the network's rotation, then the intensity grid and refinement
+    (full search when in doubt)."""
     return learned_method(device, refine=True, model=model)
 
 

@@ -68,8 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     method.add_argument("--method", default="auto", choices=METHODS,
                         help="intensity: DRR similarity (gradient and patch NCC) with a global search and "
                         "multi-resolution gradient refinement; learned: the pose network's answer alone (well "
-                        "under a second); auto: the network's pose refined by intensity, with the full intensity "
-                        "search when the result is in doubt (intensity alone when no model is shipped)")
+                        "under a second); auto: the network's rotation, then the intensity "
+                        "registration's translation grid and refinement, the full intensity search when the result "
+                        "is in doubt (intensity alone when no model is shipped)")
     method.add_argument("--model", metavar="MODEL.pt", default=suppress,
                         help="pose-network model file for learned/auto, e.g. from 'spinereg train' (default: the "
                         "model shipped in Resources/Models)")
