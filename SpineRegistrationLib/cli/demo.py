@@ -37,15 +37,16 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..figures import overlay_rgb, tile, write_png
-    from ..metrics import mtre_mm, vertebra_points
+    from ..render.overlay import overlay_rgb, tile, write_png
+    from ..core.metrics import mtre_mm, vertebra_points
     from ..pipeline import RegisterConfig, iter_register_case, load_case, render_vertebra_drrs, write_result
-    from ..sample_data import VIEWS, make_sample, write_sample
-    from .common import check_device, staged_output_dir
+    from ..synthetic.sample_data import VIEWS, make_sample, write_sample
+    from ..methods import resolve_device
+    from ..io.atomic import staged_output_dir
     from .phantom import sample_config_from_args
 
     config = sample_config_from_args(args)
-    device = str(check_device(args.device))
+    device = str(resolve_device(args.device))
     with staged_output_dir(args.out, args.overwrite) as staging:
         started = time.perf_counter()
         print("generating the phantom and its simulated AP/LAT X-rays ...", file=sys.stderr)

@@ -42,29 +42,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..drr import hu_to_mu, render_drr
     from ..errors import InputError
-    from ..geometry import load_geometry
     from ..io import check_xray_extension, read_labelmap, read_rigid_matrix, read_volume, vertebra_mask, write_xray
-    from .common import check_device, check_in_view, new_output_file, staged_output_file
+    from ..io.atomic import new_output_file, staged_output_file
+    from ..io.geometry_json import load_geometry
+    from ..methods import resolve_device
+    from ..pipeline.inputs import check_same_grid, check_volume_seen
+    from ..render.drr import hu_to_mu, render_drr
 
     out = new_output_file(args.out, args.overwrite)
     check_xray_extension(out)
     if bool(args.seg) != bool(args.vertebra):
         raise InputError("--seg and --vertebra go together: give both to render one vertebra, or neither")
-    device = check_device(args.device)
+    device = resolve_device(args.device)
     geometry = load_geometry(args.geometry)
     ct = read_volume(args.ct)
     matrix = np.eye(4) if args.transform is None else read_rigid_matrix(args.transform)
     mask = None
     if args.seg:
         labelmap = read_labelmap(args.seg, args.label_scheme)
-        if labelmap.volume.array.shape != ct.array.shape or not np.allclose(
-            labelmap.volume.ijk_to_ras, ct.ijk_to_ras, atol=1e-3
-        ):
-            raise InputError(f"segmentation {args.seg} does not share the CT's voxel grid")
+        check_same_grid(labelmap, ct, args.seg)
         mask = vertebra_mask(labelmap, args.vertebra)
-    check_in_view(ct, mask, matrix, geometry, what=args.vertebra or "the CT")
+    check_volume_seen(geometry, ct, mask, matrix, what=args.vertebra or "the CT")
     image = render_drr(ct.with_array(hu_to_mu(ct.array)), geometry, matrix_ras=matrix, mask=mask, device=device)
     with staged_output_file(out) as staging:
         write_xray(image, staging)

@@ -2,7 +2,7 @@
 
 Example::
 
-    spinereg evaluate --cases 20 --methods ours,cmaes --out eval/
+    spinereg evaluate --cases 20 --methods intensity,cmaes --out eval/
     spinereg evaluate --ct ct.nii.gz --seg seg.nii.gz --vertebra L2 --vertebra L3 --out eval/
 
 The work is :mod:`SpineRegistrationLib.evaluation` (same configuration object,
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-#: Methods, as :data:`SpineRegistrationLib.evaluation.METHODS` (repeated so --help stays torch-free).
-METHODS = ("ours", "cmaes", "learned", "auto")
+from ..core.labels import SCHEME_CHOICES
+
+from ..methods import EVALUATION_METHODS as METHODS
+
 #: Default torch CPU threads: as ``spinereg register`` (one vertebra's tensors are small).
 DEFAULT_THREADS = 1
 
@@ -45,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                       help="CT volume in HU (NIfTI, NRRD, MHA or a DICOM series folder); with --seg")
     data.add_argument("--seg", metavar="SEG", default=suppress,
                       help="vertebra labelmap on the CT's voxel grid, or a Slicer .seg.nrrd; with --ct")
-    data.add_argument("--label-scheme", default="auto", choices=("auto", "verse", "totalseg"),
+    data.add_argument("--label-scheme", default="auto", choices=SCHEME_CHOICES,
                       help="label numbering of --seg")
     data.add_argument("--vertebra", action="append", metavar="NAME", default=suppress,
                       help="vertebra to register (repeat for several; cases cycle through them) "
@@ -64,9 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        help="simulated detector pixel spacing in mm (jittered by 5 %% per view)")
 
     method = parser.add_argument_group("methods")
-    method.add_argument("--methods", default="ours,cmaes", metavar="A,B",
-                        help="comma-separated methods: ours (the registration of 'spinereg register', intensity "
-                        "method), cmaes (gradient-free baseline: CMA-ES at every pyramid level), learned (the "
+    method.add_argument("--methods", default="intensity,cmaes", metavar="A,B",
+                        help="comma-separated methods: intensity ('spinereg register --method intensity'), cmaes (gradient-free baseline: CMA-ES at every pyramid level), learned (the "
                         "shipped pose network alone), auto (the network's rotation, then the intensity grid "
                         "and refinement, full search when in doubt: 'spinereg register --method auto')")
     method.add_argument("--model", metavar="MODEL.pt", default=suppress,
@@ -85,7 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def parse_methods(text: str) -> list[str]:
-    """``"ours,cmaes"`` -> ["ours", "cmaes"]; InputError for an empty list, a repeat or an unknown name."""
+    """``"intensity,cmaes"`` -> ["intensity", "cmaes"]; InputError for an empty list, a repeat or an unknown name."""
     from ..errors import InputError
 
     names = [name.strip() for name in str(text).split(",") if name.strip()]
@@ -120,7 +121,7 @@ def _load_data(args: argparse.Namespace):
             raise InputError(f"segmentation {seg_path} does not share the CT's voxel grid")
         return ct, labelmap, {"ct": str(ct_path), "seg": str(seg_path), "label_scheme": labelmap.scheme.name}
     from ..io import Labelmap
-    from ..phantom import PhantomConfig, generate_phantom
+    from ..synthetic.phantom import PhantomConfig, generate_phantom
 
     phantom = generate_phantom(PhantomConfig())
     names = phantom.config.vertebrae
@@ -137,9 +138,17 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..errors import InputError
-    from ..evaluation import (EvalConfig, format_table, iter_cases, iter_run_method, make_method,
-                              summarize_by_method, write_report)
-    from .common import check_device, staged_output_dir
+    from ..evaluation import (
+        EvalConfig,
+        format_table,
+        iter_cases,
+        iter_run_method,
+        make_method,
+        summarize_by_method,
+        write_report,
+    )
+    from ..methods import resolve_device
+    from ..io.atomic import staged_output_dir
 
     started = time.perf_counter()
     methods = parse_methods(args.methods)
@@ -158,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         detector_size=tuple(args.detector_size),
         pixel_spacing_mm=args.pixel_mm,
     )
-    device = check_device(args.device)
+    device = resolve_device(args.device)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

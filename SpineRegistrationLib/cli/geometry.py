@@ -92,7 +92,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from .common import new_output_file
+    from ..io.atomic import new_output_file
+    from ..io.geometry_json import save_geometry
 
     given = vars(args)
     out = new_output_file(args.out, overwrite=args.overwrite)
@@ -101,12 +102,14 @@ def run(args: argparse.Namespace) -> int:
         if c_arm_kw:
             extra = ", ".join(f"--{dest}" for dest in _C_ARM_OPTIONS if dest in given)
             raise InputError(f"{extra} cannot be combined with --from-dicom (the DICOM tags give them)")
-        geometry = geo.geometry_from_dicom(args.from_dicom, isocenter_ras=args.isocenter)
+        from ..io.dicom_geometry import geometry_from_dicom
+
+        geometry = geometry_from_dicom(args.from_dicom, isocenter_ras=args.isocenter)
     elif "preset" in given:
         geometry = geo.preset_geometry(args.preset, isocenter_ras=args.isocenter, **c_arm_kw)
     else:
         geometry = geo.c_arm_geometry(primary_deg=args.primary, isocenter_ras=args.isocenter, **c_arm_kw)
-    geo.save_geometry(geometry, out)
+    save_geometry(geometry, out)
     du, dv = geometry.pixel_spacing
     print(
         f"spinereg geometry: wrote {out} ({geometry.columns}x{geometry.rows} px, "

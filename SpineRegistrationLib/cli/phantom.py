@@ -50,9 +50,9 @@ def add_phantom_options(parser: argparse.ArgumentParser) -> None:
 def sample_config_from_args(args: argparse.Namespace):
     """Build the :class:`~SpineRegistrationLib.sample_data.SampleConfig` the options describe."""
     from ..errors import InputError
-    from ..labels import canonical_name
-    from ..phantom import PHANTOM_VERTEBRAE, PhantomConfig
-    from ..sample_data import SampleConfig
+    from ..core.labels import canonical_name
+    from ..synthetic.phantom import PHANTOM_VERTEBRAE, PhantomConfig
+    from ..synthetic.sample_data import SampleConfig
 
     first, last = (canonical_name(name) for name in args.vertebrae)
     if first not in PHANTOM_VERTEBRAE or last not in PHANTOM_VERTEBRAE:
@@ -80,8 +80,8 @@ def sample_config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..sample_data import make_sample, write_sample
-    from .common import staged_output_dir
+    from ..synthetic.sample_data import make_sample, write_sample
+    from ..io.atomic import staged_output_dir
 
     config = sample_config_from_args(args)
     with staged_output_dir(args.out, args.overwrite) as staging:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-#: Registration methods, as :data:`SpineRegistrationLib.pipeline.METHODS` (repeated here so
-#: ``--help`` does not import torch).
-METHODS = ("auto", "learned", "intensity")
+from ..core.labels import SCHEME_CHOICES
+
+from ..methods import METHODS
+
 
 #: Default torch CPU threads, see the --threads help.
 DEFAULT_THREADS = 1
@@ -45,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     help="CT volume in HU (NIfTI, NRRD, MHA or a DICOM series folder)")
     ct.add_argument("--seg", required=True, metavar="SEG", default=suppress,
                     help="vertebra labelmap on the CT's voxel grid, or a Slicer .seg.nrrd")
-    ct.add_argument("--label-scheme", default="auto", choices=("auto", "verse", "totalseg"),
+    ct.add_argument("--label-scheme", default="auto", choices=SCHEME_CHOICES,
                     help="label numbering of --seg (auto: from segment names or label values)")
     ct.add_argument("--vertebra", action="append", metavar="NAME", default=suppress,
                     help="vertebra to register (L1, T12, ... or a raw integer label); repeat for several "
@@ -128,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    from ..io.atomic import staged_output_dir
     from ..pipeline import RegisterConfig, iter_register_case, load_case, write_result
-    from ..registration import RigidConfig
-    from .common import staged_output_dir
+    from ..rigid import RigidConfig
 
     started = time.perf_counter()
     config = RegisterConfig(

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..core.labels import SCHEME_CHOICES
+
 #: Image suffixes a --data folder is searched for.
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -41,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                       help="the matching CT's vertebra labelmap or .seg.nrrd; one per --ct, same order")
     data.add_argument("--data", metavar="DIR", default=suppress,
                       help="folder of CTs: every <case>_ct.<ext> with its <case>_seg*.<ext> labelmap")
-    data.add_argument("--label-scheme", default="auto", choices=("auto", "verse", "totalseg"),
+    data.add_argument("--label-scheme", default="auto", choices=SCHEME_CHOICES,
                       help="label numbering of the labelmaps")
     data.add_argument("--vertebra", action="append", metavar="NAME", default=suppress,
                       help="train on these vertebrae only (repeat; default: every labelled vertebra)")
@@ -104,7 +106,7 @@ def sources_from_args(args: argparse.Namespace, spec) -> list:
 
     from ..errors import InputError
     from ..io import read_labelmap, read_volume
-    from ..labels import canonical_name
+    from ..core.labels import canonical_name
     from ..learned.data import TrainingCT, phantom_sources
 
     cts, segs = getattr(args, "ct", []), getattr(args, "seg", [])
@@ -140,11 +142,12 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..learned.network import ModelConfig
     from ..learned.training import TrainConfig, check_run, train
-    from ..pipeline import learned_model, resolve_device
+    from ..learned.models import shipped_model
+    from ..methods import resolve_device
 
     init_model = getattr(args, "init_model", None)
     if init_model == "shipped":
-        init_model = learned_model()
+        init_model = shipped_model()
         if init_model is None:
             raise InputError("--init-model shipped: no model is shipped in Resources/Models")
     config = TrainConfig(

@@ -11,16 +11,9 @@ written goes out in each format's own convention (LPS for ITK/DICOM/NIfTI/NRRD).
 
 from .centroids import axis_codes, read_centroids, write_centroids
 from .images import read_volume, write_volume
-from .labelmaps import (
-    Labelmap,
-    centroid_ras,
-    centroids_ras,
-    read_labelmap,
-    vertebra_mask,
-    write_labelmap,
-)
+from .labelmaps import Labelmap, centroid_ras, centroids_ras, read_labelmap, vertebra_mask, write_labelmap
 from .segnrrd import write_seg_nrrd
-from ..volume import bounding_box_ijk
+from ..core.volume import bounding_box_ijk
 from .transforms import check_rigid, read_matrix_json, read_rigid_matrix, read_transform, write_transform
 from .xray import XrayImage, check_xray_extension, invert_intensities, read_xray, write_xray
 

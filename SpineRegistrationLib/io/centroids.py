@@ -22,8 +22,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import InputError
-from ..labels import SCHEMES, canonical_name, sort_vertebrae
-from ..volume import Volume
+from ..core.labels import SCHEMES, canonical_name, sort_vertebrae
+from ..core.volume import Volume
 from .jsonfile import read_json
 
 _VERSE = SCHEMES["verse"]

@@ -19,8 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..frames import LPS_TO_RAS, homogeneous
-from ..volume import Volume
+from ..core.frames import LPS_TO_RAS, homogeneous
+from ..core.volume import Volume
 
 
 def read_image_file(path: str | os.PathLike) -> sitk.Image:

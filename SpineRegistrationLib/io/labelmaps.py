@@ -1,85 +1,24 @@
-"""Vertebra labelmaps: an integer Volume numbered by a label scheme.
+"""Vertebra labelmap files <-> :class:`~SpineRegistrationLib.core.labelmap.Labelmap`.
 
 Read from a plain labelmap (NIfTI/NRRD/MHA, values numbered by ``verse`` or
-``totalseg``) or from a Slicer ``.seg.nrrd`` (see ``segnrrd``). Whatever the source, the
-in-memory array follows ``Labelmap.scheme``: a .seg.nrrd is relabelled on reading, so
-``labelmap.volume.array == labelmap.scheme.label_of["L1"]`` is always the L1 mask.
+``totalseg``) or from a Slicer ``.seg.nrrd`` (see ``segnrrd``). Whatever the source, a .seg.nrrd
+is relabelled on reading to the scheme's numbering. The in-memory type, its masks and
+centroids are :mod:`..core.labelmap` (re-exported here).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.labelmap import Labelmap, centroid_ras, centroids_ras, vertebra_mask
+from ..core.labels import LabelScheme, get_scheme, guess_scheme_from_labels
+from ..core.volume import Volume
 from ..errors import InputError
-from ..labels import LabelScheme, get_scheme, guess_scheme_from_labels, sort_vertebrae, vertebra_label
-from ..volume import Volume
 from .images import as_3d_scalar, ijk_to_ras_of, read_image_file, volume_to_image, write_image_file
 from . import segnrrd
-
-_SLAB_VOXELS = 1 << 22  # voxels counted at a time by _present_values (32 MiB as int64)
-
-
-@dataclass
-class Labelmap:
-    """A vertebra segmentation.
-
-    volume: integer Volume, array (K, J, I); 0 is background.
-    scheme: the numbering of ``volume.array``.
-    values: (computed) the nonzero label values present, ascending.
-    """
-
-    volume: Volume
-    scheme: LabelScheme
-    values: tuple[int, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        if not np.issubdtype(self.volume.array.dtype, np.integer):
-            raise ValueError(f"labelmap array must be integer, got {self.volume.array.dtype}")
-        self.scheme = get_scheme(self.scheme)
-        self.values = _present_values(self.volume.array)
-
-    @property
-    def labels(self) -> dict[str, int]:
-        """Vertebrae present: canonical name -> label value, cranial -> caudal."""
-        names = [self.scheme.name_of[v] for v in self.values if v in self.scheme.name_of]
-        return {name: self.scheme.label_of[name] for name in sort_vertebrae(names)}
-
-    def resolve(self, vertebra: str | int) -> tuple[str, int]:
-        """A vertebra name or raw integer label -> (name, label), checked to be present.
-
-        The name of a raw label the scheme does not number is the label as text ("99").
-        Raises InputError for an unknown name or a vertebra absent from the labelmap.
-        """
-        label = vertebra_label(vertebra, self.scheme)
-        name = self.scheme.name_of.get(label, str(label))
-        if label not in self.values:
-            present = ", ".join(self.labels) or "none"
-            raise InputError(
-                f"vertebra {vertebra!r} ({self.scheme.name} label {label}) is not in the labelmap; present: {present}"
-            )
-        return name, label
-
-
-def _present_values(array: np.ndarray) -> tuple[int, ...]:
-    """Nonzero values of an integer (K, J, I) array, ascending.
-
-    Small non-negative labels (the usual case) are counted slab by slab with bincount,
-    which needs no sort and no full-size int64 copy of a CT-sized labelmap.
-    """
-    if array.size == 0:
-        return ()
-    lo, hi = int(array.min()), int(array.max())
-    if lo < 0 or hi >= 1 << 16:
-        return tuple(int(v) for v in np.unique(array) if v != 0)
-    counts = np.zeros(hi + 1, dtype=np.int64)
-    slab = max(1, _SLAB_VOXELS // max(1, array[0].size))
-    for k in range(0, array.shape[0], slab):
-        counts += np.bincount(array[k : k + slab].ravel().astype(np.intp), minlength=hi + 1)
-    return tuple(int(v) for v in np.flatnonzero(counts) if v != 0)
 
 
 def _integer_array(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
@@ -127,31 +66,4 @@ def write_labelmap(labelmap: Labelmap, path: str | os.PathLike) -> None:
         write_image_file(volume_to_image(labelmap.volume), path)
 
 
-def vertebra_mask(labelmap: Labelmap, vertebra: str | int) -> np.ndarray:
-    """(K, J, I) bool mask of one vertebra (name or raw label); InputError if absent."""
-    _, label = labelmap.resolve(vertebra)
-    return labelmap.volume.array == label
-
-
-def centroid_ras(labelmap: Labelmap, vertebra: str | int) -> np.ndarray:
-    """(3,) centre of mass of one vertebra's voxels, RAS mm."""
-    k, j, i = np.nonzero(vertebra_mask(labelmap, vertebra))
-    return labelmap.volume.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))
-
-
-def centroids_ras(labelmap: Labelmap) -> dict[str, np.ndarray]:
-    """Centre of mass of every vertebra present: name -> (3,) RAS mm, cranial -> caudal.
-
-    One pass over the labelled voxels (not one per vertebra), so it stays fast on a
-    full-size CT.
-    """
-    array = labelmap.volume.array
-    flat = np.flatnonzero(array)
-    labels, inverse = np.unique(array.ravel()[flat], return_inverse=True)
-    kji = np.unravel_index(flat, array.shape)
-    counts = np.bincount(inverse)
-    mean_ijk = np.stack([np.bincount(inverse, weights=axis) for axis in kji[::-1]], axis=1) / counts[:, None]
-    row_of = {int(label): row for row, label in enumerate(labels)}
-    return {
-        name: labelmap.volume.ijk_to_ras_points(mean_ijk[row_of[label]]) for name, label in labelmap.labels.items()
-    }
+__all__ = ["Labelmap", "centroid_ras", "centroids_ras", "read_labelmap", "vertebra_mask", "write_labelmap"]

@@ -18,17 +18,14 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.labelmap import Labelmap
+from ..core.labels import LabelScheme, canonical_name, detect_scheme, get_scheme
 from ..errors import InputError
-from ..labels import LabelScheme, canonical_name, detect_scheme, get_scheme
 from .images import volume_to_image, write_image_file
-
-if TYPE_CHECKING:
-    from .labelmaps import Labelmap
 
 _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(\w+)$")
 _BINARY_LABELMAP = "Binary labelmap"

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..frames import matrix_lps_to_ras, matrix_ras_to_lps
+from ..core.frames import matrix_lps_to_ras, matrix_ras_to_lps
 from .jsonfile import read_json
 
 ITK_TRANSFORM_EXTENSIONS = (".h5", ".hdf5", ".tfm", ".txt", ".mat")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..io.atomic import staged_output_file
 from .network import ModelConfig, PoseNet
 
 MODEL_FORMAT = "spinereg-pose-net"
@@ -27,12 +28,10 @@ VERSION = 1
 
 
 def save_atomic(payload: dict, path: str | os.PathLike) -> Path:
-    """torch.save ``payload`` to ``path`` through a temporary file in the same folder."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
-    return path
+    """torch.save ``payload`` to ``path`` through :func:`..io.atomic.staged_output_file`."""
+    with staged_output_file(path) as staging:
+        torch.save(payload, staging)
+    return Path(path)
 
 
 def model_payload(model: PoseNet, info: dict | None = None) -> dict:

@@ -1,12 +1,13 @@
 """Training samples for the pose network, synthesised on the fly from CTs with vertebra labels.
 
-A sample is one vertebra of one CT seen by a jittered AP/LAT C-arm (:func:`..evaluation.draw_geometries`):
+A sample is one vertebra of one CT seen by a jittered AP/LAT C-arm (:func:`..synthetic.acquisition.draw_geometries`):
 the whole spine is offset about the vertebra's centroid (so its neighbours move with it, as
 on the table), the vertebra gets a little motion of its own, and both views are rendered on
 the network's patch detectors (:func:`.patches.patch_geometry`, centred on the nominal
-centre) as realistic X-rays (:mod:`..xray_sim`: spectral attenuation, noise, scatter,
-heel, blur, gamma, collimation, and sometimes inverted polarity). The template channel is
-the vertebra's own DRR at the nominal pose (registration attenuation, :func:`..drr.hu_to_mu`).
+centre) by the project's one simulator (:class:`..render.spine_xray.PosedSpine`) as realistic
+X-rays (:mod:`..render.xray_sim`: spectral attenuation, noise, scatter, heel, blur, gamma,
+collimation, and sometimes inverted polarity). The template channel is the vertebra's own DRR
+at the nominal pose (registration attenuation, :func:`..render.drr.hu_to_mu`).
 Samples whose vertebra is cut by the patch border are drawn again.
 
 Everything random derives from ``(seed, rank, step)``, so a batch is the same whenever it
@@ -21,19 +22,19 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..drr import Detectors, DRRRenderer, hu_to_mu
+from ..core.metrics import vertebra_points
+from ..core.pose import params_to_matrix
+from ..core.volume import Volume
 from ..errors import InputError
-from ..evaluation import EvalConfig, draw_geometries, draw_sim
 from ..io.labelmaps import Labelmap, centroids_ras, vertebra_mask
-from ..metrics import vertebra_points
-from ..pose import params_to_matrix
-from ..synthesis import SOFT_TISSUE_HU
-from ..volume import Volume
-from ..xray_sim import hu_to_mu_spectral, simulate_xray
-from .patches import PatchSpec, offset_in_frame, normalize_xray, patch_geometry, standardize, view_frame
+from ..render.drr import Detectors, DRRRenderer, hu_to_mu
+from ..render.spine_xray import PosedSpine, ours_render_factory
+from ..render.xray_sim import simulate_xray
+from ..synthetic.acquisition import AcquisitionConfig, draw_geometries, draw_pose_offset, draw_sim
+from .patches import PatchSpec, normalize_xray, offset_in_frame, patch_geometry, standardize, view_frame, volume_downsample
 
 
-def training_acquisition() -> EvalConfig:
+def training_acquisition() -> AcquisitionConfig:
     """The default pose and acquisition ranges of training.
 
     Rotations (+-12 deg) and the acquisition are wider than the evaluation's; translations
@@ -43,7 +44,7 @@ def training_acquisition() -> EvalConfig:
     offsets are the refinement's: it searches translations around the network's pose and
     lets the candidate levels compete (:func:`.inference.register_vertebra_learned`).
     """
-    return EvalConfig(
+    return AcquisitionConfig(
         rot_deg=12.0, trans_mm=15.0, per_vertebra_deg=2.0, per_vertebra_mm=2.0,
         sdd_jitter_mm=60.0, sid_jitter_mm=40.0, ap_angle_jitter_deg=5.0, lat_angle_jitter_deg=8.0,
         pixel_spacing_jitter=0.3, photons=(5.0e3, 3.0e5), gamma=(0.5, 1.6), scatter_fraction=(0.0, 0.5),
@@ -55,8 +56,8 @@ def training_acquisition() -> EvalConfig:
 class SynthesisConfig:
     """The training-sample distribution.
 
-    acquisition: pose offsets, C-arm jitter and X-ray knobs (an :class:`..evaluation.EvalConfig`;
-        its ``cases``/``seed``/sizes are not used).
+    acquisition: pose offsets, C-arm jitter and X-ray knobs (its detector size and spacing are
+        not used: samples are rendered on the network's patches).
     isocenter_jitter_mm: the C-arm isocentre is this far (uniform per axis) from the vertebra.
     invert_probability: chance that a view's X-ray is stored bone-dark (polarity augmentation).
     points: vertebra points per sample for the point-distance loss.
@@ -64,16 +65,11 @@ class SynthesisConfig:
         DRR lies on the patch's outer 2 pixels (cut off by the border).
     """
 
-    acquisition: EvalConfig = field(default_factory=training_acquisition)
+    acquisition: AcquisitionConfig = field(default_factory=training_acquisition)
     isocenter_jitter_mm: float = 30.0
     invert_probability: float = 0.1
     points: int = 256
     max_cut_fraction: float = 0.02
-
-
-def volume_downsample(volume: Volume, spec: PatchSpec) -> int:
-    """Voxel blocks to average so that the rendered volume is no finer than a patch pixel."""
-    return max(1, int(round(spec.mm_per_px / float(volume.spacing_mm.min()))))
 
 
 class TrainingCT:
@@ -98,19 +94,13 @@ class TrainingCT:
         self.factor = volume_downsample(ct_hu, spec)
         self._renderers: dict[str, tuple] = {}
 
-    def renderers(self, vertebra: str) -> tuple[DRRRenderer, DRRRenderer, DRRRenderer, np.ndarray]:
-        """(background, vertebra as X-rayed, vertebra template, (P, 3) points CT RAS) of one vertebra."""
+    def renderers(self, vertebra: str) -> tuple[PosedSpine, DRRRenderer, np.ndarray]:
+        """(the CT with this vertebra moving, the vertebra's template renderer, (P, 3) points CT RAS)."""
         if vertebra not in self._renderers:
             mask = vertebra_mask(self.labelmap, vertebra)
-            background = self.ct.array.astype(np.float32, copy=True)
-            background[mask] = SOFT_TISSUE_HU
-            # The moved vertebra displaces the soft tissue the background keeps in its place:
-            # it adds only its attenuation above that tissue's.
-            excess = hu_to_mu_spectral(self.ct.array) - hu_to_mu_spectral(np.float32(SOFT_TISSUE_HU))
-            xray_mu = self.ct.with_array(excess.astype(np.float32))
+            scene = PosedSpine(self.ct, self.labelmap, [vertebra], render_factory=ours_render_factory(downsample=self.factor))
             self._renderers[vertebra] = (
-                DRRRenderer(self.ct.with_array(hu_to_mu_spectral(background)), downsample=self.factor),
-                DRRRenderer(xray_mu, mask=mask, downsample=self.factor),
+                scene,
                 DRRRenderer(self.ct.with_array(hu_to_mu(self.ct.array)), mask=mask, downsample=self.factor),
                 vertebra_points(mask, self.ct, max_points=self.points),
             )
@@ -134,32 +124,31 @@ def draw_sample(source: TrainingCT, config: SynthesisConfig, rng: np.random.Gene
     """
     acq = config.acquisition
     name = vertebra or source.names[int(rng.integers(len(source.names)))]
-    background, xrayed, template, points = source.renderers(name)
+    scene, template, points = source.renderers(name)
     center = np.asarray(source.centroids[name], dtype=np.float64)
-    offset = np.concatenate([rng.uniform(-acq.rot_deg, acq.rot_deg, 3), rng.uniform(-acq.trans_mm, acq.trans_mm, 3)])
-    motion = np.concatenate([rng.uniform(-acq.per_vertebra_deg, acq.per_vertebra_deg, 3),
-                             rng.uniform(-acq.per_vertebra_mm, acq.per_vertebra_mm, 3)])
+    offset = draw_pose_offset(rng, acq.rot_deg, acq.trans_mm)
+    motion = draw_pose_offset(rng, acq.per_vertebra_deg, acq.per_vertebra_mm)
     spine = params_to_matrix(offset, center)
     pose = spine @ params_to_matrix(motion, center)
     isocenter = center + rng.uniform(-config.isocenter_jitter_mm, config.isocenter_jitter_mm, 3)
     geometries, _ = draw_geometries(rng, acq, isocenter)
-    detectors = Detectors.from_geometries([patch_geometry(g, center, source.spec) for g in geometries])
+    patches = [patch_geometry(g, center, source.spec) for g in geometries]
     sims = [draw_sim(rng, acq) for _ in geometries]
     noise_seed = int(rng.integers(2**31))
     invert = rng.random(len(geometries)) < config.invert_probability
 
-    def render(renderer: DRRRenderer, matrix: np.ndarray) -> torch.Tensor:
-        return renderer(torch.as_tensor(matrix, dtype=torch.float32)[None], detectors)[0]
+    def views(render_view) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(np.asarray(render_view(patch))) for patch in patches])
 
+    vertebra_depth = views(lambda patch: scene.vertebra_depth(name, pose, patch))
+    if bool((_rim_fraction(vertebra_depth) > config.max_cut_fraction).any()):
+        return None
+    depth = views(lambda patch: scene.background_depth(spine, patch)) + vertebra_depth
+    generator = torch.Generator().manual_seed(noise_seed)
+    xrays = torch.stack([simulate_xray(d, sim, generator) for d, sim in zip(depth, sims)])
+    xrays = torch.where(torch.as_tensor(invert)[:, None, None], 1.0 - xrays, xrays)
     with torch.no_grad():
-        vertebra_depth = render(xrayed, pose)
-        if bool((_rim_fraction(vertebra_depth) > config.max_cut_fraction).any()):
-            return None
-        depth = render(background, spine) + vertebra_depth
-        generator = torch.Generator().manual_seed(noise_seed)
-        xrays = torch.stack([simulate_xray(d, sim, generator) for d, sim in zip(depth, sims)])
-        xrays = torch.where(torch.as_tensor(invert)[:, None, None], 1.0 - xrays, xrays)
-        templates = render(template, np.eye(4))
+        templates = template(torch.eye(4)[None], Detectors.from_geometries(patches))[0]
     frame = view_frame(geometries[0])
     rotation, translation = offset_in_frame(pose, np.eye(4), center, frame)
     return {
@@ -208,7 +197,7 @@ class SampleStream(torch.utils.data.IterableDataset):
 def phantom_sources(count: int, seed: int, spec: PatchSpec, points: int = 256) -> list[TrainingCT]:
     """``count`` procedural phantoms of varied anatomy (:func:`..phantom.varied_phantom_config`,
     seeds ``seed`` ... ``seed + count - 1``) as training CTs."""
-    from ..phantom import generate_phantom, varied_phantom_config
+    from ..synthetic.phantom import generate_phantom, varied_phantom_config
 
     sources = []
     for index in range(count):

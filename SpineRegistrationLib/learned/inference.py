@@ -28,12 +28,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..drr import Detectors, DRRRenderer
+from ..render.drr import Detectors, DRRRenderer
 from ..geometry import XrayGeometry
-from ..registration import Progress, RigidConfig, VertebraResult, register_vertebra
-from ..volume import Volume, mask_center_ras
+from ..rigid import Progress, RigidConfig, register_vertebra
+from ..io.results import VertebraResult
+from ..core.volume import Volume, mask_center_ras
 from .checkpoint import load_model
-from .data import volume_downsample
+from .patches import volume_downsample
 from .network import PoseNet
 from .patches import normalize_xray, patch_geometry, pose_from_offset, resample_to_patch, standardize, view_frame
 

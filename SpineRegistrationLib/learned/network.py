@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..pose import rotation_6d_to_matrix
+from ..core.pose import rotation_6d_to_matrix
 from .patches import PatchSpec
 
 

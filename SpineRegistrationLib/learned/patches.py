@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.volume import Volume
 from ..geometry import XrayGeometry
-from ..xray_sim import gaussian_blur
+from ..render.xray_sim import gaussian_blur
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,8 @@ def pose_from_offset(rotation: np.ndarray, translation: np.ndarray, nominal: np.
     offset[:3, :3] = frame.T @ np.asarray(rotation, np.float64) @ frame
     offset[:3, 3] = center + frame.T @ np.asarray(translation, np.float64) - offset[:3, :3] @ center
     return offset @ np.asarray(nominal, np.float64)
+
+
+def volume_downsample(volume: Volume, spec: PatchSpec) -> int:
+    """Voxel blocks to average so that the rendered volume is no finer than a patch pixel."""
+    return max(1, int(round(spec.mm_per_px / float(volume.spacing_mm.min()))))

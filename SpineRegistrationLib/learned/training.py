@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..pose import geodesic_deg
+from ..core.pose import geodesic_deg
 from .checkpoint import CHECKPOINT_FORMAT, model_from_payload, model_payload, read_payload, save_atomic, save_model
 from .data import SampleStream, SynthesisConfig, TrainingCT
 from .network import ModelConfig, PoseNet

@@ -57,11 +57,11 @@ VERTEBRA = "L3"
 # --------------------------------------------------------------------------- inputs
 def load_ct(vertebra: str):
     """(mu Volume, vertebra mask (K, J, I) bool, centroid RAS, description) of the benchmark CT."""
-    from SpineRegistrationLib.drr import hu_to_mu
+    from SpineRegistrationLib.render.drr import hu_to_mu
 
     try:
-        from SpineRegistrationLib.labels import SCHEMES
-        from SpineRegistrationLib.phantom import generate_phantom
+        from SpineRegistrationLib.core.labels import SCHEMES
+        from SpineRegistrationLib.synthetic.phantom import generate_phantom
     except ImportError as error:
         print(
             f"bench_drr: SpineRegistrationLib.phantom not available ({error}); "
@@ -83,7 +83,7 @@ def load_ct(vertebra: str):
 
 def _synthetic_ct():
     """Stand-in used only while the phantom module is missing: a water cylinder and a bone box."""
-    from SpineRegistrationLib.volume import Volume
+    from SpineRegistrationLib.core.volume import Volume
 
     n_ij, n_k, spacing = 200, 240, 1.0
     ijk_to_ras = np.diag([-spacing, -spacing, spacing, 1.0])
@@ -194,10 +194,10 @@ def run_case(spec: dict) -> dict:
     """Time one (renderer, case, size) in this process; write its forward image to spec['image']."""
     import torch
 
-    from SpineRegistrationLib.drr import Detectors, DRRRenderer
+    from SpineRegistrationLib.render.drr import Detectors, DRRRenderer
     from SpineRegistrationLib.geometry import XrayGeometry
-    from SpineRegistrationLib.pose import params_to_matrix_torch
-    from SpineRegistrationLib.volume import Volume
+    from SpineRegistrationLib.core.pose import params_to_matrix_torch
+    from SpineRegistrationLib.core.volume import Volume
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])

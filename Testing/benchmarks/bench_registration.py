@@ -111,10 +111,16 @@ def main(argv=None) -> int:
     import torch
 
     from SpineRegistrationLib import __version__
-    from SpineRegistrationLib.evaluation import (EvalConfig, iter_cases, iter_run_method, make_method,
-                                                 summarize_by_method, write_report)
+    from SpineRegistrationLib.evaluation import (
+        EvalConfig,
+        iter_cases,
+        iter_run_method,
+        make_method,
+        summarize_by_method,
+        write_report,
+    )
     from SpineRegistrationLib.io import Labelmap
-    from SpineRegistrationLib.phantom import PhantomConfig, generate_phantom
+    from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ def phantom_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_geometry(phantom_dir, tmp_path_factory) -> Path:
     """The phantom's AP view at 8 mm pixels (64 x 64): the same field, rendered in a blink."""
-    from SpineRegistrationLib.geometry import load_geometry, save_geometry
+    from SpineRegistrationLib.io.geometry_json import load_geometry, save_geometry
 
     out = tmp_path_factory.mktemp("geometry") / "AP8.json"
     return save_geometry(load_geometry(phantom_dir / "AP.json").scaled(8), out)

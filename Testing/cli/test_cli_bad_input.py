@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SpineRegistrationLib.geometry import load_geometry
+from SpineRegistrationLib.io.geometry_json import load_geometry
 from SpineRegistrationLib.io import read_xray
 
 #: Failing drr calls: options (values are keys of the ``bad_files`` fixture, or literal)
@@ -31,7 +31,7 @@ DRR_CASES = {
     "geometry non-unit u": ({"--geometry": "non_unit_u.json"}, "detector_u is not a unit vector"),
     "geometry missing field": ({"--geometry": "missing_field.json"}, "missing field(s) pixel_spacing"),
     "geometry missing file": ({"--geometry": "missing.json"}, "geometry file not found"),
-    "geometry looks away from the CT": ({"--geometry": "sideways.json"}, "outside the 64x64 detector"),
+    "geometry looks away from the CT": ({"--geometry": "sideways.json"}, "no part of it projects onto the 64x64 detector"),
     "CT behind the source": ({"--geometry": "behind_source.json"}, "behind the X-ray source"),
     "CT beyond the detector": ({"--geometry": "beyond_detector.json"}, "beyond the detector"),
     "unknown vertebra": ({"--seg": "seg.nii.gz", "--vertebra": "X9"}, "unknown vertebra 'X9'"),
@@ -272,7 +272,7 @@ def test_drr_failing_write_keeps_the_previous_file(bad_files, tmp_path, monkeypa
 @pytest.fixture
 def fake_sample(monkeypatch):
     """Make ``phantom``'s generation instant: write_sample writes two tiny files, or fails after one."""
-    import SpineRegistrationLib.sample_data as sample_data
+    import SpineRegistrationLib.synthetic.sample_data as sample_data
 
     state = {"fail": False}
 

@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from SpineRegistrationLib.cli import COMMANDS, main
-from SpineRegistrationLib.drr import hu_to_mu
-from SpineRegistrationLib.geometry import load_geometry
+from SpineRegistrationLib.render.drr import hu_to_mu
+from SpineRegistrationLib.io.geometry_json import load_geometry
 from SpineRegistrationLib.io import (
     centroids_ras,
     check_rigid,
@@ -25,8 +25,8 @@ from SpineRegistrationLib.io import (
     read_xray,
     write_transform,
 )
-from SpineRegistrationLib.pose import params_to_matrix
-from SpineRegistrationLib.synthesis import render_posed_spine
+from SpineRegistrationLib.core.pose import params_to_matrix
+from SpineRegistrationLib.render.spine_xray import PosedSpine
 
 VERTEBRAE = ["L1", "L2", "L3"]
 VIEWS = ("AP", "LAT")
@@ -144,23 +144,28 @@ def test_xrays_are_realistic_not_our_plain_drr(phantom_dir, plain_drrs, view):
 
 
 def test_xrays_show_the_vertebrae_at_their_truth_pose(phantom_dir, ct, truth):
-    """The X-ray's edges match a DRR of the spine posed by truth.json better than the unmoved CT.
+    """Where the vertebrae project, the X-ray's edges match the vertebrae's DRRs at the poses of
+    truth.json better than at the CT's pose.
 
-    Gradient correlation, at 2 mm detector pixels, in the bright (bony) part of the DRR.
+    Gradient correlation, at 2 mm detector pixels, where either posing of the vertebrae is bright.
     """
     labelmap = read_labelmap(phantom_dir / "seg.nii.gz")
     geometries = [load_geometry(phantom_dir / f"{view}.json").scaled(2) for view in VIEWS]
     xrays = [read_xray(phantom_dir / f"{view}.png").array for view in VIEWS]
     xrays = [x.reshape(x.shape[0] // 2, 2, x.shape[1] // 2, 2).mean(axis=(1, 3)) for x in xrays]
     true_poses = {name: np.array(entry["matrix_ras"]) for name, entry in truth["vertebrae"].items()}
-    unmoved = {name: np.eye(4) for name in true_poses}
-    posed = render_posed_spine(ct, labelmap, true_poses, geometries, hu_to_mu=hu_to_mu)
-    scanned = render_posed_spine(ct, labelmap, unmoved, geometries, hu_to_mu=hu_to_mu)
-    for view, xray, at_truth, as_scanned in zip(VIEWS, xrays, posed, scanned):
-        bony = at_truth > 0.5 * at_truth.max()
+    spine = PosedSpine(ct, labelmap, list(true_poses), hu_to_mu=hu_to_mu)
+
+    def vertebrae(geometry, poses):
+        return sum(spine.vertebra_depth(name, poses[name], geometry) for name in poses)
+
+    for view, geometry, xray in zip(VIEWS, geometries, xrays):
+        at_truth = vertebrae(geometry, true_poses)
+        as_scanned = vertebrae(geometry, {name: np.eye(4) for name in true_poses})
+        bony = (at_truth > 0.3 * at_truth.max()) | (as_scanned > 0.3 * as_scanned.max())
         score_truth = _gradient_correlation(xray, at_truth, bony)
         score_scanned = _gradient_correlation(xray, as_scanned, bony)
-        assert score_truth > 0.7 and score_truth > score_scanned + 0.05, (view, score_truth, score_scanned)
+        assert score_truth > 0.5 and score_truth > score_scanned + 0.2, (view, score_truth, score_scanned)
 
 
 # ----------------------------------------------------------------------------- drr

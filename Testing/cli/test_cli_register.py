@@ -16,9 +16,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SpineRegistrationLib.geometry import load_geometry
+from SpineRegistrationLib.io.geometry_json import load_geometry
 from SpineRegistrationLib.io import read_labelmap, read_transform, read_xray
-from SpineRegistrationLib.pipeline import learned_model
+from SpineRegistrationLib.learned.models import shipped_model
 
 PARAM_KEYS = {"rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm"}
 
@@ -65,7 +65,7 @@ def test_result_json_follows_the_contract(registered, phantom_dir):
     result = json.loads((out / "result.json").read_text())
     assert result["format"] == "spinereg-result" and result["version"] == 1 and result["frame"] == "RAS"
     assert result["software"].startswith("SpineRegistration ")
-    assert result["method"] == ("auto" if learned_model() else "intensity") and result["method_requested"] == "auto"
+    assert result["method"] == ("auto" if shipped_model() else "intensity") and result["method_requested"] == "auto"
     inputs = result["inputs"]
     assert inputs["ct"] == str((phantom_dir / "ct.nii.gz").absolute())
     assert inputs["xrays"] == [str((phantom_dir / f"{v}.png").absolute()) for v in ("AP", "LAT")]
@@ -210,7 +210,7 @@ def test_bad_input_fails_fast_and_leaves_the_output_alone(
 ):
     if case.get("--device") == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    if case.get("--method") == "learned" and learned_model() is not None:
+    if case.get("--method") == "learned" and shipped_model() is not None:
         pytest.skip("a learned model is shipped")
     out = tmp_path / "result"
     out.mkdir()

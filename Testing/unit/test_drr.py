@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from SpineRegistrationLib.drr import Detectors, DRRRenderer, hu_to_mu, render_drr
+from SpineRegistrationLib.render.drr import Detectors, DRRRenderer, hu_to_mu, render_drr
 from SpineRegistrationLib.geometry import XrayGeometry
-from SpineRegistrationLib.pose import params_to_matrix, params_to_matrix_torch
-from SpineRegistrationLib.volume import Volume
+from SpineRegistrationLib.core.pose import params_to_matrix, params_to_matrix_torch
+from SpineRegistrationLib.core.volume import Volume
 
 SPACING = 2.0
 N = 40  # voxels per axis; the grid spans +-39 mm around the origin

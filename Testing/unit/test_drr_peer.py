@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from peers.diffdrr_peer import DiffDRRPeer, detector_parameters  # noqa: E402
 
-from SpineRegistrationLib.drr import Detectors, DRRRenderer, hu_to_mu  # noqa: E402
-from SpineRegistrationLib.geometry import XrayGeometry  # noqa: E402
-from SpineRegistrationLib.pose import params_to_matrix, params_to_matrix_torch  # noqa: E402
-from SpineRegistrationLib.volume import Volume  # noqa: E402
+from SpineRegistrationLib.render.drr import Detectors, DRRRenderer, hu_to_mu
+from SpineRegistrationLib.geometry import XrayGeometry
+from SpineRegistrationLib.core.pose import params_to_matrix, params_to_matrix_torch
+from SpineRegistrationLib.core.volume import Volume
 
 pytestmark = pytest.mark.peer
 

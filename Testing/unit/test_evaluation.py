@@ -15,24 +15,24 @@ import pytest
 import torch
 
 from SpineRegistrationLib.cli import main
-from SpineRegistrationLib.drr import Detectors, DRRRenderer
+from SpineRegistrationLib.render.drr import Detectors, DRRRenderer
 from SpineRegistrationLib.errors import InputError
+from SpineRegistrationLib.render.spine_xray import ours_render_factory
 from SpineRegistrationLib.evaluation import (
     EvalConfig,
     format_table,
     make_cases,
-    ours_render_factory,
     run_method,
     summarize,
     summarize_by_method,
     write_report,
 )
 from SpineRegistrationLib.io import Labelmap, write_labelmap, write_volume
-from SpineRegistrationLib.metrics import mtre_mm, vertebra_points
-from SpineRegistrationLib.phantom import PhantomConfig, generate_phantom
-from SpineRegistrationLib.pose import params_to_matrix
+from SpineRegistrationLib.core.metrics import mtre_mm, vertebra_points
+from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
+from SpineRegistrationLib.core.pose import params_to_matrix
 from SpineRegistrationLib.similarity import vertebra_similarity
-from SpineRegistrationLib.volume import Volume
+from SpineRegistrationLib.core.volume import Volume
 
 SMALL = dict(detector_size=(256, 256), pixel_spacing_mm=2.0)
 PARAM_KEYS = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
@@ -279,19 +279,19 @@ def test_cli_evaluates_our_registration_on_one_case(capsys, tmp_path, ct_files):
     ct, seg = ct_files
     out = tmp_path / "eval"
     threads = torch.get_num_threads()
-    code, stdout, stderr = _spinereg(capsys, "evaluate", "--ct", ct, "--seg", seg, "--cases", 1, "--methods", "ours",
+    code, stdout, stderr = _spinereg(capsys, "evaluate", "--ct", ct, "--seg", seg, "--cases", 1, "--methods", "intensity",
                                      "--detector-size", 256, 256, "--pixel-mm", 2, "--out", out)
     assert code == 0, stderr
     assert torch.get_num_threads() == threads  # --threads is restored afterwards
     assert sorted(p.name for p in out.iterdir()) == ["plot.png", "results.json"]
     results = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in results["records"]] == ["ours"] and results["config"]["cases"] == 1
+    assert [r["method"] for r in results["records"]] == ["intensity"] and results["config"]["cases"] == 1
     record = results["records"][0]
     assert record["vertebra"] == "L2" and record["error"] is None and record["verdict"] in ("pass", "doubt")
     assert record["initial_mtre_mm"] > 5.0 and record["time_s"] > 0
     assert results["metadata"]["threads"] == 1 and results["metadata"]["inputs"]["ct"] == str(ct)
     lines = stdout.splitlines()
-    assert lines[0].split()[:2] == ["method", "cases"] and lines[1].split()[:2] == ["ours", "1"]
+    assert lines[0].split()[:2] == ["method", "cases"] and lines[1].split()[:2] == ["intensity", "1"]
     assert lines[-1].startswith(f"wrote {out}")
     assert "simulating X-rays" in stderr and "Traceback" not in stderr
 
@@ -299,7 +299,7 @@ def test_cli_evaluates_our_registration_on_one_case(capsys, tmp_path, ct_files):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (("--methods", "ours,magic"), "unknown method 'magic'"),
+        (("--methods", "intensity,magic"), "unknown method 'magic'"),
         (("--methods", ","), "name at least one"),
         (("--cases", 0), "cases must be a whole number >= 1, got 0"),
         (("--rot-deg", -5), "rot_deg must be a finite number >= 0"),

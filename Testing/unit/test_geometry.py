@@ -16,11 +16,10 @@ from SpineRegistrationLib.geometry import (
     DEFAULT_SID_MM,
     XrayGeometry,
     c_arm_geometry,
-    geometry_from_dicom,
-    load_geometry,
     preset_geometry,
-    save_geometry,
 )
+from SpineRegistrationLib.io.dicom_geometry import geometry_from_dicom
+from SpineRegistrationLib.io.geometry_json import load_geometry, save_geometry
 
 SDD, SID = DEFAULT_SDD_MM, DEFAULT_SID_MM
 

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.frames import LPS_TO_RAS, homogeneous, points_lps_to_ras
+from SpineRegistrationLib.core.frames import LPS_TO_RAS, homogeneous, points_lps_to_ras
 from SpineRegistrationLib.geometry import XrayGeometry
 from SpineRegistrationLib.io import (
     Labelmap,
@@ -31,8 +31,8 @@ from SpineRegistrationLib.io import (
     write_volume,
     write_xray,
 )
-from SpineRegistrationLib.labels import SCHEMES
-from SpineRegistrationLib.volume import Volume
+from SpineRegistrationLib.core.labels import SCHEMES
+from SpineRegistrationLib.core.volume import Volume
 
 
 def rotation(axis, angle_rad):

@@ -3,7 +3,7 @@
 import pytest
 
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.labels import (
+from SpineRegistrationLib.core.labels import (
     SCHEMES,
     VERTEBRAE,
     canonical_name,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.evaluation import EvalConfig
+from SpineRegistrationLib.synthetic.acquisition import AcquisitionConfig
 from SpineRegistrationLib.geometry import c_arm_geometry, preset_geometry
 from SpineRegistrationLib.io import Labelmap
 from SpineRegistrationLib.learned.checkpoint import load_model, save_model
@@ -27,8 +27,8 @@ from SpineRegistrationLib.learned.patches import (
     view_frame,
 )
 from SpineRegistrationLib.learned.training import TrainConfig, pose_errors, train
-from SpineRegistrationLib.phantom import PhantomConfig, generate_phantom
-from SpineRegistrationLib.pose import matrix_to_rotation_6d, params_to_matrix, rotation_6d_to_matrix
+from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
+from SpineRegistrationLib.core.pose import matrix_to_rotation_6d, params_to_matrix, rotation_6d_to_matrix
 
 #: A small network and patch so that training steps take a fraction of a second.
 TINY = ModelConfig(size_px=32, mm_per_px=5.0, channels=(8, 16), fusion_layers=1, heads=2)
@@ -116,7 +116,7 @@ def test_samples_carry_their_true_offset_and_are_reproducible(small_ct):
 
 
 def test_without_an_offset_the_xray_shows_the_vertebra_where_the_template_is(small_ct):
-    still = EvalConfig(rot_deg=0.0, trans_mm=0.0, per_vertebra_deg=0.0, per_vertebra_mm=0.0,
+    still = AcquisitionConfig(rot_deg=0.0, trans_mm=0.0, per_vertebra_deg=0.0, per_vertebra_mm=0.0,
                        photons=(1e6, 1e6), collimation=(0.0, 0.0))
     sample = draw_sample(small_ct, SynthesisConfig(acquisition=still, invert_probability=0.0), np.random.default_rng(0), "L2")
     assert torch.allclose(sample["rotation"], torch.eye(3), atol=1e-6)

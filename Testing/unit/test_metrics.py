@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from SpineRegistrationLib.frames import homogeneous
-from SpineRegistrationLib.metrics import (
+from SpineRegistrationLib.core.frames import homogeneous
+from SpineRegistrationLib.core.metrics import (
     capture_range,
     mtre_mm,
     rotation_error_deg,
@@ -16,8 +16,8 @@ from SpineRegistrationLib.metrics import (
     translation_error_mm,
     vertebra_points,
 )
-from SpineRegistrationLib.pose import euler_zyx_to_rotation, params_to_matrix
-from SpineRegistrationLib.volume import Volume
+from SpineRegistrationLib.core.pose import euler_zyx_to_rotation, params_to_matrix
+from SpineRegistrationLib.core.volume import Volume
 
 
 def _rotation_about(axis, angle_deg) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SpineRegistrationLib.phantom import PhantomConfig, generate_phantom, vertebra_dims
+from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom, vertebra_dims
 
 VERSE = {"T10": 17, "T11": 18, "T12": 19, "L1": 20, "L2": 21, "L3": 22, "L4": 23, "L5": 24}
 #: Small, fast phantoms: 2 mm voxels, three vertebrae across the thoracolumbar junction.

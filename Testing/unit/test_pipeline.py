@@ -15,14 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from SpineRegistrationLib import pipeline
+from SpineRegistrationLib.learned import models
+from SpineRegistrationLib.methods import resolve_device
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.io import Labelmap, read_transform, read_xray
-from SpineRegistrationLib.phantom import PhantomConfig
-from SpineRegistrationLib.pipeline import RegisterConfig, load_case, read_result, register_case, write_result
-from SpineRegistrationLib.registration import RigidConfig
-from SpineRegistrationLib.sample_data import SampleConfig, make_sample
-from SpineRegistrationLib.volume import Volume
+from SpineRegistrationLib.synthetic.phantom import PhantomConfig
+from SpineRegistrationLib.pipeline import RegisterConfig, load_case, register_case, render_vertebra_drrs, write_result
+from SpineRegistrationLib.io.results import read_result_folder
+from SpineRegistrationLib.rigid import RigidConfig
+from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample
+from SpineRegistrationLib.core.volume import Volume
 
 #: Translation grid only, two levels at the X-rays' 2 mm pixels: a few seconds per vertebra.
 LIGHT = RigidConfig(global_search="grid", pixel_mm=(4.0, 2.0), iterations=(25, 15))
@@ -98,7 +100,7 @@ def test_write_result_round_trip(sample, registered, tmp_path):
     assert data["total_time_s"] == 12.5 and data["method"] == "intensity"
     assert data["inputs"]["ct"] is None and data["inputs"]["xrays"] == [None, None]  # arrays, not files
     assert data["rigid_config"]["global_search"] == "grid"
-    back = {r.name: r for r in read_result(tmp_path)}
+    back = read_result_folder(tmp_path).vertebrae
     for result in results:
         again = back[result.name]
         np.testing.assert_allclose(again.matrix_ras, result.matrix_ras, atol=1e-12)
@@ -108,7 +110,7 @@ def test_write_result_round_trip(sample, registered, tmp_path):
             pytest.approx(result.similarity), result.verdict, result.evaluations)
         np.testing.assert_allclose(read_transform(tmp_path / f"{result.name}.h5"), result.matrix_ras, atol=1e-9)
     # The DRR of each view: the X-ray's size, the registered vertebrae and nothing else.
-    expected = pipeline.render_vertebra_drrs(case, {r.name: r.matrix_ras for r in results})
+    expected = render_vertebra_drrs(case, {r.name: r.matrix_ras for r in results})
     for view, geometry, image in zip(case.views, case.geometries, expected):
         drr = read_xray(tmp_path / f"drr_{view}.nrrd", geometry).array
         np.testing.assert_allclose(drr, image, rtol=1e-6, atol=1e-6)
@@ -139,7 +141,7 @@ def test_view_names_from_files_arrays_or_the_config(sample, tmp_path):
     _, _, case = sample
     assert load_case(config_of(sample)).views == ["view1", "view2"]
     assert load_case(config_of(sample, views=["AP", "LAT"])).views == ["AP", "LAT"]
-    from SpineRegistrationLib.geometry import save_geometry
+    from SpineRegistrationLib.io.geometry_json import save_geometry
 
     files = [save_geometry(g, tmp_path / f"{name}.json") for g, name in zip(case.geometries, ("front", "side"))]
     assert load_case(config_of(sample, geometries=files)).views == ["front", "side"]
@@ -241,7 +243,7 @@ def test_bad_input_raises_one_line(sample, case):
 
 # ---------------------------------------------------------------------- methods and devices
 def test_method_auto_falls_back_to_intensity_without_a_model(sample, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "MODEL_DIR", tmp_path / "Models")
+    monkeypatch.setattr(models, "model_dirs", lambda: [tmp_path / "Models"])
     loaded = load_case(config_of(sample, method="auto"))
     assert loaded.method == "intensity" and len(loaded.notes) == 1 and "no learned model" in loaded.notes[0]
     with pytest.raises(InputError, match="needs a trained model"):
@@ -276,8 +278,8 @@ def test_a_bad_model_file_fails_before_anything_is_read(sample, tmp_path, conten
 
 
 def test_resolve_device():
-    assert pipeline.resolve_device("cpu") == "cpu"
-    assert pipeline.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA GPU"):
-            pipeline.resolve_device("cuda")
+            resolve_device("cuda")

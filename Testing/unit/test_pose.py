@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from SpineRegistrationLib.pose import (
+from SpineRegistrationLib.core.pose import (
     euler_to_rotation,
     invert_rigid,
     is_rigid,

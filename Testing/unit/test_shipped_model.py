@@ -15,15 +15,15 @@ from SpineRegistrationLib.evaluation import EvalConfig, make_cases
 from SpineRegistrationLib.io import Labelmap
 from SpineRegistrationLib.learned.checkpoint import read_payload
 from SpineRegistrationLib.learned.inference import PosePredictor
-from SpineRegistrationLib.metrics import mtre_mm, vertebra_points
-from SpineRegistrationLib.phantom import PhantomConfig, generate_phantom
-from SpineRegistrationLib.pipeline import MODEL_DIR, learned_model
+from SpineRegistrationLib.core.metrics import mtre_mm, vertebra_points
+from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
+from SpineRegistrationLib.learned.models import model_dirs, shipped_model
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    path = learned_model()
-    assert path is not None, f"no model shipped in {MODEL_DIR}"
+    path = shipped_model()
+    assert path is not None, f"no model shipped in {model_dirs()}"
     return path
 
 

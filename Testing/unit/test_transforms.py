@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import vtk
 
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.frames import apply_matrix, homogeneous, points_ras_to_lps
+from SpineRegistrationLib.core.frames import apply_matrix, homogeneous, points_ras_to_lps
 from SpineRegistrationLib.io import (
     check_rigid,
     read_matrix_json,

@@ -66,8 +66,8 @@ import numpy as np
 import torch
 
 from SpineRegistrationLib.geometry import XrayGeometry
-from SpineRegistrationLib.pose import invert_rigid
-from SpineRegistrationLib.volume import Volume
+from SpineRegistrationLib.core.pose import invert_rigid
+from SpineRegistrationLib.core.volume import Volume
 
 RENDERERS = ("siddon", "trilinear")
 

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from SpineRegistrationLib.geometry import XrayGeometry
-from SpineRegistrationLib.volume import Volume, bounding_box_ijk
+from SpineRegistrationLib.core.volume import Volume, bounding_box_ijk
 
 from .diffdrr_peer import DiffDRRPeer
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .labels import SCHEMES
-from .pose import euler_zyx_to_rotation, params_to_matrix
-from .volume import Volume
+from ..core.labels import SCHEMES
+from ..core.pose import euler_zyx_to_rotation, params_to_matrix
+from ..core.volume import Volume
 
 _VERSE = SCHEMES["verse"].label_of
 

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .geometry import XrayGeometry
-from .pose import invert_rigid, transform_points
-from .volume import Volume, bounding_box_ijk
+from ..geometry import XrayGeometry
+from ..core.pose import invert_rigid, transform_points
+from ..core.volume import Volume, bounding_box_ijk
 
 #: Linear attenuation of water at ~60 keV effective energy, 1/mm.
 MU_WATER_PER_MM = 0.0206

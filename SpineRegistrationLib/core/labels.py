@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import InputError
+from ..errors import InputError
 
 #: Every vertebra name the library knows, cranial -> caudal.
 VERTEBRAE: tuple[str, ...] = (
@@ -84,13 +84,21 @@ SCHEMES: dict[str, LabelScheme] = {
 _VERSE_MAX_LABEL = max(SCHEMES["verse"].label_of.values())
 
 
+#: Other names users type for a scheme -> its name.
+SCHEME_ALIASES = {"totalsegmentator": "totalseg"}
+#: Every name ``--label-scheme`` accepts (``auto``: from segment names or label values).
+SCHEME_CHOICES = ("auto", "verse", "totalsegmentator", "totalseg")
+
+
 def get_scheme(scheme: str | LabelScheme) -> LabelScheme:
-    """A scheme by name (case-insensitive); a LabelScheme passes through."""
+    """A scheme by name or alias (case-insensitive); a LabelScheme passes through."""
     if isinstance(scheme, LabelScheme):
         return scheme
     key = str(scheme).strip().lower()
+    key = SCHEME_ALIASES.get(key, key)
     if key not in SCHEMES:
-        raise InputError(f"unknown label scheme {scheme!r}; expected one of: {', '.join(SCHEMES)}")
+        names = ", ".join(name for name in SCHEME_CHOICES if name != "auto")
+        raise InputError(f"unknown label scheme {scheme!r}; expected one of: {names} (or auto)")
     return SCHEMES[key]
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .geometry import XrayGeometry, preset_geometry, save_geometry
-from .io import Labelmap, write_centroids, write_labelmap, write_volume, write_xray
+from .. import __version__
+from ..geometry import XrayGeometry, preset_geometry
+from ..io.geometry_json import save_geometry
+from ..io import Labelmap, write_centroids, write_labelmap, write_volume, write_xray
 from .phantom import Phantom, PhantomConfig, generate_phantom
-from .synthesis import BiplanarCase, random_vertebra_params, simulate_case
-from .xray_sim import XraySimConfig
+from .biplanar import BiplanarCase, random_vertebra_params, simulate_case
+from ..render.xray_sim import XraySimConfig
 
 #: File names inside a sample-data folder.
 CT_FILE, SEG_FILE, CENTROIDS_FILE, TRUTH_FILE = "ct.nii.gz", "seg.nii.gz", "centroids.json", "truth.json"

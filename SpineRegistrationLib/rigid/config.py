@@ -1,0 +1,74 @@
+"""The knobs of the rigid registration (:class:`RigidConfig`) and its progress callback type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import InputError
+
+
+#: progress(stage, fraction in [0, 1]) callback type.
+Progress = Callable[[str, float], None]
+
+
+GLOBAL_SEARCHES = ("grid+cmaes", "grid", "cmaes", "none")
+
+
+@dataclass
+class RigidConfig:
+    """Knobs of :func:`register_vertebra` (mm at the detector unless said otherwise).
+
+    pixel_mm: detector pixel size of each pyramid level, coarse -> fine (never finer than
+        the X-ray itself).
+    iterations: Adam steps per level.
+    lr_deg / lr_mm: Adam step sizes at the coarsest level (rotation in degrees,
+        translation in mm); each finer level halves them.
+    global_search: "grid+cmaes" (default: the translation grid, then CMA-ES around its
+        best pose with ``polish_sigma_*``), "grid", "cmaes" or "none".
+    search_mm / search_step_mm: half-range and step of the translation grid, per axis.
+    grid_rotation_deg: trial rotations of the grid search (0: translations only).
+    candidates / candidate_gap_mm: how many of the grid's best translations (at least the
+        gap apart) CMA-ES polishes before the best one is kept.
+    cmaes_sigma_deg / cmaes_sigma_mm / cmaes_evaluations: CMA-ES initial spread and budget
+        when it searches alone ("cmaes").
+    polish_sigma_deg / polish_sigma_mm: CMA-ES spread after the grid ("grid+cmaes"), which
+        finds the rotation the translation grid does not search.
+    cmaes_all_levels: also run CMA-ES instead of Adam at the finer levels (the
+        gradient-free baseline).
+    roi_margin_mm: the vertebra's 3D box grows by this (CT mm) before projection.
+    tournament_margin: candidates within this coarse score of the best are all refined
+        before one is chosen.
+    doubt_below: final similarity under which the verdict is "doubt".
+    ambiguity_margin: the verdict is also "doubt" when a rival candidate elsewhere (a
+        wrong vertebra level, typically) scored within this of the winner.
+    seed: seeds CMA-ES.
+    """
+
+    pixel_mm: tuple[float, ...] = (3.2, 1.6, 0.8)
+    iterations: tuple[int, ...] = (20, 30, 15)
+    lr_deg: float = 1.0
+    lr_mm: float = 1.0
+    global_search: str = "grid+cmaes"
+    search_mm: float = 25.0
+    search_step_mm: float = 1.0
+    grid_rotation_deg: float = 7.0
+    candidates: int = 3
+    candidate_gap_mm: float = 12.0
+    cmaes_sigma_deg: float = 5.0
+    cmaes_sigma_mm: float = 8.0
+    cmaes_evaluations: int = 400
+    polish_sigma_deg: float = 7.0
+    polish_sigma_mm: float = 2.0
+    cmaes_all_levels: bool = False
+    roi_margin_mm: float = 4.0
+    tournament_margin: float = 0.05
+    doubt_below: float = 0.5
+    ambiguity_margin: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.global_search not in GLOBAL_SEARCHES:
+            raise InputError(f"global_search must be one of {', '.join(GLOBAL_SEARCHES)}, got {self.global_search!r}")
+        if len(self.pixel_mm) != len(self.iterations) or not self.pixel_mm:
+            raise InputError(f"pixel_mm {self.pixel_mm} and iterations {self.iterations} need the same non-zero length")
