@@ -2,9 +2,9 @@
 
 The Slicer module (scripted-module template: Module / Widget / Logic / Test). The Widget
 only moves values between the .ui and the parameter node and calls the Logic; the Logic
-turns nodes into library calls through SpineRegistrationSceneLogic (MRML only, tested
-headless with slicer-core) and runs long work out of process through
-SpineRegistrationProcess (the ``spinereg`` command in PythonSlicer), as SlicerMONAIAuto3DSeg
+turns nodes into library calls through the helper package SpineRegistrationModuleLib (MRML
+only, tested headless with slicer-core) and runs long work out of process through its
+``process`` module (the ``spinereg`` command in PythonSlicer), as SlicerMONAIAuto3DSeg
 does. The algorithms live in the SpineRegistrationLib Python package, installed into
 Slicer's Python on first use.
 """
@@ -416,7 +416,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
 class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
     """The module's work on ``slicer.mrmlScene``, usable without the widget (Python console,
-    scripts, the self-test). Node handling is in SpineRegistrationSceneLogic; this class adds
+    scripts, the self-test). Node handling is in SpineRegistrationModuleLib; this class adds
     what needs the application: the scene singleton, slice views, PythonSlicer, pip."""
 
     def __init__(self) -> None:
@@ -427,10 +427,10 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def scene():
-        """The scene-building helper module (imported on use: it needs the installed library)."""
-        import SpineRegistrationSceneLogic
+        """The scene-building helper package (imported on use: it needs the installed library)."""
+        import SpineRegistrationModuleLib
 
-        return SpineRegistrationSceneLogic
+        return SpineRegistrationModuleLib
 
     # ------------------------------------------------------------------ dependencies
     @staticmethod
@@ -517,8 +517,8 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def writeSamplePhantom(self, folder: str) -> dict:
         """Write the sample phantom (CT, segmentation, AP/LAT X-rays + geometry, truth.json)."""
-        from SpineRegistrationLib.phantom import PhantomConfig
-        from SpineRegistrationLib.sample_data import SampleConfig, make_sample, write_sample
+        from SpineRegistrationLib.synthetic.phantom import PhantomConfig
+        from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample, write_sample
 
         os.makedirs(folder, exist_ok=True)
         config = SampleConfig(phantom=PhantomConfig(spacing_mm=SAMPLE_SPACING_MM, vertebrae=SAMPLE_VERTEBRAE))

@@ -1,16 +1,21 @@
 """SpineRegistrationLib: per-vertebra 2D/3D registration of a spine CT to AP/LAT X-rays.
 
-Pure Python (torch, numpy, SimpleITK); never imports slicer or qt. One concept per module:
+Pure Python (torch, numpy, SimpleITK); never imports slicer, qt or vtk. One folder per
+concept, imports pointing down this list (README, Layout):
 
-- ``frames``      RAS <-> LPS at the I/O boundary, homogeneous-matrix helpers
-- ``pose``        6 pose parameters <-> 4x4 matrices about a centre (numpy and batched torch)
-- ``volume``      the in-memory 3D image (array + IJK->RAS matrix)
-- ``geometry``    X-ray (C-arm) geometry: JSON sidecar, presets, DICOM tags, projection
-- ``labels``      vertebra names and label schemes (VerSe, TotalSegmentator)
-- ``io``          images, labelmaps, .seg.nrrd, centroids, X-rays, ITK transform files
-- ``drr``         the differentiable DRR renderer
-- ``phantom``     the procedural spine phantom and its simulated X-rays
-- ``pipeline``    the whole ``register`` job: inputs checked, every vertebra registered, result folder
+- ``errors``      the one user-facing exception
+- ``core``        frames (RAS <-> LPS), pose, volume, labels, labelmap, pose-error metrics
+- ``geometry``    the X-ray detector and C-arm views
+- ``io``          files: images, labelmaps, .seg.nrrd, centroids, X-rays, transforms, geometry
+                  JSON, DICOM geometry, the result folder, atomic writes
+- ``render``      the differentiable DRR renderer and the one X-ray simulator
+- ``similarity``  image similarity of a DRR and an X-ray
+- ``rigid``       per-vertebra rigid registration
+- ``synthetic``   the phantom, acquisition distributions, simulated cases and sample data
+- ``learned``     the pose network: data, training, inference, the shipped model
+- ``methods``     the registration methods and devices by name
+- ``pipeline``    the ``register`` job: inputs checked, every vertebra registered, result folder
+- ``evaluation``  cases, methods, scoring and report of ``spinereg evaluate``
 - ``cli``         the ``spinereg`` command
 """
 

@@ -270,7 +270,7 @@ class CliProcess:
 
     def _remove_staging(self) -> None:
         """Delete the staging folders of this run's ``--out`` (``.<name>.partial-*`` beside it,
-        see SpineRegistrationLib.cli.common.staged_output_dir): a run killed before it could
+        see SpineRegistrationLib.io.atomic.staged_output_dir): a run killed before it could
         clean up must not leave them behind. The output folder itself is never touched."""
         if "--out" not in self.command[:-1]:
             return

@@ -93,7 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 class _ProgressPrinter:
     """Progress on stderr: ``[i/n] L1: registering`` when a vertebra starts, a tqdm bar
     (``L1:  40%|####  | ...``) within it and a one-line summary when it ends. The Slicer
-    module's runner parses exactly these lines (SpineRegistrationProcess)."""
+    module's runner parses exactly these lines (SpineRegistrationModuleLib.process)."""
 
     def __init__(self, stream) -> None:
         self.stream = stream

@@ -7,11 +7,11 @@ CT by a uniform ±10° / ±20 mm pose about it, every vertebra moved ±2° / ±2
 AP/LAT C-arm geometry and X-ray realism (noise, gamma, scatter, heel, blur, collimation),
 512² X-rays at 1 mm; every method starts from the identity. Methods, each on the same cases:
 
-- ``ours``: :func:`SpineRegistrationLib.registration.register_vertebra`, default config;
+- ``intensity``: :func:`SpineRegistrationLib.rigid.register_vertebra`, default config;
 - ``cmaes``: the gradient-free baseline (CMA-ES at every pyramid level, same similarity);
 - ``diffdrr``: :class:`peers.diffdrr_registration.DiffDRRRegistration`, DiffDRR's renderer,
   losses and Adam schedule (skipped, and said so, when DiffDRR is not installed);
-- ``ours (DiffDRR X-rays)``: ours on the same cases with the X-rays' optical depth traced by
+- ``intensity (DiffDRR X-rays)``: ours on the same cases with the X-rays' optical depth traced by
   DiffDRR's Siddon instead of our renderer (same poses, geometry and realism knobs).
 
 Writes OUT/results.json (format spinereg-evaluation: config, summaries, every record),
@@ -44,8 +44,8 @@ sys.path.insert(0, str(HERE))
 #: X-rays 3 s (ours) + 49 s (DiffDRR Siddon); ours 12-50 s, cmaes 28 s, diffdrr 57 s, ours on
 #: DiffDRR X-rays 12 s per vertebra): 8 cases ~ 25 min.
 DEFAULT_CASES = 8
-ARMS = ("ours", "cmaes", "diffdrr", "ours-diffdrr-xrays")
-DIFFDRR_XRAYS = "ours (DiffDRR X-rays)"
+ARMS = ("intensity", "cmaes", "diffdrr", "intensity-diffdrr-xrays")
+DIFFDRR_XRAYS = "intensity (DiffDRR X-rays)"
 
 
 def _fmt(value, digits=2, percent=False, unit=""):
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
 
     summaries = {}
     for arm in args.arms:
-        if arm in ("ours", "cmaes"):
+        if arm in ("intensity", "cmaes"):
             summaries = run(arm, make_method(arm, device=args.device), cases)
         elif peer_version is None:
             continue
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
                            render_factory=diffdrr_render_factory(args.device), device=args.device),
                 count, "X-rays (DiffDRR)"))
             timing["render_diffdrr_s_per_case"] = round((time.perf_counter() - tick) / count, 2)
-            summaries = run(DIFFDRR_XRAYS, make_method("ours", device=args.device), peer_cases)
+            summaries = run(DIFFDRR_XRAYS, make_method("intensity", device=args.device), peer_cases)
 
     table = markdown(summaries, renderers)
     per_case = ", ".join(f"{key} {value}" for key, value in timing.items())

@@ -1,7 +1,7 @@
 """Shared setup of the module-logic tests: the module folder on sys.path, a small phantom.
 
-The module's helper files (SpineRegistrationSceneLogic, SpineRegistrationProcess) are
-imported by name, as Slicer imports them from the module folder.
+The module's helper package (SpineRegistrationModuleLib) is imported by name, as Slicer
+imports it from the module folder.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ if str(MODULE_DIR) not in sys.path:
 def phantom_dir(tmp_path_factory):
     """The sample data set (ct.nii.gz, seg.nii.gz, AP/LAT png+json, truth.json) of a small
     phantom: L1-L3 at 2 mm voxels, 256 x 256 detectors of 2 mm pixels."""
-    from SpineRegistrationLib.phantom import PhantomConfig
-    from SpineRegistrationLib.sample_data import SampleConfig, make_sample, write_sample
+    from SpineRegistrationLib.synthetic.phantom import PhantomConfig
+    from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample, write_sample
 
     config = SampleConfig(
         phantom=PhantomConfig(spacing_mm=2.0, vertebrae=("L1", "L2", "L3")),

@@ -1,6 +1,6 @@
 """Render what the SpineRegistration module shows, offscreen with VTK, into PNG screenshots.
 
-The scene is built exactly as the module builds it, through SpineRegistrationSceneLogic on a
+The scene is built exactly as the module builds it, through SpineRegistrationModuleLib on a
 slicer-core vtkMRMLScene (CT, segmentation, X-rays on their detector planes with their source
 points, vertebra boxes, a registration result applied as transform nodes, moved vertebra
 surfaces and DRR volumes), and then drawn from those MRML nodes with plain VTK:
@@ -49,7 +49,7 @@ from vtk.util import numpy_support
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "SpineRegistration"))
 
-import SpineRegistrationSceneLogic as logic  # noqa: E402
+import SpineRegistrationModuleLib as logic  # noqa: E402
 
 #: The module's default DRR opacity (SpineRegistrationParameterNode.drrOpacity).
 DRR_OPACITY = 0.5
@@ -59,8 +59,8 @@ BACKGROUND = (0.09, 0.1, 0.13)
 
 # ---------------------------------------------------------------------- data and scene
 def make_phantom(folder: Path) -> Path:
-    from SpineRegistrationLib.phantom import PhantomConfig
-    from SpineRegistrationLib.sample_data import SampleConfig, make_sample, write_sample
+    from SpineRegistrationLib.synthetic.phantom import PhantomConfig
+    from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample, write_sample
 
     config = SampleConfig(
         phantom=PhantomConfig(spacing_mm=1.0, vertebrae=("T12", "L1", "L2", "L3", "L4")),
@@ -74,7 +74,7 @@ def make_phantom(folder: Path) -> Path:
 
 def drr_of_vertebrae(ct, labelmap, poses: dict, geometry) -> np.ndarray:
     """Sum of each vertebra's DRR at its pose (the library's renderer), (rows, cols)."""
-    from SpineRegistrationLib.drr import hu_to_mu, render_drr
+    from SpineRegistrationLib.render.drr import hu_to_mu, render_drr
     from SpineRegistrationLib.io import vertebra_mask
 
     mu = ct.with_array(hu_to_mu(ct.array))
@@ -83,20 +83,22 @@ def drr_of_vertebrae(ct, labelmap, poses: dict, geometry) -> np.ndarray:
 
 def result_from_truth(data: Path, folder: Path) -> Path:
     """A ``spinereg register`` output folder holding the true poses (see the module docstring)."""
-    from SpineRegistrationLib.geometry import load_geometry
-    from SpineRegistrationLib.io import read_labelmap, read_volume, write_transform, write_xray
+    from SpineRegistrationLib.io.geometry_json import load_geometry
+    from SpineRegistrationLib.io import read_labelmap, read_volume
+    from SpineRegistrationLib.io.results import PARAM_KEYS, VertebraResult, write_result_folder
 
     truth = json.loads((data / "truth.json").read_text())["vertebrae"]
     ct, labelmap = read_volume(data / "ct.nii.gz"), read_labelmap(data / "seg.nii.gz")
     poses = {name: np.array(entry["matrix_ras"]) for name, entry in truth.items()}
     folder.mkdir(parents=True, exist_ok=True)
-    for name, matrix in poses.items():
-        write_transform(matrix, folder / f"{name}.h5")
-    for view in logic.VIEWS:
-        write_xray(drr_of_vertebrae(ct, labelmap, poses, load_geometry(data / f"{view}.json")), folder / f"drr_{view}.nrrd")
-    vertebrae = {name: {"matrix_ras": entry["matrix_ras"], "params": entry["params"], "center_ras": entry["center_ras"],
-                        "similarity": None, "verdict": "truth", "time_s": None} for name, entry in truth.items()}
-    (folder / "result.json").write_text(json.dumps({"format": "spinereg-result", "version": 1, "vertebrae": vertebrae}))
+    drrs = {view: drr_of_vertebrae(ct, labelmap, poses, load_geometry(data / f"{view}.json")) for view in logic.VIEWS}
+    results = [
+        VertebraResult(name=name, matrix_ras=poses[name], params=np.array([entry["params"][key] for key in PARAM_KEYS]),
+                       center_ras=np.array(entry["center_ras"]), similarity=float("nan"), verdict="truth",
+                       time_s=float("nan"), evaluations=0)
+        for name, entry in truth.items()
+    ]
+    write_result_folder(folder, {"method": "truth"}, results, drrs)
     return folder
 
 
@@ -256,7 +258,7 @@ def detector_quad(node, texture_rgba: np.ndarray) -> vtk.vtkActor:
     """The X-ray on its detector plane: a quad through the pixel-edge corners given by the
     node's IJKToRAS, textured with the composited slice (row 0 at texture t = 0)."""
     ijk_to_ras = logic.ijk_to_ras_of(node)
-    cols, rows = logic._xray_size(node)
+    cols, rows = logic.xray_size(node)
 
     def corner(i, j):
         return (ijk_to_ras @ [i, j, 0, 1])[:3]

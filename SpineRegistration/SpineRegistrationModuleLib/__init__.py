@@ -1,0 +1,198 @@
+"""The SpineRegistration module's helper package: MRML nodes <-> SpineRegistrationLib.
+
+Everything here takes a ``vtkMRMLScene`` explicitly and imports only ``slicer`` (MRML
+classes and the ``slicer.util`` array helpers), ``vtk``, ``numpy`` and
+SpineRegistrationLib: no ``slicer.app``, no Qt, no ScriptedLoadableModule. So it runs in
+the Slicer application on ``slicer.mrmlScene`` and headless in tests on a
+``slicer.vtkMRMLScene()`` of the ``slicer-core`` package. It is a package, not loose files
+beside SpineRegistration.py, because Slicer's scripted-module factory takes every ``*.py``
+at the top of a module folder for a module of its own.
+
+Modules (each imports only those above it):
+
+- :mod:`.process`       the background ``spinereg`` process and its progress lines (standard library only)
+- :mod:`.nodes`         matrices, node tagging, :class:`SceneChange`, volume and segmentation nodes
+- :mod:`.xrays`         X-ray nodes on their detector planes, geometry, windowing, sources
+- :mod:`.rois`          vertebra ROI boxes
+- :mod:`.results`       a result folder read and put into the scene; reset; deformation
+- :mod:`.registration`  inputs checked by the library's validator, written for the CLI, run
+- :mod:`.views`         slice-view layout, DRR opacity, visibility
+
+Scene representation (DESIGN.md):
+
+- CT: a scalar volume; segmentation: a segmentation node (one segment per vertebra) or a
+  labelmap volume node (VerSe or TotalSegmentator numbering).
+- X-ray: a single-slice scalar volume lying on its detector plane (see
+  :func:`xray_ijk_to_ras`), so it shows where it was taken in the 3D view; its geometry
+  (the ``spinereg-xray-geometry`` JSON) is kept in the node attribute
+  ``SpineRegistration.Geometry``; its focal spot is a locked markups point (referenced
+  from the X-ray node as ``spineregSource``).
+- Per vertebra: a markups ROI box (from the segmentation, aligned with the CT axes,
+  editable, read back as a voxel box by :func:`roi_box_ijk`), a linear transform node
+  holding the registered pose (``matrixTransformToParent`` = ``matrix_ras``, CT RAS ->
+  world) and a surface model of the vertebra placed under that transform (the moved
+  segmentation in 3D).
+- Per view: the DRR of the registered vertebrae as a volume on the X-ray's plane (same
+  IJKToRAS as the X-ray) for blending over it in a slice view.
+- A results table (vertebra, similarity, verdict, time).
+
+Registration runs out of process: :func:`prepare_registration` checks the inputs and
+writes them to a work folder, :class:`RegistrationRun` runs ``spinereg register`` and,
+only when it succeeds, :func:`apply_registration_result` changes the scene. Any failure
+raises a ``ValueError`` (the library's ``InputError``) with a one-line message, and leaves
+the scene as it was: nodes are only added inside :class:`SceneChange` blocks, which remove
+whatever they added when something fails.
+"""
+
+from SpineRegistrationLib.methods import DEVICES, METHODS
+
+from .nodes import (
+    ATTR_GEOMETRY,
+    ATTR_GEOMETRY_FILE,
+    ATTR_ROLE,
+    ATTR_VERTEBRA,
+    ATTR_VIEW,
+    RESULT_ROLES,
+    ROLE_DEFORMATION,
+    ROLE_DRR,
+    ROLE_MODEL,
+    ROLE_ROI,
+    ROLE_SOURCE,
+    ROLE_TABLE,
+    ROLE_TRANSFORM,
+    ROLE_XRAY,
+    SceneChange,
+    add_segmentation_node,
+    add_volume_node,
+    fill_volume_node,
+    first_node,
+    ijk_to_ras_of,
+    load_ct,
+    load_segmentation,
+    matrix_of,
+    nodes_with,
+    region_color,
+    require_untransformed,
+    tag_node,
+    transform_to_parent_of,
+    vertebra_labelmap,
+    vertebra_names,
+    volume_of,
+)
+from .process import CliProcess, ProgressEvent, parse_progress_line, python_command
+from .registration import (
+    CheckedInputs,
+    RegistrationInputs,
+    RegistrationRun,
+    available_commands,
+    check_inputs,
+    prepare_registration,
+    register_arguments,
+    write_registration_inputs,
+)
+from .results import (
+    DRR_COLOR_NAME,
+    RegistrationResult,
+    apply_deformation,
+    apply_registration_result,
+    read_registration_result,
+    reset_results,
+    results_table_rows,
+    vertebra_surface,
+)
+from .rois import ROI_MARGIN_MM, create_vertebra_rois, roi_box_ijk
+from .views import set_drr_opacity, set_results_visibility, show_xray_in_slice_view
+from .xrays import (
+    REF_DRR,
+    REF_SOURCE,
+    VIEWS,
+    XRAY_SLAB_MM,
+    attach_geometry,
+    check_view,
+    check_xray_size,
+    drr_node_of,
+    geometry_of,
+    load_xray,
+    read_geometry_file,
+    source_node_of,
+    xray_ijk_to_ras,
+    xray_size,
+    xray_window,
+)
+
+__all__ = [
+    "ATTR_GEOMETRY",
+    "ATTR_GEOMETRY_FILE",
+    "ATTR_ROLE",
+    "ATTR_VERTEBRA",
+    "ATTR_VIEW",
+    "DEVICES",
+    "DRR_COLOR_NAME",
+    "METHODS",
+    "REF_DRR",
+    "REF_SOURCE",
+    "RESULT_ROLES",
+    "ROI_MARGIN_MM",
+    "ROLE_DEFORMATION",
+    "ROLE_DRR",
+    "ROLE_MODEL",
+    "ROLE_ROI",
+    "ROLE_SOURCE",
+    "ROLE_TABLE",
+    "ROLE_TRANSFORM",
+    "ROLE_XRAY",
+    "VIEWS",
+    "XRAY_SLAB_MM",
+    "CheckedInputs",
+    "CliProcess",
+    "ProgressEvent",
+    "RegistrationInputs",
+    "RegistrationResult",
+    "RegistrationRun",
+    "SceneChange",
+    "add_segmentation_node",
+    "add_volume_node",
+    "apply_deformation",
+    "apply_registration_result",
+    "attach_geometry",
+    "available_commands",
+    "check_inputs",
+    "check_view",
+    "check_xray_size",
+    "create_vertebra_rois",
+    "drr_node_of",
+    "fill_volume_node",
+    "first_node",
+    "geometry_of",
+    "ijk_to_ras_of",
+    "load_ct",
+    "load_segmentation",
+    "load_xray",
+    "matrix_of",
+    "nodes_with",
+    "parse_progress_line",
+    "prepare_registration",
+    "python_command",
+    "read_geometry_file",
+    "read_registration_result",
+    "region_color",
+    "register_arguments",
+    "require_untransformed",
+    "reset_results",
+    "results_table_rows",
+    "roi_box_ijk",
+    "set_drr_opacity",
+    "set_results_visibility",
+    "show_xray_in_slice_view",
+    "source_node_of",
+    "tag_node",
+    "transform_to_parent_of",
+    "vertebra_labelmap",
+    "vertebra_names",
+    "vertebra_surface",
+    "volume_of",
+    "write_registration_inputs",
+    "xray_ijk_to_ras",
+    "xray_size",
+    "xray_window",
+]

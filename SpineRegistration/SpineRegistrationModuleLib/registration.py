@@ -1,0 +1,254 @@
+"""From the user's chosen nodes to a finished ``spinereg register`` run.
+
+:func:`check_inputs` turns the nodes into library objects (CT Volume in HU, Labelmap on the
+CT grid, (rows, columns) X-ray arrays, XrayGeometry in world RAS mm) and validates them
+with the library's one validator, :func:`SpineRegistrationLib.pipeline.inputs.load_case`;
+only what is about MRML nodes (nothing selected, a node under a transform, an X-ray with
+no geometry attached or of another size) is checked here. :func:`prepare_registration`
+writes the checked inputs to a work folder and builds the command line;
+:class:`RegistrationRun` runs it out of process (:mod:`.process`) and, only when it
+succeeds, puts the result into the scene (:mod:`.results`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from slicer.util import arrayFromVolume
+
+from SpineRegistrationLib.core.labels import SCHEMES
+from SpineRegistrationLib.core.volume import Volume
+from SpineRegistrationLib.errors import InputError
+from SpineRegistrationLib.io import Labelmap, write_labelmap, write_volume, write_xray
+from SpineRegistrationLib.io.geometry_json import save_geometry
+from SpineRegistrationLib.pipeline.inputs import RegisterConfig, load_case
+
+from .nodes import require_untransformed, vertebra_labelmap, volume_of
+from .process import CliProcess
+from .results import apply_registration_result, read_registration_result
+from .xrays import VIEWS, check_xray_size, geometry_of, xray_size
+
+
+@dataclass
+class RegistrationInputs:
+    """What the user chose in the module.
+
+    xrays: view name ("AP", "LAT") -> X-ray volume node with attached geometry.
+    vertebrae: names to register; empty: every vertebra both views see.
+    method, device: one of SpineRegistrationLib.methods.METHODS, DEVICES ("auto" device: the CLI chooses).
+    """
+
+    ct_node: object
+    segmentation_node: object
+    xrays: dict
+    vertebrae: list = field(default_factory=list)
+    method: str = "auto"
+    device: str = "auto"
+
+
+@dataclass
+class CheckedInputs:
+    """Inputs that passed :func:`check_inputs`: the library objects the CLI will get.
+
+    vertebrae: names, cranial -> caudal; geometries, xray_arrays: by view; notes: the
+    validator's one-line remarks (e.g. method ``auto`` falls back to ``intensity``).
+    """
+
+    ct: Volume
+    labelmap: Labelmap
+    vertebrae: list
+    geometries: dict
+    xray_arrays: dict
+    notes: list = field(default_factory=list)
+
+
+def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
+    """Validate the user's inputs; InputError (one line, naming what is wrong) otherwise.
+
+    Here: CT, segmentation and both X-rays chosen; the CT and the segmentation under no
+    transform; each X-ray has a geometry attached that matches its size. Then the
+    library's :func:`load_case` checks the rest (method, device, contrast, vertebra labels
+    and names, the segmentation on the CT's grid, every vertebra to register seen by both
+    views); with no vertebra requested it takes those every view sees.
+    """
+    if inputs.ct_node is None:
+        raise InputError("no CT selected")
+    require_untransformed(inputs.ct_node, "CT")
+    missing = [view for view in VIEWS if inputs.xrays.get(view) is None]
+    if missing:
+        raise InputError(f"no {' and '.join(missing)} X-ray selected")
+    geometries, arrays = [], []
+    for view in VIEWS:
+        node = inputs.xrays[view]
+        geometry = geometry_of(node)
+        if geometry is None:
+            raise InputError(f"the {view} X-ray {node.GetName()!r} has no geometry: load its geometry file (JSON or DICOM)")
+        check_xray_size(node, geometry, f"the {view} X-ray")
+        geometries.append(geometry)
+        arrays.append(np.array(arrayFromVolume(node)[0], dtype=np.float32))
+    labelmap = vertebra_labelmap(inputs.segmentation_node, inputs.ct_node)
+    case = load_case(RegisterConfig(
+        ct=volume_of(inputs.ct_node),
+        seg=labelmap,
+        xrays=arrays,
+        geometries=geometries,
+        vertebrae=list(inputs.vertebrae),
+        method=inputs.method,
+        device=inputs.device,
+        views=list(VIEWS),
+    ))
+    return CheckedInputs(
+        ct=case.ct,
+        labelmap=case.labelmap,
+        vertebrae=[name for name in case.labelmap.labels if name in case.vertebrae],  # cranial -> caudal
+        geometries=dict(zip(case.views, case.geometries)),
+        xray_arrays=dict(zip(case.views, case.xrays)),
+        notes=list(case.notes),
+    )
+
+
+def _as_verse(labelmap: Labelmap) -> Labelmap:
+    """The same labelmap numbered VerSe's way (the CLI's auto-detection then cannot misread it)."""
+    verse = SCHEMES["verse"]
+    if labelmap.scheme.name == "verse":
+        return labelmap
+    array = np.zeros(labelmap.volume.array.shape, np.int16)
+    for name, value in labelmap.labels.items():
+        if name in verse.label_of:
+            array[labelmap.volume.array == value] = verse.label_of[name]
+    return Labelmap(labelmap.volume.with_array(array), verse)
+
+
+def write_registration_inputs(checked: CheckedInputs, folder: str | os.PathLike) -> dict[str, Path]:
+    """Write the checked inputs as the files ``spinereg register`` reads: ct.nii.gz,
+    seg.nii.gz (VerSe numbering), <view>.nrrd (float32, values kept) and <view>.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"ct": folder / "ct.nii.gz", "seg": folder / "seg.nii.gz"}
+    write_volume(checked.ct, paths["ct"])
+    write_labelmap(_as_verse(checked.labelmap), paths["seg"])
+    for view in VIEWS:
+        paths[view] = folder / f"{view}.nrrd"
+        paths[f"{view}_geometry"] = folder / f"{view}.json"
+        write_xray(checked.xray_arrays[view], paths[view])
+        save_geometry(checked.geometries[view], paths[f"{view}_geometry"])
+    return paths
+
+
+def register_arguments(paths: dict, vertebrae: list, method: str, device: str, out_dir) -> list[str]:
+    """The ``spinereg register`` arguments (without the program name) for files from
+    :func:`write_registration_inputs`. Device ``auto`` is left to the CLI."""
+    args = ["register", "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
+    for name in vertebrae:
+        args += ["--vertebra", name]
+    for view in VIEWS:
+        args += ["--xray", str(paths[view]), "--geometry", str(paths[f"{view}_geometry"])]
+    args += ["--method", method]
+    if device != "auto":
+        args += ["--device", device]
+    args += ["--out", str(out_dir)]
+    return args
+
+
+def prepare_registration(inputs: RegistrationInputs, work_dir: str | os.PathLike | None = None) -> tuple[CheckedInputs, list[str], Path, Path]:
+    """Check the inputs, write them to a new work folder and build the command line.
+
+    Returns (checked inputs, ``spinereg`` arguments, work folder, output folder). The work
+    folder is new (under ``work_dir`` or the system's temporary folder); the caller owns
+    it (:class:`RegistrationRun` removes it). Raises InputError before writing anything
+    when the inputs are bad.
+    """
+    checked = check_inputs(inputs)
+    work = Path(tempfile.mkdtemp(prefix="spinereg-", dir=work_dir))
+    try:
+        paths = write_registration_inputs(checked, work / "input")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    out_dir = work / "output"
+    args = register_arguments(paths, checked.vertebrae, inputs.method, inputs.device, out_dir)
+    return checked, args, work, out_dir
+
+
+class RegistrationRun:
+    """One ``spinereg register`` run in the background, from checked inputs to scene nodes.
+
+    ``start`` checks and writes the inputs (InputError for bad ones, nothing started),
+    then the caller polls (``poll`` -> progress events; ``running``), and calls ``finish``
+    once ``running`` is False: it applies the result to the scene when the CLI succeeded,
+    raises InputError with the CLI's one-line reason otherwise, and always removes the
+    work folder. ``cancel`` ends the process tree and removes the work folder.
+    """
+
+    def __init__(self, inputs: RegistrationInputs, python: str | None = None, work_dir=None, env=None) -> None:
+        self.inputs = inputs
+        self._python = python
+        self._work_dir = work_dir
+        self._env = env
+        self.checked: CheckedInputs | None = None
+        self.process: CliProcess | None = None
+        self.work: Path | None = None
+        self.out_dir: Path | None = None
+
+    def start(self) -> RegistrationRun:
+        self.checked, args, self.work, self.out_dir = prepare_registration(self.inputs, self._work_dir)
+        try:
+            self.process = CliProcess(args, python=self._python, env=self._env).start()
+        except OSError as error:
+            self._cleanup()
+            raise InputError(f"cannot start spinereg: {error}") from None
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def poll(self):
+        return self.process.poll() if self.process else []
+
+    def cancel(self) -> None:
+        if self.process is not None:
+            self.process.cancel()
+        self._cleanup()
+
+    def finish(self, scene) -> dict:
+        """Apply the finished run's result to ``scene`` (see the class docstring)."""
+        if self.process is None:
+            raise RuntimeError("RegistrationRun.finish before start")
+        if self.running:
+            raise RuntimeError("RegistrationRun.finish while the process still runs")
+        try:
+            if self.process.returncode != 0:
+                raise InputError(f"registration failed: {self.process.failure_message()}")
+            sizes = {view: xray_size(node) for view, node in self.inputs.xrays.items()}
+            result = read_registration_result(self.out_dir, sizes)
+            return apply_registration_result(scene, result, self.inputs.xrays, self.checked.labelmap)
+        finally:
+            self._cleanup()
+
+    def run(self, scene, callback=None, timeout_s: float | None = None) -> dict:
+        """start, wait (``callback(event)`` per progress line) and finish, blocking."""
+        self.start()
+        try:
+            self.process.wait(timeout_s=timeout_s, callback=callback)
+        except BaseException:
+            self.cancel()
+            raise
+        return self.finish(scene)
+
+    def _cleanup(self) -> None:
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def available_commands() -> list[str]:
+    """The ``spinereg`` subcommands of the installed library (without starting it)."""
+    from SpineRegistrationLib.cli import COMMANDS
+
+    return list(COMMANDS)
+
