@@ -39,7 +39,7 @@ def _layer(module: str) -> int:
 
 def _imports(path: Path, lazy: bool = True) -> set[str]:
     """Library modules ``path`` imports (absolute names), at module level or (``lazy``) anywhere."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
     nodes = ast.walk(tree) if lazy else tree.body
     found = set()
@@ -148,6 +148,6 @@ print(" ".join(sorted(m for m in sys.modules if m.startswith("SpineRegistrationL
 
 
 def test_pyproject_lists_every_package():
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
     found = {_module_name(p) for p in LIB.rglob("__init__.py")}
     assert listed == found | {"SpineRegistrationLib.learned.weights"}
