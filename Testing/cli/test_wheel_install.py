@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_wheel_in_a_fresh_venv_registers_with_its_shipped_model(phantom_dir, tmp_path):
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+                            "-w", str(wheels), str(ROOT)], capture_output=True, encoding="utf-8", errors="replace", cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(wheels.glob("*.whl"))
 
@@ -33,18 +33,18 @@ def test_wheel_in_a_fresh_venv_registers_with_its_shipped_model(phantom_dir, tmp
                                             text=True).strip())
     (packages / "test-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
-                              str(wheel)], capture_output=True, text=True, cwd=tmp_path)
+                              str(wheel)], capture_output=True, encoding="utf-8", errors="replace", cwd=tmp_path)
     assert install.returncode == 0, install.stderr[-2000:]
 
     out = tmp_path / "result"
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"PYTHONIOENCODING": "utf-8"}
     run = subprocess.run(
         [str(env_dir / "bin" / "spinereg"), "register", "--ct", str(phantom_dir / "ct.nii.gz"),
          "--seg", str(phantom_dir / "seg.nii.gz"), "--vertebra", "L2",
          "--xray", str(phantom_dir / "AP.png"), "--geometry", str(phantom_dir / "AP.json"),
          "--xray", str(phantom_dir / "LAT.png"), "--geometry", str(phantom_dir / "LAT.json"),
          "--method", "auto", "--out", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env=environment,
+        capture_output=True, encoding="utf-8", errors="replace", cwd=tmp_path, env=environment,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "note:" not in run.stderr  # no fallback to intensity

@@ -111,7 +111,7 @@ SUBPACKAGES = sorted(p.parent.name for p in LIB.glob("*/__init__.py"))
 
 @pytest.mark.parametrize("name", SUBPACKAGES)
 def test_each_subpackage_imports_alone_in_a_fresh_interpreter(name):
-    done = subprocess.run([sys.executable, "-c", f"import SpineRegistrationLib.{name}"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", f"import SpineRegistrationLib.{name}"], capture_output=True, encoding="utf-8", errors="replace")
     assert done.returncode == 0, done.stderr
 
 
@@ -138,7 +138,7 @@ code = main(["register", "--ct", str(data / "ct.nii.gz"), "--seg", str(data / "s
 assert code == 0, code
 print(" ".join(sorted(m for m in sys.modules if m.startswith("SpineRegistrationLib"))))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8", errors="replace")
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = done.stdout.strip().splitlines()[-1].split()
     assert "SpineRegistrationLib.learned.inference" in loaded  # the network did run
