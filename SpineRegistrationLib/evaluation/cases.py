@@ -47,7 +47,7 @@ from ..core.pose import matrix_to_params, params_to_matrix
 from ..core.volume import Volume
 from ..errors import InputError
 from ..geometry import XrayGeometry
-from ..io.labelmaps import Labelmap, centroids_ras, vertebra_mask
+from ..io.labelmaps import Labelmap, centroids_ras
 from ..io.results import PARAM_KEYS
 from ..pipeline.inputs import check_same_grid
 from ..render.drr import hu_to_mu
@@ -151,12 +151,11 @@ def iter_cases(
             "Testing/benchmarks/peers/diffdrr_registration.py provides one)"
         )
     spine = PosedSpine(ct_hu, labelmap, names, render_factory=render_factory, device=device)
-    masks = {name: vertebra_mask(labelmap, name) for name in targets}
     mu_registration = ct_hu.with_array(hu_to_mu(ct_hu.array))
-    return _generate_cases(ct_hu, mu_registration, names, targets, centroids, masks, spine, config, renderer)
+    return _generate_cases(ct_hu, mu_registration, names, targets, centroids, spine, config, renderer)
 
 
-def _generate_cases(ct_hu, mu_registration, names, targets, centroids, masks, spine: PosedSpine,
+def _generate_cases(ct_hu, mu_registration, names, targets, centroids, spine: PosedSpine,
                     config: EvalConfig, renderer: str) -> Iterator[EvalCase]:
     for index in range(config.cases):
         rng = np.random.default_rng([config.seed, index])
@@ -185,7 +184,7 @@ def _generate_cases(ct_hu, mu_registration, names, targets, centroids, masks, sp
             center_ras=center,
             ct=ct_hu,
             mu=mu_registration,
-            mask=masks[target],
+            mask=spine.masks[target],
             renderer=renderer,
             info={
                 "spine_offset": _params_dict(offset),

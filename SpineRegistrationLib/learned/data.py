@@ -26,7 +26,7 @@ from ..core.metrics import vertebra_points
 from ..core.pose import params_to_matrix
 from ..core.volume import Volume
 from ..errors import InputError
-from ..io.labelmaps import Labelmap, centroids_ras, vertebra_mask
+from ..io.labelmaps import Labelmap, centroids_ras
 from ..render.drr import Detectors, DRRRenderer, hu_to_mu
 from ..render.spine_xray import PosedSpine, ours_render_factory
 from ..render.xray_sim import simulate_xray
@@ -97,8 +97,8 @@ class TrainingCT:
     def renderers(self, vertebra: str) -> tuple[PosedSpine, DRRRenderer, np.ndarray]:
         """(the CT with this vertebra moving, the vertebra's template renderer, (P, 3) points CT RAS)."""
         if vertebra not in self._renderers:
-            mask = vertebra_mask(self.labelmap, vertebra)
             scene = PosedSpine(self.ct, self.labelmap, [vertebra], render_factory=ours_render_factory(downsample=self.factor))
+            mask = scene.masks[vertebra]
             self._renderers[vertebra] = (
                 scene,
                 DRRRenderer(self.ct.with_array(hu_to_mu(self.ct.array)), mask=mask, downsample=self.factor),

@@ -140,9 +140,13 @@ def is_dicom_keyword(value) -> bool:
     return isinstance(value, str) and value.strip().lower() == DICOM_GEOMETRY
 
 
-def _label(value, index: int, what: str) -> str:
-    """How an input is named in messages: its path, or ``X-ray 2`` for an array."""
-    return str(value) if is_path(value) else f"{what} {index + 1}"
+def _xray_label(config: RegisterConfig, index: int) -> str:
+    """How an X-ray is named in messages: its path, else its view (``the LAT X-ray``) when the
+    views are named, else ``X-ray 2``."""
+    xray = config.xrays[index]
+    if is_path(xray):
+        return str(xray)
+    return f"the {config.views[index]} X-ray" if config.views is not None else f"X-ray {index + 1}"
 
 
 def _check_contrast(array: np.ndarray, label: str) -> None:
@@ -317,7 +321,7 @@ def load_case(config: RegisterConfig) -> CaseInputs:
     loaded_geometries: list[XrayGeometry | None] = []
     loaded_xrays: list[np.ndarray | None] = []
     for index, (xray, geometry) in enumerate(zip(xrays, geometries)):
-        label = _label(xray, index, "X-ray")
+        label = _xray_label(config, index)
         if is_dicom_keyword(geometry):
             if not is_path(xray):
                 raise InputError(f"X-ray {index + 1} is an array: its geometry cannot be read from DICOM tags")

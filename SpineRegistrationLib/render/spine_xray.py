@@ -65,6 +65,7 @@ class PosedSpine:
     hu_to_mu: the attenuation model of the simulated beam (default the spectral one,
     deliberately not the registration's :func:`.drr.hu_to_mu`). render_factory: how optical
     depths are rendered (default ours on ``device``). Renderers are built here, once.
+    masks: moving vertebra name -> its (K, J, I) bool mask in the CT.
     """
 
     def __init__(
@@ -78,15 +79,15 @@ class PosedSpine:
     ) -> None:
         factory = render_factory if render_factory is not None else ours_render_factory(device)
         self.moving = list(moving)
-        masks = {name: vertebra_mask(labelmap, name) for name in self.moving}
+        self.masks = {name: vertebra_mask(labelmap, name) for name in self.moving}
         background = ct_hu.array.astype(np.float32, copy=True)
-        for mask in masks.values():
+        for mask in self.masks.values():
             background[mask] = SOFT_TISSUE_HU
         self._background = factory(ct_hu.with_array(hu_to_mu(background)), None)
         del background
         tissue_mu = hu_to_mu(np.float32(SOFT_TISSUE_HU))
         excess = ct_hu.with_array((hu_to_mu(ct_hu.array) - tissue_mu).astype(np.float32))
-        self._vertebrae = {name: factory(excess, masks[name]) for name in self.moving}
+        self._vertebrae = {name: factory(excess, self.masks[name]) for name in self.moving}
 
     def background_depth(self, matrix_ras: np.ndarray, geometry: XrayGeometry) -> np.ndarray:
         """(rows, columns) optical depth of everything but the moving vertebrae, at ``matrix_ras``."""

@@ -386,7 +386,7 @@ BAD_INPUTS = {
     "bad device": (lambda scene, loaded, d: {"device": "tpu"}, "unknown device 'tpu'"),
     "constant X-ray": (
         lambda scene, loaded, d: {"xrays": {"AP": loaded["AP"], "LAT": _constant_xray(scene, d)}},
-        "is a constant image",
+        "the LAT X-ray is a constant image",
     ),
 }
 

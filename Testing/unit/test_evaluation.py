@@ -333,3 +333,11 @@ def test_cli_help_lists_the_methods(capsys):
     code, text, _ = _spinereg(capsys, "evaluate", "--help")
     assert code == 0
     assert "--methods" in text and "cmaes" in text and "--trans-mm" in text
+
+
+def test_the_evaluation_offers_exactly_the_named_methods():
+    """One list of methods: the evaluation's factories are ``spinereg register``'s methods and the baselines."""
+    from SpineRegistrationLib.evaluation import FACTORIES
+    from SpineRegistrationLib.methods import EVALUATION_METHODS
+
+    assert set(FACTORIES) == set(EVALUATION_METHODS)
