@@ -26,7 +26,7 @@ DESCRIPTION = (
     "Find the pose of each vertebra (CT RAS -> world RAS, rigid) that makes its digitally reconstructed "
     "radiographs match the X-rays, all views jointly. Writes to DIR (which appears only once complete): "
     "result.json (format spinereg-result: per vertebra matrix_ras, params in deg/mm about its centroid, "
-    "similarity, pass/doubt verdict, time), one ITK transform per vertebra (L1.h5, loads in Slicer as the "
+    "similarity, pass/doubt verdict with its reason, time), one ITK transform per vertebra (L1.h5, loads in Slicer as the "
     "vertebra's transform) and drr_<VIEW>.nrrd per X-ray (the registered vertebrae's DRR, optical depth, the "
     "X-ray's size; VIEW is the geometry file's stem, e.g. AP). Progress goes to stderr, a summary table to "
     "stdout. Exit status 0 when every vertebra was registered (check verdicts marked 'doubt'), 2 for bad input."
@@ -169,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
         paths = write_result(staging, results, case, total_time_s=time.perf_counter() - started)
     doubt = [r.name for r in results if r.verdict != "pass"]
     if doubt:
-        print(f"spinereg: warning: {', '.join(doubt)}: registration in doubt (low final similarity); "
-              "check the overlay before using it", file=sys.stderr)
+        reasons = "; ".join(f"{r.name}: {r.verdict_reason or 'in doubt'}" for r in results if r.verdict != "pass")
+        print(f"spinereg: warning: registration in doubt ({reasons}); check the overlay before using it",
+              file=sys.stderr)
     print(_table(results))
     names = ", ".join(path.name for path in paths.values())
     print(f"wrote {args.out}: {names} ({len(results)} vertebra(e), {len(doubt)} in doubt, "

@@ -106,6 +106,21 @@ def test_pose_is_close_to_the_truth(registered, phantom_dir):
     assert mtre < 2.0, f"mTRE {mtre:.2f} mm (from {start:.2f} mm at the start)"
 
 
+@pytest.mark.skipif(shipped_model() is None, reason="no learned model is shipped")
+def test_doubt_warning_gives_each_vertebra_its_reason(phantom_dir, tmp_path, spinereg):
+    """The network alone on the 2 mm phantom is in doubt: one warning line names why, per vertebra,
+    exactly as result.json records it."""
+    result = spinereg(*_register_argv(phantom_dir, tmp_path / "out", "--method", "learned"))
+    assert result.code == 0, result.err
+    entries = json.loads((tmp_path / "out" / "result.json").read_text())["vertebrae"]
+    doubtful = {name: entry["verdict_reason"] for name, entry in entries.items() if entry["verdict"] == "doubt"}
+    assert doubtful and all(doubtful.values())
+    warnings = [line for line in result.err_lines if line.startswith("spinereg: warning:")]
+    assert len(warnings) == 1
+    for name, reason in doubtful.items():
+        assert f"{name}: {reason}" in warnings[0]
+
+
 def test_help_names_every_option(spinereg):
     result = spinereg("register", "--help")
     assert result.code == 0
