@@ -48,7 +48,7 @@ from ..core.volume import Volume
 from ..errors import InputError
 from ..geometry import XrayGeometry
 from ..io.labelmaps import Labelmap, centroids_ras
-from ..io.results import PARAM_KEYS
+from ..io.results import params_to_json
 from ..pipeline.inputs import check_same_grid
 from ..render.drr import hu_to_mu
 from ..render.spine_xray import PosedSpine, RenderFactory
@@ -187,9 +187,9 @@ def _generate_cases(ct_hu, mu_registration, names, targets, centroids, spine: Po
             mask=spine.masks[target],
             renderer=renderer,
             info={
-                "spine_offset": _params_dict(offset),
-                "vertebra_motion": _params_dict(motion[target]),
-                "true_params": _params_dict(matrix_to_params(poses[target], center)),
+                "spine_offset": params_to_json(offset, 4),
+                "vertebra_motion": params_to_json(motion[target], 4),
+                "true_params": params_to_json(matrix_to_params(poses[target], center), 4),
                 "views": [{**knobs, "sim": asdict(sim)} for knobs, sim in zip(geometry_knobs, sims)],
                 "render_s": round(time.perf_counter() - started, 3),
             },
@@ -214,9 +214,3 @@ def make_cases(
     Raises InputError for a vertebra not in the labelmap or a mismatched grid.
     """
     return list(iter_cases(ct_hu, labelmap, centroids, config, renderer, render_factory, device))
-
-
-def _params_dict(params: np.ndarray) -> dict[str, float]:
-    return {key: round(float(value), 4) for key, value in zip(PARAM_KEYS, params)}
-
-

@@ -35,6 +35,13 @@ RESULT_VERSION = 1
 PARAM_KEYS = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
 
 
+def params_to_json(params, digits: int | None = None) -> dict[str, float]:
+    """(6,) pose parameters -> the named form of every JSON file ({"rx_deg": ..., "tz_mm": ...}),
+    rounded to ``digits`` decimals when given."""
+    values = [float(value) for value in params]
+    return {key: value if digits is None else round(value, digits) for key, value in zip(PARAM_KEYS, values)}
+
+
 @dataclass
 class VertebraResult:
     """Registration result of one vertebra.
@@ -63,7 +70,7 @@ class VertebraResult:
         """The vertebra's entry in result.json."""
         return {
             "matrix_ras": np.asarray(self.matrix_ras, dtype=float).tolist(),
-            "params": {key: float(value) for key, value in zip(PARAM_KEYS, self.params)},
+            "params": params_to_json(self.params),
             "center_ras": np.asarray(self.center_ras, dtype=float).tolist(),
             "similarity": float(self.similarity),
             "verdict": self.verdict,

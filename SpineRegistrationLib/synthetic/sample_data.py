@@ -17,6 +17,7 @@ import numpy as np
 from .. import __version__
 from ..geometry import XrayGeometry, preset_geometry
 from ..io.geometry_json import save_geometry
+from ..io.results import params_to_json
 from ..io import Labelmap, write_centroids, write_labelmap, write_volume, write_xray
 from .phantom import Phantom, PhantomConfig, generate_phantom
 from .biplanar import BiplanarCase, random_vertebra_params, simulate_case
@@ -102,7 +103,7 @@ def write_sample(directory: str | Path, phantom: Phantom, labelmap: Labelmap, ca
         "vertebrae": {
             name: {
                 "matrix_ras": case.poses[name].tolist(),
-                "params": _params_dict(case.params[name]),
+                "params": params_to_json(case.params[name]),
                 "center_ras": np.asarray(phantom.centroids_ras[name]).tolist(),
             }
             for name in case.poses
@@ -110,9 +111,3 @@ def write_sample(directory: str | Path, phantom: Phantom, labelmap: Labelmap, ca
     }
     paths["truth"].write_text(json.dumps(truth, indent=2))
     return paths
-
-
-def _params_dict(params: np.ndarray) -> dict[str, float]:
-    """(6,) pose parameters -> the named form used in JSON files."""
-    keys = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
-    return {key: float(value) for key, value in zip(keys, params)}
