@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import XrayGeometry
 from .jsonfile import read_json
 from .transforms import write_transform
 from .xray import write_xray
@@ -109,12 +108,11 @@ class VertebraResult:
 @dataclass
 class ResultFolder:
     """A result folder, read and checked: ``document`` is result.json as parsed, ``vertebrae``
-    name -> :class:`VertebraResult` (in file order), ``views`` view name -> its geometry."""
+    name -> :class:`VertebraResult` (in file order)."""
 
     directory: Path
     document: dict
     vertebrae: dict[str, VertebraResult]
-    views: dict[str, XrayGeometry]
 
     def transform_path(self, vertebra: str) -> Path:
         """The vertebra's ITK transform file."""
@@ -187,13 +185,7 @@ def read_result_folder(directory: str | os.PathLike) -> ResultFolder:
         if not isinstance(entry, dict):
             raise InputError(f"{path}: the entry of {name} is not an object")
         vertebrae[name] = VertebraResult.from_json(name, entry, str(path))
-    views = {}
-    for view, entry in (data.get("views") or {}).items():
-        try:
-            views[view] = XrayGeometry.from_json_dict(entry["geometry"])
-        except (KeyError, TypeError, InputError) as error:
-            raise InputError(f"{path}: the geometry of view {view} is malformed ({error})") from None
-    folder = ResultFolder(directory, data, vertebrae, views)
+    folder = ResultFolder(directory, data, vertebrae)
     for name in vertebrae:
         if not folder.transform_path(name).is_file():
             raise InputError(f"the result folder has no transform file {transform_name(name)}")
