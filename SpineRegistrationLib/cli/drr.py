@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     mask = None
     if args.seg:
         labelmap = read_labelmap(args.seg, args.label_scheme)
-        check_same_grid(labelmap, ct, args.seg)
+        check_same_grid(labelmap, ct, f"segmentation {args.seg}")
         mask = vertebra_mask(labelmap, args.vertebra)
     check_volume_seen(geometry, ct, mask, matrix, what=args.vertebra or "the CT")
     image = render_drr(ct.with_array(hu_to_mu(ct.array)), geometry, matrix_ras=matrix, mask=mask, device=device)

@@ -270,13 +270,13 @@ def check_volume_seen(geometry: XrayGeometry, volume: Volume, mask: np.ndarray |
     raise InputError(f"the X-ray geometry does not see {what}: {where}")
 
 
-def check_same_grid(labelmap: Labelmap, ct: Volume, seg_name: str = "the labelmap") -> None:
+def check_same_grid(labelmap: Labelmap, ct: Volume, what: str = "the labelmap") -> None:
     """InputError unless the labelmap lies on the CT's voxel grid (size, origin, spacing, direction)."""
     if labelmap.volume.array.shape != ct.array.shape or not np.allclose(
         labelmap.volume.ijk_to_ras, ct.ijk_to_ras, atol=_GRID_TOLERANCE_MM
     ):
         raise InputError(
-            f"segmentation {seg_name} does not share the CT's voxel grid (size {labelmap.volume.shape_ijk} vs "
+            f"{what} does not share the CT's voxel grid (size {labelmap.volume.shape_ijk} vs "
             f"{ct.shape_ijk}, or another origin/spacing/direction): resample it onto the CT"
         )
 
@@ -339,7 +339,7 @@ def load_case(config: RegisterConfig) -> CaseInputs:
 
     ct = _read_ct(config.ct)
     labelmap = _read_labelmap(config.seg, config.label_scheme)
-    check_same_grid(labelmap, ct, str(config.seg) if is_path(config.seg) else "the labelmap")
+    check_same_grid(labelmap, ct, f"segmentation {config.seg}" if is_path(config.seg) else "the labelmap")
     requested = _requested_vertebrae(config, labelmap)
     if requested:
         candidates = requested
