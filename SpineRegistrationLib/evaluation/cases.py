@@ -36,7 +36,7 @@ Methods are :mod:`.methods`, scoring :mod:`.scoring`, the report :mod:`.report`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -125,11 +125,13 @@ def iter_cases(
     renderer: str = "ours",
     render_factory: RenderFactory | None = None,
     device: str | torch.device = "cpu",
+    indices: Iterable[int] | None = None,
 ) -> Iterator[EvalCase]:
     """The cases of :func:`make_cases` one at a time (for progress bars).
 
     The inputs are checked (and the renderers built) when this is called; each case is
-    rendered when the iterator reaches it.
+    rendered when the iterator reaches it. indices: only these cases of the set (each is
+    drawn from its own seed, so case i is the same whichever others are rendered).
     """
     check_same_grid(labelmap, ct_hu)
     config = EvalConfig() if config is None else config
@@ -152,12 +154,13 @@ def iter_cases(
         )
     spine = PosedSpine(ct_hu, labelmap, names, render_factory=render_factory, device=device)
     mu_registration = ct_hu.with_array(hu_to_mu(ct_hu.array))
-    return _generate_cases(ct_hu, mu_registration, names, targets, centroids, spine, config, renderer)
+    chosen = range(config.cases) if indices is None else [int(i) for i in indices]
+    return _generate_cases(ct_hu, mu_registration, names, targets, centroids, spine, config, renderer, chosen)
 
 
 def _generate_cases(ct_hu, mu_registration, names, targets, centroids, spine: PosedSpine,
-                    config: EvalConfig, renderer: str) -> Iterator[EvalCase]:
-    for index in range(config.cases):
+                    config: EvalConfig, renderer: str, indices: Iterable[int]) -> Iterator[EvalCase]:
+    for index in indices:
         rng = np.random.default_rng([config.seed, index])
         target = targets[index % len(targets)]
         center = np.asarray(centroids[target], dtype=np.float64)

@@ -91,7 +91,9 @@ class DRRRenderer(nn.Module):
             :func:`.volume.bounding_box_ijk` returns); the volume is cropped to it.
             Defaults to the mask's bounding box when a mask is given.
         downsample: average blocks of this many voxels per axis after cropping (a coarser
-            volume for coarse detector resolutions: 8x fewer voxels per factor 2, same mass).
+            volume for coarse detector resolutions: 8x fewer voxels per factor 2, same mass);
+            an (i, j, k) triple sets each axis on its own (coarse along the beam, where
+            averaging before integrating changes a line integral little, fine across it).
         samples_per_chunk: ray-slice samples per ``grid_sample`` call (bounds memory; when a
             render needs several chunks under autograd, each is recomputed in backward
             instead of stored).
@@ -102,7 +104,7 @@ class DRRRenderer(nn.Module):
         mu: Volume,
         mask: np.ndarray | None = None,
         roi_ijk: tuple[Sequence[int], Sequence[int]] | None = None,
-        downsample: int = 1,
+        downsample: int | Sequence[int] = 1,
         samples_per_chunk: int = 1 << 23,
     ) -> None:
         super().__init__()
@@ -125,12 +127,13 @@ class DRRRenderer(nn.Module):
             array = array[lo_ijk[2] : hi_ijk[2], lo_ijk[1] : hi_ijk[1], lo_ijk[0] : hi_ijk[0]]
         # Cropping shifts index 0 to the ROI corner; block averaging scales the index and
         # centres new voxel 0 on old index (f - 1) / 2.
-        factor = int(downsample)
-        if factor < 1:
-            raise ValueError(f"downsample must be an integer >= 1, got {downsample}")
-        index_map = np.diag([factor, factor, factor, 1.0])
-        index_map[:3, 3] = lo_ijk + (factor - 1) / 2.0
-        array = _block_mean(array, factor)
+        factors = np.broadcast_to(np.asarray(downsample), (3,))
+        if not (np.issubdtype(factors.dtype, np.integer) and (factors >= 1).all()):
+            raise ValueError(f"downsample must be integers >= 1 (one, or one per i, j, k axis), got {downsample}")
+        factors = factors.astype(int)
+        index_map = np.diag([*factors.astype(float), 1.0])
+        index_map[:3, 3] = lo_ijk + (factors - 1) / 2.0
+        array = _block_mean(array, tuple(factors))
         crop_ijk_to_ras = mu.ijk_to_ras @ index_map
         self.register_buffer("mu", torch.from_numpy(np.ascontiguousarray(array))[None, None])
         self.register_buffer("ras_to_ijk", torch.as_tensor(np.linalg.inv(crop_ijk_to_ras), dtype=torch.float32))
@@ -271,14 +274,14 @@ class DRRRenderer(nn.Module):
         return values.sum(0) * length_mm / d_axis.abs()
 
 
-def _block_mean(array: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over factor^3 blocks of a (K, J, I) array, zero-padded at the far end to a multiple."""
-    if factor == 1:
+def _block_mean(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Mean over blocks of (fi, fj, fk) voxels of a (K, J, I) array, zero-padded at the far end to a multiple."""
+    fi, fj, fk = factors
+    if fi == fj == fk == 1:
         return array
-    pad = [(0, -n % factor) for n in array.shape]
-    padded = np.pad(array, pad)
-    k, j, i = (n // factor for n in padded.shape)
-    return padded.reshape(k, factor, j, factor, i, factor).mean(axis=(1, 3, 5)).astype(np.float32)
+    padded = np.pad(array, [(0, -n % f) for n, f in zip(array.shape, (fk, fj, fi))])
+    k, j, i = (n // f for n, f in zip(padded.shape, (fk, fj, fi)))
+    return padded.reshape(k, fk, j, fj, i, fi).mean(axis=(1, 3, 5)).astype(np.float32)
 
 
 def render_drr(

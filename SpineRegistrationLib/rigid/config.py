@@ -37,6 +37,14 @@ class RigidConfig:
     cmaes_all_levels: also run CMA-ES instead of Adam at the finer levels (the
         gradient-free baseline).
     roi_margin_mm: the vertebra's 3D box grows by this (CT mm) before projection.
+    context_mm: the DRR compared with the X-ray is the CT inside the vertebra's box grown
+        by this (CT mm): what overlaps the vertebra on the X-ray; 0 renders the vertebra alone.
+    full_depth: the context spans the whole CT along the beam (the rays cross all of what
+        the X-ray's rays cross), not just the grown box.
+    weight_dilate_mm / fine_dilate_mm: the similarity looks where the vertebra alone
+        projects, dilated by this (mm at the detector): wide at every level but the finest,
+        where the context around the vertebra tells the levels apart; narrow at the finest,
+        where neighbours that moved on their own must not pull.
     tournament_margin: candidates within this coarse score of the best are all refined
         before one is chosen.
     doubt_below: final similarity under which the verdict is "doubt".
@@ -62,6 +70,10 @@ class RigidConfig:
     polish_sigma_mm: float = 2.0
     cmaes_all_levels: bool = False
     roi_margin_mm: float = 4.0
+    context_mm: float = 30.0
+    full_depth: bool = True
+    weight_dilate_mm: float = 12.0
+    fine_dilate_mm: float = 4.0
     tournament_margin: float = 0.05
     doubt_below: float = 0.5
     ambiguity_margin: float = 0.01

@@ -18,6 +18,11 @@ from ..render.drr import Detectors, DRRRenderer
 from ..similarity import vertebra_similarity
 
 
+#: Voxel blocks along the beam are averaged to at least this length (mm) before rendering: a
+#: line integral changes little when the volume is averaged along the line first.
+BEAM_BLOCK_MM = 2.0
+
+
 @dataclass
 class View:
     """One X-ray at one pyramid level: image (rows, columns) tensor and its geometry."""
@@ -47,13 +52,25 @@ def pyramid(image: torch.Tensor, geometry: XrayGeometry, pixel_mm: Sequence[floa
 
 
 class VertebraDRR:
-    """A vertebra's renderers (one per volume resolution), centre and 3D ROI corners (CT RAS)."""
+    """What a vertebra looks like in an X-ray, at any pose: its DRRs, its projected support, its ROI.
 
-    def __init__(self, mu: Volume, mask: np.ndarray, margin_mm: float, device) -> None:
+    ``render`` draws what the similarity compares with the X-ray: the CT inside the
+    vertebra's box grown by ``context_mm`` (its neighbours, ribs and soft tissue move with
+    it, which is right to first order), or the vertebra alone when ``context_mm`` is 0.
+    ``support`` draws where the vertebra alone projects: the similarity's weight, so the
+    neighbours cannot decide the match. Renderers are made per volume resolution (no finer
+    than the detector pixels need) and kept. center_ras / corners_ras: the vertebra's
+    centroid and the corners of its box grown by ``margin_mm`` (CT RAS mm).
+    """
+
+    def __init__(self, mu: Volume, mask: np.ndarray, margin_mm: float, device, context_mm: float = 0.0,
+                 full_depth: bool = False) -> None:
         margin_vox = np.ceil(margin_mm / mu.spacing_mm).astype(int)
         self.roi = bounding_box_ijk(mask, margin_vox)
-        self.mu, self.mask, self.device = mu, mask, device
-        self.renderers: dict[int, DRRRenderer] = {}
+        self.context_roi = (bounding_box_ijk(mask, np.ceil(context_mm / mu.spacing_mm).astype(int))
+                            if context_mm > 0 else None)
+        self.mu, self.mask, self.device, self.full_depth = mu, mask, device, full_depth
+        self._renderers: dict[tuple[str, int, int], DRRRenderer] = {}
         self.center_ras = mask_center_ras(mask, mu)
         start, stop = self.roi
         box = np.array([[a, b, c] for a in (start[0], stop[0] - 1) for b in (start[1], stop[1] - 1)
@@ -61,19 +78,40 @@ class VertebraDRR:
         self.corners_ras = mu.ijk_to_ras_points(box)
         self.evaluations = 0
 
-    def render(self, poses: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
-        """(B, 4, 4) -> (B, rows, columns) DRRs in one view, from a volume no finer than the pixels need."""
-        self.evaluations += poses.shape[0]
+    def _draw(self, what: str, poses: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
         matrix = poses[0].detach().cpu().double().numpy()
         center_world = matrix[:3, :3] @ self.center_ras + matrix[:3, 3]
         pixel_at_object_mm = min(geometry.pixel_spacing) / geometry.magnification(center_world)
-        factor = max(1, int(round(pixel_at_object_mm / float(self.mu.spacing_mm.min()))))
-        if factor not in self.renderers:
-            self.renderers[factor] = DRRRenderer(self.mu, mask=self.mask, roi_ijk=self.roi, downsample=factor).to(
-                self.device
-            )
+        beam_ras = np.linalg.solve(matrix[:3, :3], center_world - geometry.source)
+        axis = int(np.argmax(np.abs(np.linalg.solve(self.mu.ijk_to_ras[:3, :3], beam_ras))))  # voxel axis nearest the beam
+        # Voxel blocks no finer than the pixels need across the beam, and BEAM_BLOCK_MM along it.
+        spacing = np.asarray(self.mu.spacing_mm, float)
+        block_mm = np.full(3, pixel_at_object_mm)
+        block_mm[axis] = max(pixel_at_object_mm, BEAM_BLOCK_MM)
+        factors = tuple(int(f) for f in np.maximum(1, np.round(block_mm / spacing)))
+        full_depth = what == "context" and self.full_depth
+        key = (what, factors, axis if full_depth else -1)
+        if key not in self._renderers:
+            if what == "context":
+                start, stop = (np.array(bound) for bound in self.context_roi)
+                if full_depth:  # the whole CT along the beam
+                    start[axis], stop[axis] = 0, self.mu.shape_ijk[axis]
+                renderer = DRRRenderer(self.mu, roi_ijk=(start, stop), downsample=factors)
+            else:
+                renderer = DRRRenderer(self.mu, mask=self.mask, roi_ijk=self.roi, downsample=factors)
+            self._renderers[key] = renderer.to(self.device)
         detectors = Detectors.from_geometries([geometry], device=poses.device)
-        return self.renderers[factor](poses, detectors)[:, 0]
+        return self._renderers[key](poses, detectors)[:, 0]
+
+    def render(self, poses: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
+        """(B, 4, 4) -> (B, rows, columns) DRRs in one view: what the X-ray is compared with."""
+        self.evaluations += poses.shape[0]
+        return self._draw("context" if self.context_roi is not None else "vertebra", poses, geometry)
+
+    def support(self, pose: torch.Tensor, geometry: XrayGeometry, dilate_px: int) -> torch.Tensor:
+        """(1, 4, 4) -> (rows, columns) 0/1 weight: where the vertebra alone projects, dilated by ``dilate_px``."""
+        with torch.no_grad():
+            return drr_support(self._draw("vertebra", pose, geometry)[0], dilate_px)
 
 
 def projected_window(vertebra: VertebraDRR, matrix: np.ndarray, view: View, margin_px: int) -> tuple[int, int, int, int]:
@@ -112,15 +150,13 @@ def delta_pose(rotvec: torch.Tensor, translation: torch.Tensor, center_world: to
 class LevelProblem:
     """The objective at one pyramid level: cropped X-rays, fixed ROI weights, batched poses."""
 
-    def __init__(self, vertebra: VertebraDRR, views: list[View], start: np.ndarray, margin_px: list[int], device):
+    def __init__(self, vertebra: VertebraDRR, views: list[View], start: np.ndarray, margin_px: list[int], device,
+                 dilate_mm: float = 3.0):
         self.vertebra = vertebra
         self.crops = [crop_view(view, projected_window(vertebra, start, view, m)) for view, m in zip(views, margin_px)]
         pose = torch.as_tensor(start, dtype=torch.float32, device=device)[None]
-        with torch.no_grad():
-            self.weights = []
-            for crop in self.crops:
-                dilate = max(1, int(round(3.0 / crop.geometry.pixel_spacing[0])))
-                self.weights.append(drr_support(vertebra.render(pose, crop.geometry)[0], dilate))
+        self.weights = [vertebra.support(pose, crop.geometry, max(1, int(round(dilate_mm / crop.geometry.pixel_spacing[0]))))
+                        for crop in self.crops]
         self.images = [crop.image.to(device) for crop in self.crops]
 
     def similarity(self, poses: torch.Tensor) -> torch.Tensor:

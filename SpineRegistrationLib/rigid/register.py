@@ -65,7 +65,7 @@ def register_vertebra(
                 f"but its geometry says {geometry.columns}x{geometry.rows}"
             )
     device = torch.device(device)
-    vertebra = VertebraDRR(mu, mask, config.roi_margin_mm, device)
+    vertebra = VertebraDRR(mu, mask, config.roi_margin_mm, device, config.context_mm, config.full_depth)
     pose = np.eye(4) if init is None else np.asarray(init, dtype=np.float64)
     for geometry in geometries:
         if not geometry.sees((pose[:3, :3] @ vertebra.center_ras + pose[:3, 3])[None])[0]:

@@ -13,7 +13,7 @@ from ..core.pose import params_to_matrix, params_to_matrix_torch
 from ..errors import InputError
 from ..similarity import image_gradients
 from .config import RigidConfig
-from .problem import LevelProblem, VertebraDRR, View, crop_view, drr_support, projected_window
+from .problem import LevelProblem, VertebraDRR, View, crop_view, projected_window
 
 
 def grid_search(
@@ -40,11 +40,14 @@ def grid_search(
             reach_px = int(math.ceil(config.search_mm * view.geometry.magnification(center_world)
                                      / min(view.geometry.pixel_spacing) * math.sqrt(2))) + 2
             window = projected_window(vertebra, rotated, view, 2)
+            template_geometry = crop_view(view, window).geometry
             with torch.no_grad():
-                template = vertebra.render(pose, crop_view(view, window).geometry)[0]
+                template = vertebra.render(pose, template_geometry)[0]
+            weight = vertebra.support(pose, template_geometry, max(1, int(round(config.weight_dilate_mm
+                                                                              / template_geometry.pixel_spacing[0]))))
             c0, r0, cols, rows = window
             search = crop_view(view, (c0 - reach_px, r0 - reach_px, cols + 2 * reach_px, rows + 2 * reach_px))
-            ncc_map = gradient_ncc_map(template, drr_support(template, 1), search.image.to(device))
+            ncc_map = gradient_ncc_map(template, weight, search.image.to(device))
             shift = view.geometry.project(center_world + grid) - view.geometry.project(center_world)[None]
             score += bilinear(ncc_map, shift[:, 1] + reach_px, shift[:, 0] + reach_px)
         best = np.argsort(-score)[: 50 * config.candidates]
@@ -147,7 +150,7 @@ def global_search(
     margin = [int(math.ceil(reach_mm * 1.7 / v.geometry.pixel_spacing[0])) for v in coarse]
     polished = []
     for index, candidate in enumerate(candidates):
-        problem = LevelProblem(vertebra, coarse, candidate, margin, device)
+        problem = LevelProblem(vertebra, coarse, candidate, margin, device, config.weight_dilate_mm)
         polished.append(cmaes_search(
             problem, candidate, candidate[:3, :3] @ vertebra.center_ras + candidate[:3, 3],
             config.cmaes_sigma_deg if wide else config.polish_sigma_deg,

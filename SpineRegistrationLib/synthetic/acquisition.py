@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import DEFAULT_SDD_MM, DEFAULT_SID_MM, c_arm_geometry
+from ..geometry import DEFAULT_SDD_MM, DEFAULT_SID_MM, c_arm_frame, geometry_from_center
 from ..render.xray_sim import XraySimConfig
 
 #: Views of every acquisition: name -> nominal C-arm primary angle (degrees).
@@ -31,6 +31,12 @@ class AcquisitionConfig:
         source-isocentre distances around the C-arm defaults (1020 / 620 mm).
     ap_angle_jitter_deg / lat_angle_jitter_deg: jitter of the primary angle around 0 / 90.
     pixel_spacing_jitter: relative jitter of the detector pixel spacing.
+    either_side: draw each view from either side at random (AP or PA; the lateral from the
+        patient's right or left): the primary angle turns by 180 degrees half the time.
+    flip_detector: flip the detector's columns and its rows, each half the time (a
+        mirrored or upside-down image, as unconfigured C-arms deliver).
+    principal_offset_mm: half-range of the principal point's offset from the detector
+        centre, per detector axis, mm at the detector.
     photons, gamma, scatter_fraction, heel, blur_sigma_px, collimation: uniform ranges of
         the :class:`..render.xray_sim.XraySimConfig` knobs, drawn per view.
     detector_size: (columns, rows); pixel_spacing_mm: nominal, at the detector (the
@@ -46,6 +52,9 @@ class AcquisitionConfig:
     ap_angle_jitter_deg: float = 3.0
     lat_angle_jitter_deg: float = 5.0
     pixel_spacing_jitter: float = 0.05
+    either_side: bool = False
+    flip_detector: bool = False
+    principal_offset_mm: float = 0.0
     photons: tuple[float, float] = (1.0e4, 5.0e4)
     gamma: tuple[float, float] = (0.6, 1.2)
     scatter_fraction: tuple[float, float] = (0.1, 0.4)
@@ -57,7 +66,8 @@ class AcquisitionConfig:
 
     def __post_init__(self) -> None:
         for name in ("rot_deg", "trans_mm", "per_vertebra_deg", "per_vertebra_mm", "sdd_jitter_mm",
-                     "sid_jitter_mm", "ap_angle_jitter_deg", "lat_angle_jitter_deg", "pixel_spacing_jitter"):
+                     "sid_jitter_mm", "ap_angle_jitter_deg", "lat_angle_jitter_deg", "pixel_spacing_jitter",
+                     "principal_offset_mm"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -91,7 +101,11 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
 
 
 def draw_geometries(rng: np.random.Generator, config: AcquisitionConfig, isocenter_ras: np.ndarray) -> tuple[list, list]:
-    """The jittered AP and LAT views around ``isocenter_ras`` and what was drawn."""
+    """The jittered AP and LAT views around ``isocenter_ras`` and what was drawn.
+
+    The side, flips and principal point are drawn only when the config asks for them, so
+    a config without them draws the same views as before they existed.
+    """
     geometries, drawn = [], []
     for view, primary_deg in VIEWS.items():
         angle_jitter = config.ap_angle_jitter_deg if view == "AP" else config.lat_angle_jitter_deg
@@ -103,16 +117,19 @@ def draw_geometries(rng: np.random.Generator, config: AcquisitionConfig, isocent
             "pixel_spacing_mm": config.pixel_spacing_mm
             * (1.0 + float(rng.uniform(-config.pixel_spacing_jitter, config.pixel_spacing_jitter))),
         }
-        geometries.append(
-            c_arm_geometry(
-                primary_deg=knobs["primary_deg"],
-                sdd_mm=knobs["sdd_mm"],
-                sid_mm=knobs["sid_mm"],
-                isocenter_ras=isocenter_ras,
-                size=config.detector_size,
-                pixel_spacing=(knobs["pixel_spacing_mm"],) * 2,
-            )
-        )
+        if config.either_side and rng.random() < 0.5:
+            knobs["primary_deg"] += 180.0
+        flips = (bool(rng.random() < 0.5), bool(rng.random() < 0.5)) if config.flip_detector else (False, False)
+        offset = (rng.uniform(-config.principal_offset_mm, config.principal_offset_mm, 2)
+                  if config.principal_offset_mm > 0 else np.zeros(2))
+        source, center, u, v = c_arm_frame(knobs["primary_deg"], 0.0, knobs["sdd_mm"], knobs["sid_mm"], isocenter_ras)
+        # The beam axis meets the detector at the principal point, offset from its centre.
+        center = center - offset[0] * u - offset[1] * v
+        u, v = (-u if flips[0] else u), (-v if flips[1] else v)
+        if config.either_side or config.flip_detector or config.principal_offset_mm > 0:
+            knobs.update(flip_columns=flips[0], flip_rows=flips[1], principal_offset_mm=[float(x) for x in offset])
+        geometries.append(geometry_from_center(source, center, u, v, config.detector_size,
+                                               (knobs["pixel_spacing_mm"],) * 2))
         drawn.append(knobs)
     return geometries, drawn
 

@@ -186,6 +186,9 @@ class DiffDRRConfig:
         the fine stages cheap (DiffDRR's cost grows with the rays and the patches).
     samples_per_voxel: trilinear samples per voxel of the vertebra box's diagonal.
     renderer: DiffDRR's "trilinear" or "siddon".
+    cube_mm: None renders the vertebra alone (the CT masked by its label, as xvr renders
+        selected labels); a side in mm renders the whole CT inside that cube about the
+        vertebra's centroid instead (the context a real X-ray shows around it).
     """
 
     scales: tuple[float, ...] = (4.0, 2.0, 1.0)
@@ -201,6 +204,7 @@ class DiffDRRConfig:
     margins_mm: tuple[float, ...] = (40.0, 20.0, 10.0)
     samples_per_voxel: float = 1.0
     renderer: str = "trilinear"
+    cube_mm: float | None = None
 
     def __post_init__(self) -> None:
         if not self.scales or not len(self.scales) == len(self.iterations) == len(self.margins_mm):
@@ -289,10 +293,17 @@ class DiffDRRRegistration:
 
         c, device = self.config, self.device
         init = np.eye(4) if init is None else np.asarray(init, dtype=np.float64)
-        roi = bounding_box_ijk(mask)
         k, j, i = np.nonzero(mask)
-        center_ras = mu.ijk_to_ras_points(np.array([i.mean(), j.mean(), k.mean()]))
-        vertebra = _masked_crop(mu, mask, roi)
+        center_ijk = np.array([i.mean(), j.mean(), k.mean()])
+        center_ras = mu.ijk_to_ras_points(center_ijk)
+        if c.cube_mm is None:
+            roi = bounding_box_ijk(mask)
+            vertebra = _masked_crop(mu, mask, roi)
+        else:
+            half = 0.5 * c.cube_mm / mu.spacing_mm
+            roi = (np.clip(np.floor(center_ijk - half).astype(int), 0, None),
+                   np.minimum(np.ceil(center_ijk + half).astype(int) + 1, mu.shape_ijk))
+            vertebra = _masked_crop(mu, None, roi)
         center_world = init[:3, :3] @ center_ras + init[:3, 3]
         corners_ras = _box_corners_ras(mu, roi)
         spacing = float(mu.spacing_mm.min())
@@ -386,7 +397,9 @@ def diffdrr_render_factory(device: str | torch.device = "cpu", patch_size: int =
     """
 
     def factory(mu: Volume, mask: np.ndarray | None):
-        roi = bounding_box_ijk(mask) if mask is not None else (np.zeros(3, int), np.array(mu.shape_ijk))
+        # One voxel of (masked, zero) margin: DiffDRR cannot trace a volume one voxel thick
+        # (a vertebra cut by the CT's last slice).
+        roi = bounding_box_ijk(mask, 1) if mask is not None else (np.zeros(3, int), np.array(mu.shape_ijk))
         volume = _masked_crop(mu, mask, roi)
         corners = _box_corners_ras(mu, roi)
 
