@@ -41,6 +41,9 @@ class RigidConfig:
         by this (CT mm): what overlaps the vertebra on the X-ray; 0 renders the vertebra alone.
     full_depth: the context spans the whole CT along the beam (the rays cross all of what
         the X-ray's rays cross), not just the grown box.
+    fixed_context_at_finest: at the finest level the context stays where the coarser levels
+        put it and the vertebra alone moves over it (neighbours, ribs and organs that moved
+        on their own then cannot pull the vertebra after them).
     weight_dilate_mm / fine_dilate_mm: the similarity looks where the vertebra alone
         projects, dilated by this (mm at the detector): wide at every level but the finest,
         where the context around the vertebra tells the levels apart; narrow at the finest,
@@ -72,10 +75,11 @@ class RigidConfig:
     roi_margin_mm: float = 4.0
     context_mm: float = 30.0
     full_depth: bool = True
+    fixed_context_at_finest: bool = True
     weight_dilate_mm: float = 12.0
     fine_dilate_mm: float = 4.0
     tournament_margin: float = 0.05
-    doubt_below: float = 0.7
+    doubt_below: float = 0.73
     ambiguity_margin: float = 0.01
     seed: int = 0
 

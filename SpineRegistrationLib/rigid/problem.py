@@ -14,7 +14,8 @@ from ..core.pose import pose_matrix, rotvec_to_matrix
 from ..core.volume import Volume, bounding_box_ijk, mask_center_ras
 from ..errors import InputError
 from ..geometry import XrayGeometry
-from ..render.drr import Detectors, DRRRenderer
+from ..render.drr import Detectors, DRRRenderer, hu_to_mu
+from ..render.spine_xray import SOFT_TISSUE_HU
 from ..similarity import vertebra_similarity
 
 
@@ -70,6 +71,7 @@ class VertebraDRR:
         self.context_roi = (bounding_box_ijk(mask, np.ceil(context_mm / mu.spacing_mm).astype(int))
                             if context_mm > 0 else None)
         self.mu, self.mask, self.device, self.full_depth = mu, mask, device, full_depth
+        self._volumes: dict[str, Volume] = {}
         self._renderers: dict[tuple[str, int, int], DRRRenderer] = {}
         self.center_ras = mask_center_ras(mask, mu)
         start, stop = self.roi
@@ -89,19 +91,42 @@ class VertebraDRR:
         block_mm = np.full(3, pixel_at_object_mm)
         block_mm[axis] = max(pixel_at_object_mm, BEAM_BLOCK_MM)
         factors = tuple(int(f) for f in np.maximum(1, np.round(block_mm / spacing)))
-        full_depth = what == "context" and self.full_depth
+        full_depth = what in ("context", "background") and self.full_depth
         key = (what, factors, axis if full_depth else -1)
         if key not in self._renderers:
-            if what == "context":
+            if what in ("context", "background"):
                 start, stop = (np.array(bound) for bound in self.context_roi)
                 if full_depth:  # the whole CT along the beam
                     start[axis], stop[axis] = 0, self.mu.shape_ijk[axis]
-                renderer = DRRRenderer(self.mu, roi_ijk=(start, stop), downsample=factors)
+                renderer = DRRRenderer(self._volume(what), roi_ijk=(start, stop), downsample=factors)
             else:
-                renderer = DRRRenderer(self.mu, mask=self.mask, roi_ijk=self.roi, downsample=factors)
+                renderer = DRRRenderer(self._volume(what), mask=self.mask, roi_ijk=self.roi, downsample=factors)
             self._renderers[key] = renderer.to(self.device)
         detectors = Detectors.from_geometries([geometry], device=poses.device)
         return self._renderers[key](poses, detectors)[:, 0]
+
+    def _volume(self, what: str) -> Volume:
+        """The CT as ``what`` renders it: whole ("context", "vertebra"), the vertebra replaced by
+        soft tissue ("background"), or the vertebra's attenuation above soft tissue ("excess")."""
+        if what in ("context", "vertebra"):
+            return self.mu
+        if what not in self._volumes:
+            tissue = np.float32(hu_to_mu(np.float32(SOFT_TISSUE_HU)))
+            array = np.asarray(self.mu.array, np.float32)
+            self._volumes[what] = self.mu.with_array(np.where(self.mask, tissue, array) if what == "background"
+                                                     else np.where(self.mask, array - tissue, 0.0).astype(np.float32))
+        return self._volumes[what]
+
+    def background(self, pose: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
+        """(1, 4, 4) -> (rows, columns): the context without the vertebra (soft tissue in its place), fixed."""
+        with torch.no_grad():
+            return self._draw("background", pose, geometry)[0]
+
+    def render_over(self, poses: torch.Tensor, geometry: XrayGeometry, background: torch.Tensor) -> torch.Tensor:
+        """(B, 4, 4) -> (B, rows, columns): the vertebra alone at ``poses`` over a fixed ``background``
+        (the simulator's decomposition: background plus the vertebra's attenuation above tissue)."""
+        self.evaluations += poses.shape[0]
+        return self._draw("excess", poses, geometry) + background
 
     def render(self, poses: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
         """(B, 4, 4) -> (B, rows, columns) DRRs in one view: what the X-ray is compared with."""
@@ -151,18 +176,24 @@ class LevelProblem:
     """The objective at one pyramid level: cropped X-rays, fixed ROI weights, batched poses."""
 
     def __init__(self, vertebra: VertebraDRR, views: list[View], start: np.ndarray, margin_px: list[int], device,
-                 dilate_mm: float = 3.0):
+                 dilate_mm: float = 3.0, fixed_context: bool = False):
         self.vertebra = vertebra
         self.crops = [crop_view(view, projected_window(vertebra, start, view, m)) for view, m in zip(views, margin_px)]
         pose = torch.as_tensor(start, dtype=torch.float32, device=device)[None]
         self.weights = [vertebra.support(pose, crop.geometry, max(1, int(round(dilate_mm / crop.geometry.pixel_spacing[0]))))
                         for crop in self.crops]
+        # fixed_context: the context stays at ``start`` and the vertebra alone moves over it.
+        self.backgrounds = ([vertebra.background(pose, crop.geometry) for crop in self.crops]
+                            if fixed_context and vertebra.context_roi is not None else None)
         self.images = [crop.image.to(device) for crop in self.crops]
 
     def similarity(self, poses: torch.Tensor) -> torch.Tensor:
         """(B, 4, 4) -> (B,) mean similarity over the views."""
-        scores = [
-            vertebra_similarity(self.vertebra.render(poses, crop.geometry), image, weight)
-            for crop, image, weight in zip(self.crops, self.images, self.weights)
-        ]
+        scores = []
+        for index, (crop, image, weight) in enumerate(zip(self.crops, self.images, self.weights)):
+            if self.backgrounds is None:
+                drr = self.vertebra.render(poses, crop.geometry)
+            else:
+                drr = self.vertebra.render_over(poses, crop.geometry, self.backgrounds[index])
+            scores.append(vertebra_similarity(drr, image, weight))
         return torch.stack(scores).mean(0)

@@ -44,8 +44,10 @@ def refine_level(
 ) -> tuple[np.ndarray, float]:
     """One pyramid level of local optimisation (Adam, or CMA-ES for the gradient-free baseline)."""
     margin = [max(2, int(math.ceil(3.0 / v.geometry.pixel_spacing[0]))) for v in views]
+    finest = level == len(config.pixel_mm) - 1
     problem = LevelProblem(vertebra, views, pose, margin, device,
-                           config.fine_dilate_mm if level == len(config.pixel_mm) - 1 else config.weight_dilate_mm)
+                           config.fine_dilate_mm if finest else config.weight_dilate_mm,
+                           fixed_context=finest and config.fixed_context_at_finest)
     center_world = pose[:3, :3] @ vertebra.center_ras + pose[:3, 3]
     if config.cmaes_all_levels:
         shrink = 0.25 * 0.5**level
