@@ -8,7 +8,8 @@ at the same scale whatever the source distances and detector pixel size.
 
 Pose frame: the network predicts the vertebra's offset from its nominal pose as a rotation
 about the nominal centre and a translation of that centre, expressed in the frame of the
-first (AP) view's detector: rows ``u``, ``v`` and ``n = u x v`` of :func:`view_frame`. In
+first (AP) view's patch: rows ``u``, ``v`` and ``n = u x v`` of :func:`view_frame` (the patch
+axes are the detector's, oriented as the C-arm defaults orient them: :func:`patch_axes`). In
 world RAS the offset is ``D = T(c + Q^T t) . Q^T R Q . T(-c)`` (Q the frame, c the centre);
 the registered pose is ``D @ nominal``.
 """
@@ -39,6 +40,18 @@ class PatchSpec:
         return self.size_px * self.mm_per_px
 
 
+def patch_axes(geometry: XrayGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """The patch's (u, v): the detector's axes, each reversed where needed so that v points to
+    the feet (-S) and u to the patient's left (RAS -x) in a frontal view or to
+    posterior (RAS -y) in a lateral one (the C-arm defaults). So a PA shot, a lateral from the
+    left or a flipped detector give the network the image it knows, mirrored back."""
+    u, v = geometry.detector_u, geometry.detector_v
+    frontal = abs(geometry.detector_normal[1]) >= abs(geometry.detector_normal[0])
+    u = u if u[0 if frontal else 1] <= 0 else -u
+    v = v if v[2] <= 0 else -v
+    return u, v
+
+
 def patch_geometry(geometry: XrayGeometry, center_world: np.ndarray, spec: PatchSpec) -> XrayGeometry:
     """The patch detector of ``geometry`` around ``center_world`` (RAS mm), see the module docstring."""
     center_world = np.asarray(center_world, dtype=np.float64)
@@ -46,9 +59,9 @@ def patch_geometry(geometry: XrayGeometry, center_world: np.ndarray, spec: Patch
     column, row = geometry.project(center_world)
     hit = geometry.pixel_to_ras(column, row)
     half = 0.5 * (spec.size_px - 1) * spacing
-    origin = hit - half * geometry.detector_u - half * geometry.detector_v
-    return XrayGeometry(geometry.source, origin, geometry.detector_u, geometry.detector_v,
-                        (spacing, spacing), (spec.size_px, spec.size_px))
+    u, v = patch_axes(geometry)
+    origin = hit - half * u - half * v
+    return XrayGeometry(geometry.source, origin, u, v, (spacing, spacing), (spec.size_px, spec.size_px))
 
 
 def resample_to_patch(image: torch.Tensor, geometry: XrayGeometry, patch: XrayGeometry) -> torch.Tensor:
@@ -88,8 +101,8 @@ def normalize_xray(images: torch.Tensor, sigma_px: float = 6.0) -> torch.Tensor:
 
 
 def view_frame(geometry: XrayGeometry) -> np.ndarray:
-    """(3, 3) rotation world RAS -> pose frame: rows detector_u, detector_v, u x v."""
-    u, v = geometry.detector_u, geometry.detector_v
+    """(3, 3) rotation world RAS -> pose frame: rows u, v (the patch's, :func:`patch_axes`), u x v."""
+    u, v = patch_axes(geometry)
     return np.stack([u, v, np.cross(u, v)])
 
 

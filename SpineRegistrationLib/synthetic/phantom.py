@@ -126,6 +126,11 @@ class PhantomConfig:
     cortical_mm, cortical_hu, cancellous_hu: shell thickness and bone intensities
       (cancellous varies by +-25 HU per vertebra).
     noise_hu: standard deviation of the additive Gaussian CT noise.
+    surroundings: add what overlaps the spine on a radiograph (:func:`_add_surroundings`):
+      lungs, heart and aorta, diaphragm domes, liver, stomach and bowel gas, sternum,
+      scapulae, clavicles and the table (unlabelled, where the field of view reaches them).
+    trabecular_contrast: relative HU modulation of cancellous bone by a trabecular pattern
+      (0: uniform cancellous bone).
     """
 
     seed: int = 0
@@ -148,6 +153,8 @@ class PhantomConfig:
     cortical_hu: float = 1200.0
     cancellous_hu: float = 250.0
     noise_hu: float = 10.0
+    surroundings: bool = True
+    trabecular_contrast: float = 0.35
 
     def __post_init__(self) -> None:
         names = tuple(self.vertebrae)
@@ -208,7 +215,10 @@ def generate_phantom(config: PhantomConfig | None = None) -> Phantom:
     frames = _vertebra_frames(bones, dims, config, pose_rng)
     lattice = _volume_lattice(frames, bones, config)
     ct = _soft_tissue_ct(lattice, frames, dims, config)
-    labels = _add_bones(ct, lattice, frames, bones, dims, cancellous_hu, config)
+    if config.surroundings:
+        _add_surroundings(ct, lattice, frames, config, anatomy_rng)
+    texture = _trabecular_texture(lattice.shape_kji, noise_rng) if config.trabecular_contrast > 0 else None
+    labels = _add_bones(ct, lattice, frames, bones, dims, cancellous_hu, config, texture)
     if config.noise_hu > 0:
         ct += np.float32(config.noise_hu) * noise_rng.standard_normal(ct.shape, dtype=np.float32)
     ijk_to_ras = lattice.ijk_to_ras
@@ -259,8 +269,12 @@ def _add_bones(
     dims: list[VertebraDims],
     cancellous_hu: np.ndarray,
     config: PhantomConfig,
+    texture: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Blend vertebrae and ribs into ``ct`` (in place); returns the (K, J, I) uint8 labelmap."""
+    """Blend vertebrae and ribs into ``ct`` (in place); returns the (K, J, I) uint8 labelmap.
+
+    texture: (K, J, I) zero-mean trabecular pattern (about -1..1) that modulates cancellous bone.
+    """
     bone_sdf = np.full(lattice.shape_kji, _FAR_MM, np.float32)
     labels = np.zeros(lattice.shape_kji, np.uint8)
     label_values = [_VERSE[name] for name in config.vertebrae]
@@ -270,7 +284,7 @@ def _add_bones(
             _paint_bone(bone_sdf, labels, lattice, frame, _rib_primitives(d, side), 0)
     cancellous_hu_by_label = np.full(256, config.cancellous_hu, np.float32)
     cancellous_hu_by_label[label_values] = cancellous_hu
-    _add_bone_hu(ct, bone_sdf, labels, cancellous_hu_by_label, config)
+    _add_bone_hu(ct, bone_sdf, labels, cancellous_hu_by_label, config, texture)
     return labels
 
 
@@ -700,7 +714,8 @@ def _paint_bone(
 
 
 def _add_bone_hu(
-    ct: np.ndarray, bone_sdf: np.ndarray, labels: np.ndarray, cancellous_hu_by_label: np.ndarray, config: PhantomConfig
+    ct: np.ndarray, bone_sdf: np.ndarray, labels: np.ndarray, cancellous_hu_by_label: np.ndarray, config: PhantomConfig,
+    texture: np.ndarray | None = None,
 ) -> None:
     """Blend bone into ``ct``: a voxel takes the mean of the profile tissue | cortex
     (``cortical_mm`` deep) | cancellous bone over its width across the surface (partial
@@ -710,8 +725,122 @@ def _add_bone_hu(
     depth = bone_sdf[where]
     bone = np.clip(0.5 - depth / s, 0.0, 1.0)  # share of the voxel inside the bone
     core = np.clip(0.5 - (depth + config.cortical_mm) / s, 0.0, 1.0)  # share inside the cortex
-    hu = (1.0 - bone) * ct[where] + (bone - core) * config.cortical_hu + core * cancellous_hu_by_label[labels[where]]
+    cancellous = cancellous_hu_by_label[labels[where]]
+    if texture is not None:
+        cancellous = cancellous * (1.0 + config.trabecular_contrast * texture[where])
+    hu = (1.0 - bone) * ct[where] + (bone - core) * config.cortical_hu + core * cancellous
     ct[where] = hu
+
+
+# --------------------------------------------------------------------------- surroundings
+LUNG_HU = -820.0
+GAS_HU = -900.0
+BLOOD_HU = 45.0
+LIVER_HU = 60.0
+FLAT_BONE_HU = 700.0
+TABLE_HU = 300.0
+TABLE_FOAM_HU = -950.0
+#: Typical cranio-caudal distance between vertebral centres (mm), to place organs relative to
+#: levels the phantom does not contain.
+_LEVEL_STEP_MM = 26.0
+
+
+def _level_z(frames: list[np.ndarray], config: PhantomConfig):
+    """z (RAS mm) of any level name, from the phantom's vertebrae (extrapolated past them)."""
+    index = np.array([PHANTOM_VERTEBRAE.index(name) for name in config.vertebrae], float)
+    z = np.array([frame[2, 3] for frame in frames])
+    slope = float(np.polyfit(index, z, 1)[0]) if len(z) > 1 else -_LEVEL_STEP_MM
+
+    def at(name: str) -> float:
+        level = PHANTOM_VERTEBRAE.index(name)
+        if index[0] <= level <= index[-1]:
+            return float(np.interp(level, index, z))
+        end = 0 if level < index[0] else -1
+        return float(z[end] + slope * (level - index[end]))
+
+    return at
+
+
+def _add_surroundings(ct: np.ndarray, lattice: _Lattice, frames: list[np.ndarray], config: PhantomConfig,
+                      rng: np.random.Generator) -> None:
+    """Paint, in place and before the bones, what overlaps the spine on a radiograph.
+
+    Placed in RAS mm relative to the vertebral levels (x right, y anterior; the spine at
+    x = y = 0): the lungs fill the rib cage above the diaphragm domes (the right one higher,
+    over the liver) outside the mediastinum; the heart sits on the left dome, the aorta runs
+    left of the spine; stomach gas under the left dome, bowel gas bubbles in the abdomen;
+    the sternum in front, the scapulae behind the upper ribs, the clavicles at T1; the table
+    under the back. Ellipses and boxes, not anatomy: they give the X-ray the overlapping
+    edges and the air/soft-tissue contrast a patient's has.
+    """
+    z_of = _level_z(frames, config)
+    y, x = np.meshgrid(lattice.origin[1] + lattice.step[1] * np.arange(lattice.shape_ijk[1]),
+                       lattice.origin[0] + lattice.step[0] * np.arange(lattice.shape_ijk[0]), indexing="ij")
+    zs = lattice.origin[2] + lattice.step[2] * np.arange(lattice.shape_ijk[2])
+    half_x, half_y = config.body_half_axes_mm
+    yc = config.body_center_anterior_mm
+    wall = config.fat_mm + 12.0
+    cavity = (x / (half_x - wall)) ** 2 + ((y - yc) / (half_y - wall)) ** 2 <= 1.0
+    mediastinum = (np.abs(x + 10.0) < 38.0) & (y > -25.0)
+    spine = x**2 + (y + 5.0) ** 2 < 42.0**2
+    dome = z_of("T10") + 10.0
+    dome_right = dome + 15.0 - 0.004 * ((x - 60.0) ** 2 + (y - yc) ** 2)
+    dome_left = dome - 0.004 * ((x + 60.0) ** 2 + (y - yc) ** 2)
+    diaphragm = np.where(x > 0, dome_right, dome_left)
+    apex = z_of("T1") + 25.0
+    front = yc + half_y - config.fat_mm
+    back = yc - half_y
+    bubbles = [(rng.uniform(-90, 90), rng.uniform(0, 80), z_of("L2") + rng.uniform(-60, 60), rng.uniform(10, 25))
+               for _ in range(8)]
+    for k, z in enumerate(zs):
+        section = ct[k]
+        inside_body = section > AIR_HU + 1
+        thorax = inside_body & cavity & (z > diaphragm) & (z < apex)
+        section[thorax & ~mediastinum & ~spine] = LUNG_HU
+        # Heart on the left dome, aorta left of the spine (blood: visible against the lungs).
+        heart = ((x + 25.0) / 60.0) ** 2 + ((y - 60.0) / 45.0) ** 2 + ((z - dome - 45.0) / 50.0) ** 2 <= 1.0
+        aorta = ((x + 22.0) ** 2 + (y - 20.0) ** 2 <= 13.0**2) & (z < apex - 20.0)
+        section[inside_body & (heart | aorta) & (z > diaphragm - 5.0)] = BLOOD_HU
+        # Under the domes: the liver on the right, the stomach's gas on the left.
+        liver = ((x - 55.0) / 95.0) ** 2 + ((y - yc) / 85.0) ** 2 + ((z - dome + 55.0) / 75.0) ** 2 <= 1.0
+        section[inside_body & cavity & liver & (z <= dome_right) & ~spine] = LIVER_HU
+        stomach = ((x + 65.0) / 40.0) ** 2 + ((y - 45.0) / 30.0) ** 2 + ((z - dome + 25.0) / 22.0) ** 2 <= 1.0
+        section[inside_body & stomach & (z <= dome_left)] = GAS_HU
+        for bx, by, bz, radius in bubbles:
+            if abs(z - bz) < radius:
+                r2 = radius**2 - (z - bz) ** 2
+                section[inside_body & ~spine & ((x - bx) ** 2 + (y - by) ** 2 <= r2)] = GAS_HU
+        # Flat bones: sternum (T3-T9), scapulae (T2-T7), clavicles (at T1).
+        if z_of("T9") <= z <= z_of("T3"):
+            section[(np.abs(x) < 14.0) & (y > front - 26.0) & (y < front - 13.0)] = FLAT_BONE_HU
+        if z_of("T7") <= z <= z_of("T2"):
+            section[(np.abs(x) > 55.0) & (np.abs(x) < 125.0) & (np.abs(y - (back + 22.0 + 0.12 * (np.abs(x) - 55.0))) < 4.0)
+                    & inside_body] = FLAT_BONE_HU
+        if abs(z - z_of("T1") - 5.0) < 8.0:
+            section[(np.abs(x) > 12.0) & (np.abs(x) < 140.0) & (np.abs(y - front + 20.0) < 8.0)] = FLAT_BONE_HU
+        # The table under the patient's back: two carbon skins around a foam core.
+        section[(y < back - 3.0) & (y >= back - 6.0)] = TABLE_HU
+        section[(y < back - 6.0) & (y >= back - 15.0)] = TABLE_FOAM_HU
+        section[(y < back - 15.0) & (y >= back - 18.0)] = TABLE_HU
+
+
+def _trabecular_texture(shape_kji: tuple[int, int, int], rng: np.random.Generator, passes: int = 2) -> np.ndarray:
+    """(K, J, I) float32 zero-mean pattern of ~2-voxel blobs, scaled to about [-1, 1].
+
+    White noise smoothed by box filters of 3 voxels along each axis (twice: close to a
+    Gaussian); written with cumulative sums rather than scipy.ndimage, which the core
+    dependencies do not include.
+    """
+    noise = rng.standard_normal(shape_kji, dtype=np.float32)
+    for _ in range(passes):
+        for axis in range(3):
+            padded = np.concatenate([noise.take([0], axis), noise, noise.take([-1], axis)], axis)
+            total = np.cumsum(padded, axis=axis, dtype=np.float32)
+            n = noise.shape[axis]
+            upper = total.take(np.arange(2, n + 2), axis)
+            lower = np.concatenate([np.zeros_like(total.take([0], axis)), total.take(np.arange(0, n - 1), axis)], axis)
+            noise = (upper - lower) / 3.0
+    return (noise / (3.0 * noise.std() + 1e-12)).astype(np.float32)
 
 
 def _label_centroids(labels: np.ndarray, label_of: dict[str, int], ijk_to_ras: np.ndarray) -> dict[str, np.ndarray]:

@@ -93,6 +93,38 @@ def test_soft_tissue_and_air_around_the_spine(coarse):
     assert np.mean(ct > 150.0) < 0.05  # bone is a small part of the volume
 
 
+def test_surroundings_overlap_the_spine_as_on_a_radiograph():
+    """Lungs above the diaphragm beside the spine, liver under the right dome, the table at the back."""
+    phantom = generate_phantom(PhantomConfig(vertebrae=("T9", "T10", "T11", "T12", "L1"), spacing_mm=2.0))
+    bare = generate_phantom(PhantomConfig(vertebrae=("T9", "T10", "T11", "T12", "L1"), spacing_mm=2.0,
+                                          surroundings=False))
+    ct, volume = phantom.ct.array, phantom.ct
+    t9, l1 = phantom.centroids_ras["T9"], phantom.centroids_ras["L1"]
+
+    def hu(point_ras):
+        i, j, k = np.round(volume.ras_to_ijk_points(np.asarray(point_ras, float))).astype(int)
+        return ct[k, j, i]
+
+    assert hu(t9 + [70.0, 20.0, 0.0]) < -700 and hu(t9 + [-70.0, 20.0, 0.0]) < -700  # both lungs at T9
+    assert hu(l1 + [60.0, 30.0, 0.0]) == pytest.approx(60.0, abs=40)  # liver, right of L1
+    back = phantom.config.body_center_anterior_mm - phantom.config.body_half_axes_mm[1]
+    assert hu([0.0, back - 4.5, float(l1[2])]) == pytest.approx(300.0, abs=40)  # the table's carbon skin
+    assert (bare.ct.array < -700).mean() < (ct < -700).mean()
+    # The spine itself is the same with and without the surroundings.
+    assert np.array_equal(bare.labels.array, phantom.labels.array)
+
+
+def test_cancellous_bone_has_a_trabecular_texture():
+    plain = generate_phantom(PhantomConfig(vertebrae=("L1", "L2"), spacing_mm=1.0, trabecular_contrast=0.0, noise_hu=0.0))
+    textured = generate_phantom(PhantomConfig(vertebrae=("L1", "L2"), spacing_mm=1.0, noise_hu=0.0))
+    centre = plain.vertebra_frames["L1"][:3, 3]  # the body centre
+    i, j, k = np.round(plain.ct.ras_to_ijk_points(centre)).astype(int)
+    core = (slice(k - 3, k + 4), slice(j - 3, j + 4), slice(i - 3, i + 4))  # inside the body's cancellous bone
+    assert plain.ct.array[core].std() < 1.0
+    assert 20.0 < textured.ct.array[core].std() < 200.0
+    assert abs(textured.ct.array[core].mean() - plain.ct.array[core].mean()) < 40.0
+
+
 def test_canal_holds_csf_and_discs_separate_the_bodies(coarse):
     ct, labels, volume = coarse.ct.array, coarse.labels.array, coarse.ct
     frames = list(coarse.vertebra_frames.values())
