@@ -74,6 +74,46 @@ def test_resampled_patch_reads_the_xray_where_the_patch_pixels_lie():
     assert np.allclose(sampled, 0.5 * where[..., 0] + 2.0 * where[..., 1], atol=1e-3)
 
 
+def test_acquisitions_from_either_side_with_flipped_detectors_and_offset_principal_points():
+    from SpineRegistrationLib.synthetic.acquisition import AcquisitionConfig, draw_geometries
+
+    center = np.array([0.0, 20.0, -40.0])
+    plain = draw_geometries(np.random.default_rng(0), AcquisitionConfig(), center)
+    assert "flip_rows" not in plain[1][0]  # nothing drawn that the config does not ask for
+    wild = AcquisitionConfig(either_side=True, flip_detector=True, principal_offset_mm=20.0)
+    seen = set()
+    for seed in range(12):
+        geometries, knobs = draw_geometries(np.random.default_rng(seed), wild, center)
+        for geometry, drawn in zip(geometries, knobs):
+            seen.add((drawn["primary_deg"] > 135.0, drawn["flip_columns"], drawn["flip_rows"]))
+            # The isocentre projects onto the principal point: the centre moved by the offset (mm at the detector).
+            offset_px = np.asarray(drawn["principal_offset_mm"]) / drawn["pixel_spacing_mm"]
+            flips = np.array([-1.0 if drawn["flip_columns"] else 1.0, -1.0 if drawn["flip_rows"] else 1.0])
+            expected = (np.array(geometry.size) - 1) / 2 + flips * offset_px
+            assert np.allclose(geometry.project(center[None])[0], expected, atol=1e-6)
+    assert len(seen) >= 6  # both sides, both flips
+
+
+@pytest.mark.parametrize("primary, flip_u, flip_v", [(180.0, False, False), (0.0, True, False), (0.0, False, True),
+                                                    (180.0, True, True)])
+def test_patches_read_pa_and_flipped_detectors_as_the_default_ap(primary, flip_u, flip_v):
+    """A PA shot or a mirrored detector gives the network the default AP's patch axes (and frame)."""
+    from SpineRegistrationLib.geometry import XrayGeometry
+    from SpineRegistrationLib.learned.patches import patch_axes
+
+    center = np.array([5.0, -10.0, 20.0])
+    default = preset_geometry("AP", isocenter_ras=center)
+    other = c_arm_geometry(primary_deg=primary, isocenter_ras=center)
+    u, v = (-other.detector_u if flip_u else other.detector_u), (-other.detector_v if flip_v else other.detector_v)
+    other = XrayGeometry(other.source, other.detector_origin, u, v, other.pixel_spacing, other.size)
+    for got, want in zip(patch_axes(other), patch_axes(default)):
+        assert np.allclose(got, want)
+    assert np.allclose(view_frame(other), view_frame(default))
+    patch = patch_geometry(other, center, PatchSpec(size_px=16, mm_per_px=2.0))
+    # The patient's left (RAS -x) is towards increasing patch columns, as in the default AP.
+    assert patch.project(center - [10.0, 0.0, 0.0])[0] > patch.project(center)[0]
+
+
 def test_offset_in_frame_and_back_round_trip_and_read_in_the_ap_detector_axes():
     ap = preset_geometry("AP")
     frame = view_frame(ap)
