@@ -132,14 +132,15 @@ def build_cases(ct, labelmap, cache: CaseCache, variant: str, renderer: str, cas
     return loaded
 
 
-def make_method(name: str, device):
+def make_method(name: str, device, model=None):
+    """A method by name; ``model``: a pose-network file for learned and auto (default: the shipped one)."""
     if name == "diffdrr":
         from peers.diffdrr_registration import DiffDRRConfig, DiffDRRRegistration
 
         return DiffDRRRegistration(DiffDRRConfig(cube_mm=CUBE_MM), device=device)
     from SpineRegistrationLib.evaluation import make_method as library_method
 
-    return library_method(name, device=device)
+    return library_method(name, device=device, **({"model": model} if model and name in ("learned", "auto") else {}))
 
 
 def main(argv=None) -> int:
@@ -155,6 +156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default="intensity,auto,learned,diffdrr", help=f"comma-separated: {', '.join(METHODS)}")
     parser.add_argument("--method-cases", default="", metavar="NAME=K,...",
                         help="run a method on only the first K cases of each set (e.g. diffdrr=10: it is slow)")
+    parser.add_argument("--model", help="pose-network file for learned and auto (default: the shipped model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, help="rendered cases (default OUT/cases)")
@@ -225,7 +227,7 @@ def main(argv=None) -> int:
         print(f"rendered {len(case_sets)} case sets into {cache.directory}", file=sys.stderr)
         return 0
     for name in methods:
-        method = make_method(name, args.device)
+        method = make_method(name, args.device, args.model)
         for (variant, renderer), cases in case_sets.items():
             chosen = cases[: limits.get(name, len(cases))]
             label = f"{name} | {variant} | {renderer} X-rays"
