@@ -30,6 +30,7 @@ import torch
 
 from ..render.drr import Detectors, DRRRenderer
 from ..geometry import XrayGeometry
+from ..rigid.verdict import NETWORK_ONLY
 from ..rigid import Progress, RigidConfig, register_vertebra
 from ..io.results import VertebraResult
 from ..core.volume import Volume, mask_center_ras
@@ -129,6 +130,8 @@ def register_vertebra_learned(
     result = register_vertebra(name, mu, mask, xrays, geometries, init=start, config=local, device=device,
                                progress=progress)
     stages = [{"stage": "network", "time_s": round(network_s, 3)}] + result.stages
+    if not refine and result.verdict != "pass":
+        result = replace(result, verdict_reason=f"{NETWORK_ONLY}: {result.verdict_reason}")
     if refine and result.verdict != "pass":
         if progress is not None:
             progress(f"{name}: network result in doubt, full search", 0.5)

@@ -7,6 +7,7 @@ from .config import RigidConfig
 #: Reasons written with a ``doubt`` verdict (result.json ``verdict_reason``).
 LOW_SIMILARITY = "low similarity"
 RIVAL_ELSEWHERE = "rival at another place"
+NETWORK_ONLY = "network only, not refined"
 
 
 def judge(similarity: float, rival_margin: float | None, config: RigidConfig) -> tuple[str, str | None]:
