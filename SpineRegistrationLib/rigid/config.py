@@ -57,7 +57,7 @@ class RigidConfig:
     """
 
     pixel_mm: tuple[float, ...] = (3.2, 1.6, 0.8)
-    iterations: tuple[int, ...] = (20, 30, 15)
+    iterations: tuple[int, ...] = (20, 30, 30)
     lr_deg: float = 1.0
     lr_mm: float = 1.0
     global_search: str = "grid+cmaes"
