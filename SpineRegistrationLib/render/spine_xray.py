@@ -42,6 +42,20 @@ Render = Callable[[np.ndarray, XrayGeometry], np.ndarray]
 RenderFactory = Callable[[Volume, "np.ndarray | None"], Render]
 
 
+def tissue_split(mu: np.ndarray, masks: Sequence[np.ndarray], tissue_mu: float) -> tuple[np.ndarray, np.ndarray]:
+    """(background, excess) float32 arrays of an attenuation array ``mu`` (1/mm) and vertebra ``masks``.
+
+    background: ``mu`` with every mask's voxels set to ``tissue_mu`` (soft tissue where the
+    vertebrae were); excess: ``mu - tissue_mu`` (each vertebra's attenuation above tissue:
+    render it masked by its own mask). background + masked excess is ``mu`` again.
+    """
+    mu = np.asarray(mu, dtype=np.float32)
+    background = mu.copy()
+    for mask in masks:
+        background[mask] = tissue_mu
+    return background, (mu - np.float32(tissue_mu)).astype(np.float32)
+
+
 def ours_render_factory(device: str | torch.device = "cpu", downsample: int = 1) -> RenderFactory:
     """:class:`.drr.DRRRenderer` as a :data:`RenderFactory` (``downsample``: voxel blocks averaged)."""
 
@@ -80,13 +94,11 @@ class PosedSpine:
         factory = render_factory if render_factory is not None else ours_render_factory(device)
         self.moving = list(moving)
         self.masks = {name: vertebra_mask(labelmap, name) for name in self.moving}
-        background = ct_hu.array.astype(np.float32, copy=True)
-        for mask in self.masks.values():
-            background[mask] = SOFT_TISSUE_HU
-        self._background = factory(ct_hu.with_array(hu_to_mu(background)), None)
+        background, excess = tissue_split(hu_to_mu(ct_hu.array), list(self.masks.values()),
+                                          float(hu_to_mu(np.float32(SOFT_TISSUE_HU))))
+        self._background = factory(ct_hu.with_array(background), None)
         del background
-        tissue_mu = hu_to_mu(np.float32(SOFT_TISSUE_HU))
-        excess = ct_hu.with_array((hu_to_mu(ct_hu.array) - tissue_mu).astype(np.float32))
+        excess = ct_hu.with_array(excess)
         self._vertebrae = {name: factory(excess, self.masks[name]) for name in self.moving}
 
     def background_depth(self, matrix_ras: np.ndarray, geometry: XrayGeometry) -> np.ndarray:

@@ -15,7 +15,7 @@ from ..core.volume import Volume, bounding_box_ijk, mask_center_ras
 from ..errors import InputError
 from ..geometry import XrayGeometry
 from ..render.drr import Detectors, DRRRenderer, hu_to_mu
-from ..render.spine_xray import SOFT_TISSUE_HU
+from ..render.spine_xray import SOFT_TISSUE_HU, tissue_split
 from ..similarity import vertebra_similarity
 
 
@@ -110,11 +110,9 @@ class VertebraDRR:
         soft tissue ("background"), or the vertebra's attenuation above soft tissue ("excess")."""
         if what in ("context", "vertebra"):
             return self.mu
-        if what not in self._volumes:
-            tissue = np.float32(hu_to_mu(np.float32(SOFT_TISSUE_HU)))
-            array = np.asarray(self.mu.array, np.float32)
-            self._volumes[what] = self.mu.with_array(np.where(self.mask, tissue, array) if what == "background"
-                                                     else np.where(self.mask, array - tissue, 0.0).astype(np.float32))
+        if not self._volumes:
+            background, excess = tissue_split(self.mu.array, [self.mask], float(hu_to_mu(np.float32(SOFT_TISSUE_HU))))
+            self._volumes = {"background": self.mu.with_array(background), "excess": self.mu.with_array(excess)}
         return self._volumes[what]
 
     def background(self, pose: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
