@@ -58,12 +58,13 @@ TARGETS = tuple(f"T{n}" for n in range(1, 13)) + ("L1",)
 CUBE_MM = 120.0
 
 
-def real_ct_config(cases: int, variant: str, seed: int = 0, targets=TARGETS):
+def real_ct_config(cases: int, variant: str, seed: int = 0, targets=TARGETS, rot_deg: float = 10.0,
+                   trans_mm: float = 20.0):
     """The acquisition of the real-CT benchmark as an :class:`EvalConfig` (see the module docstring)."""
     from SpineRegistrationLib.evaluation import EvalConfig
 
     per_deg, per_mm = VARIANTS[variant]
-    return EvalConfig(cases=cases, vertebrae=tuple(targets), seed=seed, rot_deg=10.0, trans_mm=20.0,
+    return EvalConfig(cases=cases, vertebrae=tuple(targets), seed=seed, rot_deg=rot_deg, trans_mm=trans_mm,
                       per_vertebra_deg=per_deg, per_vertebra_mm=per_mm, sdd_jitter_mm=60.0, sid_jitter_mm=40.0,
                       ap_angle_jitter_deg=3.0, lat_angle_jitter_deg=3.0, pixel_spacing_jitter=0.15,
                       either_side=True, flip_detector=True, principal_offset_mm=20.0)
@@ -187,6 +188,7 @@ def main(argv=None) -> int:
     from SpineRegistrationLib.io.images import read_volume
     from SpineRegistrationLib.io.labelmaps import read_labelmap
     from SpineRegistrationLib.core.labelmap import vertebra_mask
+    from SpineRegistrationLib.errors import InputError
     from SpineRegistrationLib.render.drr import hu_to_mu
 
     torch.set_num_threads(args.threads)
@@ -200,8 +202,15 @@ def main(argv=None) -> int:
         ct_path, seg_path = args.ct or ct_path, args.seg or seg_path
     else:
         ct_path, seg_path = args.ct, args.seg
-    ct = read_volume(ct_path)
-    labelmap = read_labelmap(seg_path, args.label_scheme)
+    try:
+        ct = read_volume(ct_path)
+        labelmap = read_labelmap(seg_path, args.label_scheme)
+        missing = [name for name in TARGETS if name not in labelmap.labels]
+        if missing:
+            raise InputError(f"{seg_path} has no {', '.join(missing)} (the benchmark registers {TARGETS[0]}-{TARGETS[-1]})")
+    except InputError as error:
+        print(f"bench_real_ct: error: {error}", file=sys.stderr)
+        return 2
     mu = ct.with_array(hu_to_mu(ct.array))
     masks = {name: vertebra_mask(labelmap, name) for name in labelmap.labels}
     cache = CaseCache(args.cache or args.out / "cases", ct, mu, masks)

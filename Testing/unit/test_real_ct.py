@@ -56,8 +56,7 @@ def test_registers_a_real_vertebra_from_a_5_deg_10_mm_start(real_ct):
     from bench_real_ct import real_ct_config
 
     ct, labelmap = real_ct
-    config = real_ct_config(cases=1, variant="rigid", seed=3, targets=("T8",))
-    config.rot_deg, config.trans_mm = 5.0, 10.0
+    config = real_ct_config(cases=1, variant="rigid", seed=3, targets=("T8",), rot_deg=5.0, trans_mm=10.0)
     (case,) = make_cases(ct, labelmap, config=config)
     points = vertebra_points(case.mask, case.ct, max_points=3000)
     start = mtre_mm(case.matrix_init, case.matrix_true, points)
