@@ -23,6 +23,7 @@ COMMANDS = {
     "register": "register",
     "evaluate": "evaluate",
     "train": "train",
+    "deform": "deform",
 }
 
 

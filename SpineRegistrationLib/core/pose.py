@@ -9,10 +9,13 @@ CT RAS mm)::
 so rotations leave the centre in place and t is the centre's displacement. Angles are in
 degrees at the edges (CLI, JSON, GUI: ``*_deg``) and radians inside (torch functions).
 For gradient descent the optimiser uses a rotation vector (so(3) exponential, no gimbal
-lock near the identity) plus the centre's translation: :func:`rotvec_to_matrix`.
+lock near the identity) plus the centre's translation: :func:`rotvec_to_matrix`. The poly-rigid
+deformation blends poses in se(3): :func:`se3_log` and :func:`se3_exp`.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -103,6 +106,67 @@ def rotvec_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     )
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(skew)
     return eye + a * skew + b * (skew @ skew)
+
+
+def _skew(vector: torch.Tensor) -> torch.Tensor:
+    """(B, 3) -> (B, 3, 3) cross-product matrices."""
+    x, y, z = vector.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack(
+        [torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1), torch.stack([-y, x, zero], -1)], -2
+    )
+
+
+def _so3_series(theta2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sin(t)/t, (1 - cos t)/t^2 and (t - sin t)/t^3 of (B, 1, 1) t^2, Taylor near 0."""
+    small = theta2 < 1e-6
+    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = torch.sqrt(theta2_safe)
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2_safe)
+    c = torch.where(small, 1.0 / 6.0 - theta2 / 120.0, (theta - torch.sin(theta)) / (theta2_safe * theta))
+    return a, b, c
+
+
+def se3_exp(twist: torch.Tensor) -> torch.Tensor:
+    """(B, 6) twists (rotation vector rad, then translation part mm) -> (B, 4, 4) rigid matrices.
+
+    The SE(3) exponential: R = exp([w]), t = V(w) v with V = I + b [w] + c [w]^2. With
+    :func:`se3_log` it is the log-Euclidean blending of rigid transforms (poly-rigid
+    deformation). Written by hand for the reason of :func:`rotvec_to_matrix`.
+    """
+    omega, v = twist[..., :3], twist[..., 3:]
+    skew = _skew(omega)
+    _, b, c = _so3_series((omega * omega).sum(-1, keepdim=True)[..., None])
+    eye = torch.eye(3, dtype=twist.dtype, device=twist.device).expand_as(skew)
+    jacobian = eye + b * skew + c * (skew @ skew)
+    top = torch.cat([rotvec_to_matrix(omega), (jacobian @ v[..., None])], -1)
+    bottom = torch.zeros_like(top[..., :1, :])
+    bottom[..., 0, 3] = 1.0
+    return torch.cat([top, bottom], -2)
+
+
+def se3_log(matrix: torch.Tensor) -> torch.Tensor:
+    """(B, 4, 4) rigid matrices with rotation angle < 180 deg -> (B, 6) twists, the inverse of :func:`se3_exp`."""
+    rotation, translation = matrix[..., :3, :3], matrix[..., :3, 3]
+    cos = ((rotation.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    theta = torch.arccos(cos)
+    if bool((theta > math.pi - 1e-3).any()):
+        raise ValueError("se3_log: a rotation of (nearly) 180 degrees has no unique logarithm")
+    axis_sin = torch.stack(
+        [rotation[..., 2, 1] - rotation[..., 1, 2], rotation[..., 0, 2] - rotation[..., 2, 0],
+         rotation[..., 1, 0] - rotation[..., 0, 1]], -1) / 2.0  # sin(theta) * axis
+    a, b, _ = _so3_series((theta * theta)[..., None, None])
+    omega = axis_sin / a[..., 0]
+    skew = _skew(omega)
+    theta2 = (theta * theta)[..., None, None]
+    small = theta2 < 1e-6
+    # V^-1 = I - [w]/2 + (1 - a / (2 b)) / t^2 [w]^2
+    coefficient = torch.where(small, 1.0 / 12.0 + theta2 / 720.0,
+                              (1.0 - a / (2.0 * b)) / torch.where(small, torch.ones_like(theta2), theta2))
+    eye = torch.eye(3, dtype=matrix.dtype, device=matrix.device).expand_as(skew)
+    inverse_jacobian = eye - 0.5 * skew + coefficient * (skew @ skew)
+    return torch.cat([omega, (inverse_jacobian @ translation[..., None])[..., 0]], -1)
 
 
 def pose_matrix(rotation: torch.Tensor, translation: torch.Tensor, center: torch.Tensor) -> torch.Tensor:

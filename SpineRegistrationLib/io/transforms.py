@@ -62,6 +62,16 @@ def check_rigid(matrix, source: str = "matrix") -> np.ndarray:
     return matrix
 
 
+def resampling_transform(matrix_ras: np.ndarray) -> sitk.AffineTransform:
+    """The SimpleITK transform of a (4, 4) matrix_ras (CT RAS -> world): its inverse (world -> CT,
+    the resampling direction) in LPS, as ITK files and ``sitk.Resample`` take it."""
+    resampling_lps = matrix_ras_to_lps(np.linalg.inv(matrix_ras))
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(resampling_lps[:3, :3].ravel().tolist())
+    transform.SetTranslation(resampling_lps[:3, 3].tolist())
+    return transform
+
+
 def write_transform(matrix_ras, path: str | os.PathLike) -> None:
     """Write a 4x4 CT RAS -> world RAS matrix as an ITK AffineTransform file Slicer loads as it."""
     path = Path(path)
@@ -69,12 +79,8 @@ def write_transform(matrix_ras, path: str | os.PathLike) -> None:
     matrix_ras = _as_matrix(matrix_ras, "transform to write")
     if abs(np.linalg.det(matrix_ras[:3, :3])) < 1e-12:
         raise InputError("transform to write is singular (cannot be inverted)")
-    resampling_lps = matrix_ras_to_lps(np.linalg.inv(matrix_ras))
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix(resampling_lps[:3, :3].ravel().tolist())
-    transform.SetTranslation(resampling_lps[:3, 3].tolist())
     try:
-        sitk.WriteTransform(transform, str(path))
+        sitk.WriteTransform(resampling_transform(matrix_ras), str(path))
     except RuntimeError:
         raise InputError(f"cannot write transform {path} (folder missing or not writable)") from None
 

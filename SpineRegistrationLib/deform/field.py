@@ -1,0 +1,163 @@
+"""The dense deformation: a displacement field on a grid of world points, in the resampling direction.
+
+A :class:`DisplacementField` maps a world RAS point y (a point of the operating-room patient)
+to the CT RAS point it came from, x = y + d(y): the direction ITK resamples in and the
+"from parent" direction of a Slicer grid transform that is the CT's parent (DESIGN.md).
+Inside a rigidly moved vertebra with pose M (CT RAS -> world), x = M^-1 y.
+
+Everything that needs the field as a transform (warping images, the Jacobian
+determinant, the file on disk) goes through SimpleITK's ``DisplacementFieldTransform``,
+so what we compute is what ITK and Slicer apply. Between grid nodes the displacement is
+trilinear; outside the grid it is zero (ITK's convention).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..core.frames import LPS_TO_RAS
+from ..core.volume import Volume
+from ..errors import InputError
+
+#: Nodes this close to the grid's faces are left out of the Jacobian statistics (Learn2Reg
+#: crops the border too: finite differences there are one-sided).
+_JACOBIAN_BORDER = 2
+
+
+@dataclass
+class DisplacementField:
+    """displacement: (K, J, I, 3) float64, RAS mm, at the grid nodes; ijk_to_ras: (4, 4) of
+    the grid (world RAS mm). The map is y -> y + displacement(y), world -> CT."""
+
+    displacement: np.ndarray
+    ijk_to_ras: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.displacement = np.asarray(self.displacement, dtype=np.float64)
+        self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=np.float64)
+        if self.displacement.ndim != 4 or self.displacement.shape[-1] != 3:
+            raise ValueError(f"displacement must be (K, J, I, 3), got {self.displacement.shape}")
+
+    @property
+    def grid(self) -> Volume:
+        """The grid as a Volume (its array is the displacement magnitude, mm)."""
+        return Volume(np.linalg.norm(self.displacement, axis=-1), self.ijk_to_ras)
+
+    def to_sitk_image(self) -> sitk.Image:
+        """The field as ITK holds it: a vector image in LPS, vectors in LPS mm."""
+        vectors = self.displacement * np.array([-1.0, -1.0, 1.0])
+        image = sitk.GetImageFromArray(np.ascontiguousarray(vectors), isVector=True)
+        ijk_to_lps = LPS_TO_RAS @ self.ijk_to_ras
+        spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+        image.SetSpacing(spacing.tolist())
+        image.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
+        image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+        return image
+
+    @classmethod
+    def from_sitk_image(cls, image: sitk.Image) -> DisplacementField:
+        """The inverse of :meth:`to_sitk_image`."""
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 3:
+            raise ValueError("a displacement field is a 3D image of 3-vectors")
+        vectors = sitk.GetArrayFromImage(image).astype(np.float64) * np.array([-1.0, -1.0, 1.0])
+        direction = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+        ijk_to_lps = np.eye(4)
+        ijk_to_lps[:3, :3] = direction
+        ijk_to_lps[:3, 3] = image.GetOrigin()
+        return cls(vectors, LPS_TO_RAS @ ijk_to_lps)
+
+    def to_transform(self) -> sitk.DisplacementFieldTransform:
+        """A SimpleITK transform (world LPS -> CT LPS) applying this field, trilinear between nodes."""
+        transform = sitk.DisplacementFieldTransform(self.to_sitk_image())
+        transform.SetInterpolator(sitk.sitkLinear)
+        return transform
+
+    def map_points(self, points_ras: np.ndarray) -> np.ndarray:
+        """(N, 3) world RAS mm -> (N, 3) CT RAS mm, trilinear as ITK (zero displacement off the grid)."""
+        points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+        ijk = points @ np.linalg.inv(self.ijk_to_ras)[:3, :3].T + np.linalg.inv(self.ijk_to_ras)[:3, 3]
+        size = np.array(self.displacement.shape[2::-1], dtype=np.float64)  # (I, J, K)
+        normalised = torch.as_tensor(2.0 * ijk / np.maximum(size - 1.0, 1.0) - 1.0)
+        field = torch.as_tensor(self.displacement).permute(3, 0, 1, 2)[None]  # (1, 3, K, J, I)
+        sampled = torch.nn.functional.grid_sample(
+            field, normalised.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="zeros", align_corners=True
+        )[0, :, :, 0, 0].T.numpy()
+        inside = np.all((ijk >= 0) & (ijk <= size - 1), axis=1)
+        return points + np.where(inside[:, None], sampled, 0.0)
+
+    def jacobian_determinant(self) -> np.ndarray:
+        """(K, J, I) det(I + dd/dy) at the nodes, central differences in world mm.
+
+        By hand (numpy gradients) because SimpleITK's DisplacementFieldJacobianDeterminant
+        differentiates along the index axes scaled by spacing but ignores the grid's
+        direction, which is wrong for any grid not aligned with LPS (every RAS-aligned one).
+        """
+        index_to_world_inverse = np.linalg.inv(self.ijk_to_ras[:3, :3])
+        jacobian = np.empty(self.displacement.shape[:3] + (3, 3))
+        for axis_ijk in range(3):  # d displacement / d index i, j, k (array axes 2, 1, 0)
+            jacobian[..., :, axis_ijk] = np.gradient(self.displacement, axis=2 - axis_ijk)
+        jacobian = jacobian @ index_to_world_inverse + np.eye(3)
+        return np.linalg.det(jacobian)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS says is available (Linux MemAvailable), None where it cannot tell."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(nodes: int, bytes_per_node: float, spacing_mm: float, what: str = "the field grid") -> None:
+    """InputError when ``nodes`` grid nodes of ``bytes_per_node`` each will not fit in the available
+    memory (with a 25 % reserve), naming the grid spacing that would fit."""
+    available = available_memory_bytes()
+    need = nodes * bytes_per_node
+    if available is None or need <= 0.75 * available:
+        return
+    fits = spacing_mm * (need / (0.75 * available)) ** (1.0 / 3.0)
+    raise InputError(f"{what} ({nodes:,} nodes at {spacing_mm:g} mm) needs ~{need / 2**30:.1f} GiB but "
+                     f"{available / 2**30:.1f} GiB is available: use a spacing of {math.ceil(fits * 10) / 10:g} mm or more")
+
+
+def jacobian_stats(field: DisplacementField, within: np.ndarray | None = None) -> dict[str, float]:
+    """Folding statistics of a field's Jacobian determinant J, over the grid's interior nodes.
+
+    within: optional (K, J, I) bool mask of the nodes to count (e.g. the body). Returns
+    min, max, mean of J; ``folding_percent`` (% of nodes with J <= 0) and ``sdlogj`` (the
+    standard deviation of log J, J clipped to [1e-9, 1e9], as Learn2Reg computes it).
+    """
+    det = field.jacobian_determinant()
+    keep = np.zeros(det.shape, dtype=bool)
+    b = _JACOBIAN_BORDER
+    keep[b:-b or None, b:-b or None, b:-b or None] = True
+    if within is not None:
+        keep &= within
+    values = det[keep].astype(np.float64)
+    if values.size == 0:
+        raise ValueError("no grid node to take Jacobian statistics over")
+    return {
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "folding_percent": float(100.0 * np.mean(values <= 0.0)),
+        "sdlogj": float(np.log(np.clip(values, 1e-9, 1e9)).std()),
+        "nodes": int(values.size),
+    }
+
+
+def warp_image(image: sitk.Image, field: DisplacementField, reference: sitk.Image,
+               labels: bool = False, default: float = 0.0) -> sitk.Image:
+    """Resample ``image`` (CT space) onto ``reference``'s grid (world space) through the field:
+    out(y) = image(y + d(y)). Labels take the nearest voxel, intensities are linear."""
+    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    return sitk.Resample(image, reference, field.to_transform(), interpolator, default, image.GetPixelID())

@@ -1,0 +1,225 @@
+"""The spine-wide deformation from per-vertebra rigid poses: poly-rigid log-Euclidean blending.
+
+Each vertebra k has a pose M_k (CT RAS -> world, as ``spinereg register`` writes it). The
+field maps a world point y back to the CT (:mod:`.field`'s direction) by blending the
+inverse poses in se(3), as PolyPose (Gopalakrishnan et al. 2025) and Arsigny's poly-rigid
+transforms do::
+
+    x = exp( sum_k w_k(y) log(M_k^-1) ) y          (about a fixed origin o, see below)
+
+- Weights come from distance fields to the *moved* vertebrae (each CT mask resampled to
+  world through M_k): inside vertebra k's rigid zone (the moved mask grown by
+  ``rigid_margin_mm``, so that the trilinear interpolation between grid nodes stays exact
+  for every CT voxel of the vertebra, but by at most ``gap_share`` of the distance to the
+  nearest other vertebra) w is one-hot, so the field is exactly M_k^-1 there; outside every
+  zone w_k is proportional to 1 / (D_k - margin)^power (Shepard's inverse distance weights),
+  which tend to one-hot at a zone's surface, so the field is continuous and smooth between
+  vertebrae, and turns from one pose to the next across the whole remaining gap.
+- Vertebrae of the segmentation without a pose follow their registered neighbours: their
+  twist is interpolated along the spine (linearly in the level index) between the nearest
+  registered vertebra above and below, or copied from the one registered end.
+- Logs are taken about the origin o (the mean of the moved vertebra centroids, world RAS)
+  rather than the world origin: the blend of two rotations is then a rotation about a point
+  near the spine, not about a far-away scanner origin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field as dataclass_field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..core.frames import apply_matrix
+from ..core.labelmap import Labelmap, centroids_ras
+from ..core.pose import se3_exp, se3_log
+from ..core.volume import Volume, bounding_box_ijk
+from ..errors import InputError
+from ..io.images import volume_to_image
+from ..io.transforms import resampling_transform
+from .field import DisplacementField
+
+_CHUNK_NODES = 1 << 20  # grid nodes exponentiated at a time (float64 twists: ~50 MB)
+
+
+@dataclass(frozen=True)
+class PolyRigidConfig:
+    """spacing_mm: grid spacing of the field (world RAS mm; the field covers the CT's extent).
+    power: exponent of the inverse-distance weights (1: the gentlest turn between neighbours;
+    on the phantom with +-3 deg/+-2 mm independent vertebra motions, 2 mm grid, power 1 did
+    not fold where 1.5 and 2 did). rigid_margin_mm: how far beyond each moved
+    vertebra the field stays exactly rigid (default: a grid cell's diagonal, spacing * sqrt 3, so
+    that trilinear interpolation keeps every CT voxel of the vertebra on its pose). gap_share: the
+    margin never takes more than this share of the distance to the next vertebra, so that a
+    narrow disc or facet gap keeps room for the turn from one pose to the next (without it the
+    field folds there)."""
+
+    spacing_mm: float = 2.0
+    power: float = 1.0
+    rigid_margin_mm: float | None = None
+    gap_share: float = 1.0 / 3.0
+
+    def __post_init__(self) -> None:
+        if not self.spacing_mm > 0 or not self.power > 0 or not 0 <= self.gap_share < 1:
+            raise InputError("poly-rigid field: spacing and power must be positive, the gap share in [0, 1)")
+        if self.rigid_margin_mm is not None and self.rigid_margin_mm < 0:
+            raise InputError("poly-rigid field: the rigid margin cannot be negative")
+
+    @property
+    def margin_mm(self) -> float:
+        """The rigid zone's margin beyond each moved vertebra, mm (before the gap share)."""
+        return self.spacing_mm * math.sqrt(3.0) if self.rigid_margin_mm is None else self.rigid_margin_mm
+
+
+@dataclass
+class PolyRigidField:
+    """field: the deformation (world -> CT). poses: vertebra -> (4, 4) matrix_ras used, registered
+    and inferred ones; inferred: the vertebrae that followed their neighbours, cranial -> caudal."""
+
+    field: DisplacementField
+    poses: dict[str, np.ndarray]
+    inferred: list[str] = dataclass_field(default_factory=list)
+
+
+def complete_poses(order: list[str], registered: dict[str, np.ndarray], origin: np.ndarray) -> dict[str, np.ndarray]:
+    """Every vertebra of ``order`` (cranial -> caudal) -> matrix_ras; the unregistered ones
+    interpolated in se(3) about ``origin`` (world RAS mm) between registered neighbours."""
+    known = [i for i, name in enumerate(order) if name in registered]
+    if not known:
+        raise InputError("no registered vertebra to build the deformation from")
+    twists = {i: _twist(registered[order[i]], origin) for i in known}
+    poses = {}
+    for index, name in enumerate(order):
+        if name in registered:
+            poses[name] = np.asarray(registered[name], dtype=np.float64)
+            continue
+        above = max((i for i in known if i < index), default=None)
+        below = min((i for i in known if i > index), default=None)
+        if above is None or below is None:
+            twist = twists[above if below is None else below]
+        else:
+            t = (index - above) / (below - above)
+            twist = (1.0 - t) * twists[above] + t * twists[below]
+        poses[name] = _pose_of_twist(twist, origin)
+    return poses
+
+
+def polyrigid_field(labelmap: Labelmap, registered: dict[str, np.ndarray],
+                    config: PolyRigidConfig | None = None) -> PolyRigidField:
+    """The field that moves every vertebra of ``labelmap`` rigidly by its pose, smoothly between.
+
+    registered: vertebra name -> (4, 4) matrix_ras (CT RAS -> world) of the registered
+    vertebrae; the others follow them (:func:`complete_poses`). InputError for a name the
+    labelmap does not hold or nothing registered.
+    """
+    config = config or PolyRigidConfig()
+    order = list(labelmap.labels)
+    unknown = [name for name in registered if name not in labelmap.labels]
+    if unknown:
+        raise InputError(f"vertebra {', '.join(unknown)} is not in the segmentation; present: {', '.join(order)}")
+    if not registered:
+        raise InputError("no registered vertebra to build the deformation from")
+    centres = centroids_ras(labelmap)
+    origin = np.mean([apply_matrix(registered[name], centres[name]) for name in registered], axis=0)
+    poses = complete_poses(order, registered, origin)
+
+    grid = _field_grid(labelmap, config.spacing_mm)
+    reference = volume_to_image(grid)
+    n_nodes = grid.array.size
+    distances = np.stack([_distance_to_moved(labelmap, labelmap.labels[name], poses[name], reference).ravel()
+                          for name in order])  # (vertebrae, nodes) float32 mm
+    nearest_two = np.partition(distances, 1, axis=0)[:2] if len(order) > 1 else np.vstack([distances, distances + np.inf])
+    owner = np.argmin(distances, axis=0)
+    weight_sum = np.zeros(n_nodes, dtype=np.float64)
+    twist_sum = np.zeros((n_nodes, 6), dtype=np.float64)
+    inverse_twists = np.stack([_twist(np.linalg.inv(poses[name]), origin) for name in order])
+    zoned = np.zeros(n_nodes, dtype=bool)
+    for index in range(len(order)):
+        distance = distances[index]
+        others = np.where(owner == index, nearest_two[1], nearest_two[0])
+        margin = np.minimum(config.margin_mm, config.gap_share * others)
+        zoned |= (distance <= margin) & (owner == index)
+        weight = 1.0 / np.maximum(distance.astype(np.float64) - margin, 1e-3) ** config.power
+        weight_sum += weight
+        twist_sum += weight[:, None] * inverse_twists[index]
+    del distances
+    twist = twist_sum / weight_sum[:, None]
+    twist[zoned] = inverse_twists[owner[zoned]]
+    del twist_sum, weight_sum
+
+    kk, jj, ii = np.indices(grid.array.shape).reshape(3, -1)
+    displacement = np.empty((n_nodes, 3), dtype=np.float64)
+    for start in range(0, n_nodes, _CHUNK_NODES):
+        part = slice(start, start + _CHUNK_NODES)
+        world = grid.ijk_to_ras_points(np.stack([ii[part], jj[part], kk[part]], axis=1).astype(np.float64))
+        matrices = se3_exp(torch.as_tensor(twist[part])).numpy()
+        centred = world - origin
+        ct = np.einsum("nij,nj->ni", matrices[:, :3, :3], centred) + matrices[:, :3, 3] + origin
+        displacement[part] = ct - world
+    field = DisplacementField(displacement.reshape(grid.array.shape + (3,)), grid.ijk_to_ras)
+    return PolyRigidField(field, poses, [name for name in order if name not in registered])
+
+
+def rigid_residuals(field: DisplacementField, labelmap: Labelmap, poses: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per vertebra, how far the field is from its rigid pose at the vertebra's CT voxels.
+
+    For each voxel x of the vertebra (CT RAS), its world point y = M x is mapped back by the
+    field; the residual is |field(y) - x| in mm. Returns name -> {mean_mm, p99_mm, max_mm, within_0_1_mm (the
+    fraction of voxels under 0.1 mm), voxels}.
+    """
+    residuals = {}
+    for name, label in labelmap.labels.items():
+        if name not in poses:
+            continue
+        k, j, i = np.nonzero(labelmap.volume.array == label)
+        ct = labelmap.volume.ijk_to_ras_points(np.stack([i, j, k], axis=1).astype(np.float64))
+        error = np.linalg.norm(field.map_points(apply_matrix(poses[name], ct)) - ct, axis=1)
+        residuals[name] = {"mean_mm": float(error.mean()), "p99_mm": float(np.percentile(error, 99)),
+                           "max_mm": float(error.max()), "within_0_1_mm": float(np.mean(error < 0.1)),
+                           "voxels": int(error.size)}
+    return residuals
+
+
+def _twist(matrix: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """(6,) se(3) log of a 4x4 rigid matrix taken about ``origin``: log(T(-o) M T(o))."""
+    centred = np.asarray(matrix, dtype=np.float64).copy()
+    centred[:3, 3] = matrix[:3, :3] @ origin + matrix[:3, 3] - origin
+    return se3_log(torch.as_tensor(centred)[None])[0].numpy()
+
+
+def _pose_of_twist(twist: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_twist`: T(o) exp(twist) T(-o)."""
+    centred = se3_exp(torch.as_tensor(twist)[None])[0].numpy()
+    matrix = centred.copy()
+    matrix[:3, 3] = centred[:3, 3] + origin - centred[:3, :3] @ origin
+    return matrix
+
+
+def _field_grid(labelmap: Labelmap, spacing_mm: float) -> Volume:
+    """The field's grid: the CT's axes and extent, nodes every ``spacing_mm`` (array of zeros)."""
+    volume = labelmap.volume
+    axes = volume.ijk_to_ras[:3, :3] / volume.spacing_mm
+    extent = (np.array(volume.shape_ijk) - 1) * volume.spacing_mm
+    counts = np.floor(extent / spacing_mm).astype(int) + 1
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = axes * spacing_mm
+    ijk_to_ras[:3, 3] = volume.ijk_to_ras[:3, 3]
+    return Volume(np.zeros(tuple(counts[::-1]), dtype=np.uint8), ijk_to_ras)
+
+
+def _distance_to_moved(labelmap: Labelmap, label: int, pose: np.ndarray, reference: sitk.Image) -> np.ndarray:
+    """(K, J, I) float32 distance (mm, 0 inside) on ``reference``'s grid (world) to the vertebra
+    ``label`` moved by ``pose``: its CT mask (cropped to its box) resampled through pose^-1,
+    linearly and cut at one half, then SimpleITK's signed Maurer distance map."""
+    start, stop = bounding_box_ijk(labelmap.volume.array == label, margin_vox=2)
+    crop = labelmap.volume.array[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] == label
+    crop_ijk_to_ras = labelmap.volume.ijk_to_ras.copy()
+    crop_ijk_to_ras[:3, 3] = labelmap.volume.ijk_to_ras_points(start.astype(np.float64))
+    mask_image = volume_to_image(Volume(crop.astype(np.float32), crop_ijk_to_ras))
+    moved = sitk.Resample(mask_image, reference, resampling_transform(pose), sitk.sitkLinear, 0.0, sitk.sitkFloat32) >= 0.5
+    if not sitk.GetArrayViewFromImage(moved).any():
+        raise InputError(f"label {label} moves outside the CT's extent at its pose")
+    distance = sitk.SignedMaurerDistanceMap(moved, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    return np.maximum(sitk.GetArrayFromImage(distance), 0.0).astype(np.float32)

@@ -1,0 +1,108 @@
+"""The ``spinereg deform --result`` job as a Python API: the spine-wide deformation of a CT's
+segmentation from the per-vertebra poses of a ``spinereg register`` result folder.
+
+:func:`deform_from_result` reads and checks the inputs (the result must come from this
+segmentation: its vertebra centres are the segmentation's centroids), builds the poly-rigid
+field (:mod:`..deform.polyrigid`), warps the segmentation and measures the field; the CLI
+and the Slicer module only show progress and write the folder (:mod:`..io.deform_folder`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..core.labelmap import Labelmap, centroids_ras
+from ..core.volume import Volume
+from ..deform.field import DisplacementField, check_memory, jacobian_stats, warp_image
+from ..deform.polyrigid import PolyRigidConfig, polyrigid_field, rigid_residuals
+from ..errors import InputError
+from ..io.images import read_volume, volume_to_image
+from ..io.labelmaps import read_labelmap
+from ..io.results import ResultFolder, read_result_folder
+from .inputs import check_same_grid
+
+#: A result's vertebra centre may differ this much from the segmentation's centroid (mm).
+CENTRE_TOLERANCE_MM = 0.5
+#: Peak bytes per field node while the poly-rigid field is built and measured.
+BYTES_PER_NODE = 260
+
+
+@dataclass
+class DeformOutput:
+    """field: world -> CT. warped: the segmentation moved by it (CT grid, world). document:
+    deform.json but its header and grid."""
+
+    field: DisplacementField
+    warped: Labelmap
+    document: dict
+
+
+def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volume, seg: str | Path | Labelmap,
+                       label_scheme: str = "auto", config: PolyRigidConfig | None = None,
+                       progress: Callable[[str], None] | None = None) -> DeformOutput:
+    """The poly-rigid deformation of ``seg`` from the poses in ``result``; InputError for bad input.
+
+    progress: called with a short stage name as the work goes (field, jacobian, warping), once the
+    inputs are read and checked.
+    """
+    config = config or PolyRigidConfig()
+    say = progress or (lambda stage: None)
+    started = time.perf_counter()
+    folder = result if isinstance(result, ResultFolder) else read_result_folder(result)
+    ct_volume = ct if isinstance(ct, Volume) else read_volume(ct)
+    labelmap = seg if isinstance(seg, Labelmap) else read_labelmap(seg, label_scheme)
+    check_same_grid(labelmap, ct_volume, "the segmentation")
+    poses = _poses_of(folder, labelmap)
+    extent = (np.array(labelmap.volume.shape_ijk) - 1) * labelmap.volume.spacing_mm
+    check_memory(int(np.prod(np.floor(extent / config.spacing_mm) + 1)), BYTES_PER_NODE, config.spacing_mm)
+
+    say("field")
+    built = polyrigid_field(labelmap, poses, config)
+    say("jacobian")
+    jacobian = jacobian_stats(built.field)
+    residuals = rigid_residuals(built.field, labelmap, built.poses)
+    say("warping")
+    image = volume_to_image(labelmap.volume)
+    warped_image = warp_image(image, built.field, image, labels=True)
+    warped = Labelmap(labelmap.volume.with_array(sitk.GetArrayFromImage(warped_image)), labelmap.scheme)
+    document = {
+        "mode": "poses",
+        "inputs": {"result": str(Path(folder.directory).absolute()), "ct": _path(ct), "seg": _path(seg),
+                   "label_scheme": labelmap.scheme.name},
+        "polyrigid": asdict(config) | {"rigid_margin_mm": config.margin_mm},
+        "jacobian": jacobian,
+        "vertebrae": {
+            name: {"registered": name in poses, "matrix_ras": np.round(matrix, 9).tolist(),
+                   "rigid_residual": residuals.get(name)}
+            for name, matrix in built.poses.items()
+        },
+        "time_s": round(time.perf_counter() - started, 3),
+    }
+    return DeformOutput(built.field, warped, document)
+
+
+def _poses_of(folder: ResultFolder, labelmap: Labelmap) -> dict[str, np.ndarray]:
+    """The result's poses, checked to belong to ``labelmap``: every vertebra present and its centre
+    the segmentation's centroid (a result of another CT or segmentation is refused)."""
+    centres = centroids_ras(labelmap)
+    poses = {}
+    for name, entry in folder.vertebrae.items():
+        if name not in centres:
+            raise InputError(f"the result folder's vertebra {name} is not in the segmentation "
+                             f"(present: {', '.join(centres)}): is the result from another CT?")
+        offset = float(np.linalg.norm(np.asarray(entry.center_ras) - centres[name]))
+        if offset > CENTRE_TOLERANCE_MM:
+            raise InputError(f"the result folder's centre of {name} is {offset:.1f} mm from the segmentation's "
+                             "centroid: the result comes from another CT or segmentation")
+        poses[name] = np.asarray(entry.matrix_ras, dtype=np.float64)
+    return poses
+
+
+def _path(value) -> str | None:
+    return None if isinstance(value, (Volume, Labelmap)) else str(Path(value).absolute())

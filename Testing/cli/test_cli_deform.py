@@ -1,0 +1,117 @@
+"""``spinereg deform --result``: the deformation folder from a register result, and its bad input.
+
+The result folder is written through the library's own writer with known poses (what
+``spinereg register`` writes, without the minutes of registering), on the CLI phantom.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SpineRegistrationLib.core.frames import apply_matrix
+from SpineRegistrationLib.core.pose import params_to_matrix
+from SpineRegistrationLib.io import read_labelmap
+from SpineRegistrationLib.io.displacement import read_displacement
+from SpineRegistrationLib.io.labelmaps import centroids_ras
+from SpineRegistrationLib.io.results import VertebraResult, write_result_folder
+
+POSES = {"L1": [2.0, -1.0, 3.0, 4.0, -3.0, 2.0], "L3": [-1.0, 2.0, 1.0, 2.0, -5.0, 1.0]}
+
+
+def write_result(folder, seg_path, poses=POSES, shift_mm=0.0):
+    """A result folder of the vertebrae ``poses`` (params about their centroids) of ``seg_path``."""
+    centres = centroids_ras(read_labelmap(seg_path))
+    folder.mkdir()
+    results = []
+    for name, params in poses.items():
+        centre = centres[name] + shift_mm
+        results.append(VertebraResult(name, params_to_matrix(np.array(params), centre), np.array(params), centre,
+                                      0.9, "pass", 1.0, 10))
+    write_result_folder(folder, {}, results, {})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def result_dir(phantom_dir, tmp_path_factory):
+    return write_result(tmp_path_factory.mktemp("result") / "result", phantom_dir / "seg.nii.gz")
+
+
+def test_deform_writes_the_field_the_warped_segmentation_and_statistics(phantom_dir, result_dir, tmp_path, spinereg):
+    out = tmp_path / "deformed"
+    result = spinereg("deform", "--result", result_dir, "--ct", phantom_dir / "ct.nii.gz",
+                      "--seg", phantom_dir / "seg.nii.gz", "--out", out)
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in out.iterdir()) == ["deform.json", "displacement.h5", "warped_seg.nii.gz",
+                                                    "warped_seg.seg.nrrd"]
+    document = json.loads((out / "deform.json").read_text())
+    assert document["format"] == "spinereg-deform" and document["mode"] == "poses"
+    assert document["jacobian"]["folding_percent"] == 0.0
+    assert {name: v["registered"] for name, v in document["vertebrae"].items()} == {"L1": True, "L2": False, "L3": True}
+    assert "followed their neighbours: L2" in result.out
+    # The field in the file sends each registered vertebra's moved voxels back onto the CT.
+    field = read_displacement(out / "displacement.h5")
+    labelmap = read_labelmap(phantom_dir / "seg.nii.gz")
+    for name, params in POSES.items():
+        centre = centroids_ras(labelmap)[name]
+        matrix = params_to_matrix(np.array(params), centre)
+        np.testing.assert_allclose(document["vertebrae"][name]["matrix_ras"], matrix, atol=1e-6)
+        k, j, i = np.nonzero(labelmap.volume.array == labelmap.labels[name])
+        ct = labelmap.volume.ijk_to_ras_points(np.stack([i, j, k], 1).astype(float))
+        error = np.linalg.norm(field.map_points(apply_matrix(matrix, ct)) - ct, axis=1)
+        assert np.median(error) < 1e-3 and np.mean(error < 0.1) > 0.95, name
+    warped = read_labelmap(out / "warped_seg.seg.nrrd")
+    assert warped.labels == labelmap.labels and warped.volume.array.shape == labelmap.volume.array.shape
+    plain = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_seg.nii.gz")))
+    np.testing.assert_array_equal(plain, warped.volume.array)
+    assert not np.array_equal(plain, labelmap.volume.array)  # the vertebrae moved (~5 mm)
+
+
+@pytest.mark.parametrize("case", ["missing result", "other CT", "unknown vertebra", "both modes", "no seg",
+                                  "other grid"])
+def test_deform_bad_input_is_one_line_and_writes_nothing(case, phantom_dir, result_dir, tmp_path, spinereg,
+                                                         assert_one_line_error):
+    ct, seg = phantom_dir / "ct.nii.gz", phantom_dir / "seg.nii.gz"
+    result = result_dir
+    extra = []
+    expected = {"missing result": "not found", "other CT": "another CT", "unknown vertebra": "not in the segmentation",
+                "both modes": "not both", "no seg": "needs --seg", "other grid": "voxel grid"}[case]
+    if case == "missing result":
+        result = tmp_path / "nowhere"
+    elif case == "other CT":
+        result = write_result(tmp_path / "shifted", seg, shift_mm=3.0)
+    elif case == "unknown vertebra":
+        result = write_result(tmp_path / "c3", seg, poses={"L1": POSES["L1"]})
+        document = json.loads((result / "result.json").read_text())
+        document["vertebrae"]["C3"] = document["vertebrae"]["L1"]
+        (result / "result.json").write_text(json.dumps(document))
+        shutil.copy(result / "L1.h5", result / "C3.h5")
+    elif case == "both modes":
+        extra = ["--fixed", ct, "--moving", ct]
+    elif case == "other grid":
+        image = sitk.ReadImage(str(seg))
+        image.SetSpacing([s * 1.5 for s in image.GetSpacing()])
+        sitk.WriteImage(image, str(tmp_path / "seg_other.nii.gz"))
+        seg = tmp_path / "seg_other.nii.gz"
+    argv = ["deform", "--result", result, "--ct", ct, "--out", tmp_path / "out", *extra]
+    if case != "no seg":
+        argv[5:5] = ["--seg", seg]
+    outcome = spinereg(*argv)
+    assert_one_line_error(outcome)
+    assert expected in outcome.err, outcome.err
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging left behind
+
+
+def test_deform_keeps_an_existing_folder(phantom_dir, result_dir, tmp_path, spinereg, snapshot, make_old_file,
+                                         assert_one_line_error):
+    out = tmp_path / "out"
+    out.mkdir()
+    make_old_file(out / "mine.txt")
+    before = snapshot(out)
+    outcome = spinereg("deform", "--result", result_dir, "--ct", phantom_dir / "ct.nii.gz",
+                       "--seg", phantom_dir / "seg.nii.gz", "--out", out)
+    assert_one_line_error(outcome)
+    assert snapshot(out) == before

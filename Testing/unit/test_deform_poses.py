@@ -1,0 +1,193 @@
+"""The spine-wide deformation from vertebra poses: se(3) blending, the field, its file and Slicer.
+
+Checked against what must hold by construction: the field is each vertebra's pose inside it
+(at its CT voxels), continuous and fold-free between vertebrae for plausible motions, the
+Jacobian determinant of an affine field is det(I + A), Slicer's grid transform of our file
+maps points as the field does, and a vertebra without a pose follows its neighbours.
+"""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from SpineRegistrationLib.core.frames import apply_matrix
+from SpineRegistrationLib.core.labelmap import Labelmap, centroids_ras
+from SpineRegistrationLib.core.pose import params_to_matrix, se3_exp, se3_log
+from SpineRegistrationLib.deform.field import DisplacementField, check_memory, jacobian_stats, warp_image
+from SpineRegistrationLib.deform.polyrigid import (
+    PolyRigidConfig,
+    complete_poses,
+    polyrigid_field,
+    rigid_residuals,
+)
+from SpineRegistrationLib.errors import InputError
+from SpineRegistrationLib.io.displacement import read_displacement, write_displacement
+from SpineRegistrationLib.io.images import volume_to_image
+from SpineRegistrationLib.io.transforms import resampling_transform
+from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
+
+
+@pytest.fixture(scope="module")
+def spine():
+    phantom = generate_phantom(PhantomConfig(seed=3, spacing_mm=1.5, vertebrae=("T12", "L1", "L2", "L3", "L4"),
+                                             surroundings=False))
+    return Labelmap(phantom.labels, "verse")
+
+
+def articulated_poses(labelmap, rot_deg, trans_mm, seed=1):
+    """A common pose of the spine plus an independent small motion of each vertebra."""
+    rng = np.random.default_rng(seed)
+    centres = centroids_ras(labelmap)
+    common = np.array([2.0, -3.0, 4.0, 5.0, -8.0, 6.0])
+    scale = np.array([rot_deg] * 3 + [trans_mm] * 3)
+    return {name: params_to_matrix(common + rng.uniform(-1, 1, 6) * scale, centres[name]) for name in labelmap.labels}
+
+
+def affine_field(matrix_a, offset, ijk_to_ras, shape=(10, 12, 14)):
+    kk, jj, ii = np.indices(shape)
+    points = apply_matrix(ijk_to_ras, np.stack([ii, jj, kk], -1).astype(float))
+    return DisplacementField(points @ matrix_a.T + offset, ijk_to_ras)
+
+
+OBLIQUE_GRID = np.array([[0.0, 2.5, 0, -10], [-2.0, 0, 0, 20], [0, 0, 3.0, 5], [0, 0, 0, 1]])
+A = np.array([[0.01, 0.02, 0.0], [0.0, -0.03, 0.01], [0.02, 0.0, 0.015]])
+B = np.array([1.0, -2.0, 3.0])
+
+
+def test_se3_log_inverts_exp_and_matches_the_matrix_exponential():
+    generator = torch.Generator().manual_seed(0)
+    twists = torch.randn(200, 6, generator=generator, dtype=torch.float64) * torch.tensor([0.8] * 3 + [50.0] * 3,
+                                                                                           dtype=torch.float64)
+    twists[:3, :3] *= 1e-6  # near the identity: the series branches
+    matrices = se3_exp(twists)
+    torch.testing.assert_close(se3_log(matrices), twists, atol=1e-9, rtol=0)
+    algebra = torch.zeros(200, 4, 4, dtype=torch.float64)
+    omega = twists[:, :3]
+    algebra[:, 0, 1], algebra[:, 0, 2], algebra[:, 1, 2] = -omega[:, 2], omega[:, 1], -omega[:, 0]
+    algebra[:, 1, 0], algebra[:, 2, 0], algebra[:, 2, 1] = omega[:, 2], -omega[:, 1], omega[:, 0]
+    algebra[:, :3, 3] = twists[:, 3:]
+    torch.testing.assert_close(matrices, torch.linalg.matrix_exp(algebra), atol=1e-9, rtol=0)
+    with pytest.raises(ValueError, match="180"):
+        se3_log(se3_exp(torch.tensor([[np.pi, 0, 0, 0, 0, 0]], dtype=torch.float64)))
+
+
+def test_affine_field_maps_points_and_has_the_analytic_jacobian():
+    field = affine_field(A, B, OBLIQUE_GRID)
+    rng = np.random.default_rng(0)
+    inside = apply_matrix(OBLIQUE_GRID, rng.uniform([0.2] * 3, [12.8, 10.8, 8.8], (100, 3)))
+    np.testing.assert_allclose(field.map_points(inside), inside + inside @ A.T + B, atol=1e-9)
+    transform = field.to_transform()  # what ITK (and the file) applies: LPS in and out
+    lps = inside * [-1, -1, 1]
+    itk = np.array([transform.TransformPoint(tuple(p)) for p in lps]) * [-1, -1, 1]
+    np.testing.assert_allclose(itk, inside + inside @ A.T + B, atol=1e-9)
+    stats = jacobian_stats(field)
+    assert stats["min"] == pytest.approx(np.linalg.det(np.eye(3) + A), abs=1e-9)
+    assert stats["max"] == pytest.approx(np.linalg.det(np.eye(3) + A), abs=1e-9)
+    assert stats["folding_percent"] == 0.0 and stats["sdlogj"] < 1e-9
+    folded = affine_field(np.diag([-1.5, 0.0, 0.0]), B, OBLIQUE_GRID)  # x -> -0.5 x: orientation flipped
+    assert jacobian_stats(folded)["folding_percent"] == 100.0
+
+
+def test_field_file_round_trip_and_one_line_errors(tmp_path):
+    field = affine_field(A, B, OBLIQUE_GRID)
+    write_displacement(field, tmp_path / "field.h5")
+    back = read_displacement(tmp_path / "field.h5")
+    np.testing.assert_allclose(back.displacement, field.displacement, atol=1e-12)
+    np.testing.assert_allclose(back.ijk_to_ras, field.ijk_to_ras, atol=1e-12)
+    with pytest.raises(InputError, match="not found"):
+        read_displacement(tmp_path / "missing.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(InputError, match="cannot read"):
+        read_displacement(tmp_path / "junk.h5")
+    sitk.WriteTransform(sitk.Euler3DTransform(), str(tmp_path / "rigid.h5"))
+    with pytest.raises(InputError, match="not a displacement field"):
+        read_displacement(tmp_path / "rigid.h5")
+    with pytest.raises(InputError, match=r"\.h5"):
+        write_displacement(field, tmp_path / "field.nrrd")
+
+
+def test_slicer_loads_the_field_as_a_grid_transform_from_parent(tmp_path):
+    slicer = pytest.importorskip("slicer")
+    field = affine_field(A, B, OBLIQUE_GRID)
+    write_displacement(field, tmp_path / "displacement.h5")
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLGridTransformNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLTransformStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "displacement.h5"))
+    assert storage.ReadData(node)
+    from_parent = node.GetTransformFromParent()
+    points = apply_matrix(OBLIQUE_GRID, np.random.default_rng(1).uniform([1] * 3, [12, 10, 8], (30, 3)))
+    mapped = np.array([from_parent.TransformPoint(p.tolist()) for p in points])
+    np.testing.assert_allclose(mapped, field.map_points(points), atol=0.02)  # Slicer keeps float32 vectors
+    to_parent = node.GetTransformToParent()  # and inverts it: CT -> world, where the CT is shown
+    back = np.array([to_parent.TransformPoint(p.tolist()) for p in mapped])
+    np.testing.assert_allclose(back, points, atol=0.02)
+
+
+def test_field_is_rigid_inside_each_vertebra_and_does_not_fold(spine):
+    poses = articulated_poses(spine, rot_deg=1.5, trans_mm=1.0)
+    built = polyrigid_field(spine, poses)
+    assert built.inferred == []
+    stats = jacobian_stats(built.field)
+    assert stats["folding_percent"] == 0.0 and stats["min"] > 0.05
+    for name, residual in rigid_residuals(built.field, spine, poses).items():
+        assert residual["within_0_1_mm"] > 0.98, (name, residual)
+        assert residual["mean_mm"] < 0.02, (name, residual)
+    # The grid nodes inside a moved vertebra are its pose to float precision.
+    grid = built.field.grid
+    name = "L2"
+    image = volume_to_image(spine.volume)
+    moved = sitk.Resample(image == spine.labels[name], volume_to_image(grid), resampling_transform(poses[name]),
+                          sitk.sitkNearestNeighbor, 0)
+    kk, jj, ii = np.nonzero(sitk.GetArrayFromImage(sitk.BinaryErode(moved, [1, 1, 1])))
+    world = grid.ijk_to_ras_points(np.stack([ii, jj, kk], 1).astype(float))
+    np.testing.assert_allclose(built.field.map_points(world), apply_matrix(np.linalg.inv(poses[name]), world),
+                               atol=1e-6)
+
+
+def test_warped_segmentation_matches_the_rigidly_moved_vertebrae(spine):
+    poses = articulated_poses(spine, rot_deg=3.0, trans_mm=2.0, seed=2)
+    built = polyrigid_field(spine, poses)
+    image = volume_to_image(spine.volume)
+    warped = sitk.GetArrayFromImage(warp_image(image, built.field, image, labels=True))
+    for name, label in spine.labels.items():
+        truth = sitk.GetArrayFromImage(sitk.Resample(image == label, image, resampling_transform(poses[name]),
+                                                     sitk.sitkNearestNeighbor, 0)) > 0
+        ours = warped == label
+        dice = 2 * (ours & truth).sum() / (ours.sum() + truth.sum())
+        assert dice > 0.99, (name, dice)
+    identity = sitk.GetArrayFromImage(image)
+    moved_far = [2 * ((identity == label) & (warped == label)).sum() / ((identity == label).sum() + (warped == label).sum())
+                 for label in spine.labels.values()]
+    assert max(moved_far) < 0.8  # the poses (~10 mm) did move it: the test can fail
+
+
+def test_unregistered_vertebrae_follow_their_neighbours(spine):
+    poses = articulated_poses(spine, rot_deg=3.0, trans_mm=2.0)
+    registered = {name: poses[name] for name in ("T12", "L2", "L3")}
+    origin = np.zeros(3)
+    completed = complete_poses(list(spine.labels), registered, origin)
+    for name in registered:
+        np.testing.assert_allclose(completed[name], registered[name])
+    # L1 is halfway between T12 and L2 in se(3); L4 copies L3 (the registered end).
+    halfway = se3_exp(0.5 * (se3_log(torch.as_tensor(registered["T12"])[None])
+                             + se3_log(torch.as_tensor(registered["L2"])[None])))[0].numpy()
+    np.testing.assert_allclose(completed["L1"], halfway, atol=1e-9)
+    np.testing.assert_allclose(completed["L4"], registered["L3"], atol=1e-9)
+    built = polyrigid_field(spine, registered)
+    assert built.inferred == ["L1", "L4"]
+    assert set(rigid_residuals(built.field, spine, built.poses)) == set(spine.labels)
+
+
+def test_bad_input_is_one_clear_error(spine):
+    with pytest.raises(InputError, match="not in the segmentation"):
+        polyrigid_field(spine, {"C3": np.eye(4)})
+    with pytest.raises(InputError, match="no registered vertebra"):
+        polyrigid_field(spine, {})
+    with pytest.raises(InputError, match="positive"):
+        PolyRigidConfig(spacing_mm=0)
+    with pytest.raises(InputError, match=r"spacing of [0-9.]+ mm or more"):
+        check_memory(10**12, 260, 2.0)
