@@ -125,7 +125,7 @@ def polyrigid_field(labelmap: Labelmap, registered: dict[str, np.ndarray],
     origin = np.mean([apply_matrix(registered[name], centres[name]) for name in registered], axis=0)
     poses = complete_poses(order, registered, origin)
 
-    grid = _field_grid(labelmap, config.spacing_mm)
+    grid = _field_grid(labelmap, poses, config.spacing_mm)
     reference = volume_to_image(grid)
     n_nodes = grid.array.size
     distances = np.stack([_distance_to_moved(labelmap, labelmap.labels[name], poses[name], reference).ravel()
@@ -197,21 +197,30 @@ def _pose_of_twist(twist: np.ndarray, origin: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def _field_grid(labelmap: Labelmap, spacing_mm: float) -> Volume:
-    """The field's grid: the CT's axes and extent, nodes every ``spacing_mm`` (array of zeros)."""
+def _field_grid(labelmap: Labelmap, poses: dict[str, np.ndarray], spacing_mm: float) -> Volume:
+    """The field's grid (array of zeros): the CT's axes, nodes every ``spacing_mm``, covering the
+    CT and every vertebra at its pose (grown by two nodes), so that no moved vertebra leaves it."""
     volume = labelmap.volume
-    axes = volume.ijk_to_ras[:3, :3] / volume.spacing_mm
-    extent = (np.array(volume.shape_ijk) - 1) * volume.spacing_mm
-    counts = np.floor(extent / spacing_mm).astype(int) + 1
+    axes = volume.ijk_to_ras[:3, :3] / volume.spacing_mm  # unit columns
+    origin = volume.ijk_to_ras[:3, 3]
+    lo, hi = np.zeros(3), (np.array(volume.shape_ijk) - 1) * volume.spacing_mm
+    for name, label in labelmap.labels.items():
+        start, stop = bounding_box_ijk(volume.array == label)
+        corners = np.array([[i, j, k] for i in (start[0], stop[0] - 1) for j in (start[1], stop[1] - 1)
+                            for k in (start[2], stop[2] - 1)], dtype=np.float64)
+        along = (apply_matrix(poses[name], volume.ijk_to_ras_points(corners)) - origin) @ axes
+        lo = np.minimum(lo, along.min(axis=0) - 2 * spacing_mm)
+        hi = np.maximum(hi, along.max(axis=0) + 2 * spacing_mm)
+    counts = np.floor((hi - lo) / spacing_mm).astype(int) + 1
     ijk_to_ras = np.eye(4)
     ijk_to_ras[:3, :3] = axes * spacing_mm
-    ijk_to_ras[:3, 3] = volume.ijk_to_ras[:3, 3]
+    ijk_to_ras[:3, 3] = origin + axes @ lo
     return Volume(np.zeros(tuple(counts[::-1]), dtype=np.uint8), ijk_to_ras)
 
 
 def _distance_to_moved(labelmap: Labelmap, label: int, pose: np.ndarray, reference: sitk.Image) -> np.ndarray:
-    """(K, J, I) float32 distance (mm, 0 inside) on ``reference``'s grid (world) to the vertebra
-    ``label`` moved by ``pose``: its CT mask (cropped to its box) resampled through pose^-1,
+    """(K, J, I) float32 distance (mm, 0 inside; inf when it moves off the grid) on ``reference``'s
+    grid (world) to the vertebra ``label`` moved by ``pose``: its CT mask (cropped to its box) resampled through pose^-1,
     linearly and cut at one half, then SimpleITK's signed Maurer distance map."""
     start, stop = bounding_box_ijk(labelmap.volume.array == label, margin_vox=2)
     crop = labelmap.volume.array[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] == label
@@ -219,7 +228,7 @@ def _distance_to_moved(labelmap: Labelmap, label: int, pose: np.ndarray, referen
     crop_ijk_to_ras[:3, 3] = labelmap.volume.ijk_to_ras_points(start.astype(np.float64))
     mask_image = volume_to_image(Volume(crop.astype(np.float32), crop_ijk_to_ras))
     moved = sitk.Resample(mask_image, reference, resampling_transform(pose), sitk.sitkLinear, 0.0, sitk.sitkFloat32) >= 0.5
-    if not sitk.GetArrayViewFromImage(moved).any():
-        raise InputError(f"label {label} moves outside the CT's extent at its pose")
+    if not sitk.GetArrayViewFromImage(moved).any():  # moved off the grid: it pulls on no node
+        return np.full(sitk.GetArrayViewFromImage(moved).shape, np.inf, dtype=np.float32)
     distance = sitk.SignedMaurerDistanceMap(moved, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
     return np.maximum(sitk.GetArrayFromImage(distance), 0.0).astype(np.float32)
