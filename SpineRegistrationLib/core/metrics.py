@@ -1,4 +1,5 @@
-"""Registration accuracy: target registration error, pose errors, success rates, capture range.
+"""Registration accuracy: target registration error, pose errors, success rates, capture range,
+segmentation overlap (Dice, HD95).
 
 What the evaluation (:mod:`.evaluation`) and the benchmarks report, as plain numpy
 functions. A registration result and its ground truth are both ``matrix_ras`` (4, 4): CT
@@ -165,3 +166,37 @@ def capture_range(
                 open_chain = False
                 reach = reach if reach is not None else 0.0
     return {"threshold_mm": float(threshold), "min_rate": float(min_rate), "bins": rows, "capture_range_mm": reach}
+
+
+# --------------------------------------------------------------------------- segmentation overlap
+def dice(mask_a: np.ndarray, mask_b: np.ndarray) -> float:
+    """Dice overlap 2|A∩B| / (|A| + |B|) of two bool masks of one grid (1.0 when both are empty)."""
+    a, b = np.asarray(mask_a, dtype=bool), np.asarray(mask_b, dtype=bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+def hd95_mm(mask_a: np.ndarray, mask_b: np.ndarray, spacing_mm) -> float:
+    """The 95th-percentile symmetric Hausdorff distance (mm) between two (K, J, I) bool masks'
+    surfaces on a grid of voxel size ``spacing_mm`` (I, J, K), as the Learn2Reg and Medical
+    Segmentation Decathlon evaluations report it; inf when exactly one mask is empty.
+    Surface distances come from SimpleITK's Maurer distance maps."""
+    import SimpleITK as sitk
+
+    a, b = np.asarray(mask_a, dtype=bool), np.asarray(mask_b, dtype=bool)
+    if not a.any() and not b.any():
+        return 0.0
+    if not a.any() or not b.any():
+        return math.inf
+    images = []
+    for mask in (a, b):
+        image = sitk.GetImageFromArray(mask.astype(np.uint8))
+        image.SetSpacing([float(s) for s in spacing_mm])
+        images.append(image)
+    distances = []
+    for surface_of, distance_to in ((images[0], images[1]), (images[1], images[0])):
+        surface = sitk.GetArrayFromImage(sitk.LabelContour(surface_of)) > 0
+        to_other = sitk.GetArrayFromImage(sitk.Abs(sitk.SignedMaurerDistanceMap(
+            distance_to, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)))
+        distances.append(to_other[surface])
+    return float(np.percentile(np.concatenate(distances), 95))

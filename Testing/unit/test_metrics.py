@@ -150,3 +150,17 @@ def test_capture_range_skips_empty_bins_and_reaches_the_open_bin():
         capture_range([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="increasing"):
         capture_range([1.0], [1.0], bins=(0, 5, 5))
+
+
+def test_dice_and_hd95_of_a_shifted_box_against_the_analytic_answers():
+    from SpineRegistrationLib.core.metrics import dice, hd95_mm
+
+    box = np.zeros((30, 30, 30), dtype=bool)
+    box[5:20, 5:20, 5:20] = True
+    shifted = np.roll(box, 3, axis=2)  # 3 voxels along I
+    assert dice(box, shifted) == pytest.approx(2 * 12 / 30)
+    assert dice(box, box) == 1.0 and dice(box, ~box) == 0.0
+    assert hd95_mm(box, shifted, (1.0, 1.0, 1.0)) == pytest.approx(3.0)
+    assert hd95_mm(box, shifted, (2.0, 1.0, 1.0)) == pytest.approx(6.0)  # I spacing 2 mm
+    assert hd95_mm(box, box, (1.0, 1.0, 1.0)) == 0.0
+    assert hd95_mm(box, np.zeros_like(box), (1.0, 1.0, 1.0)) == float("inf")
