@@ -108,13 +108,13 @@ def score(warped: np.ndarray, truth: np.ndarray, labelmap: Labelmap, names) -> d
     return out
 
 
-def run_case(title: str, labelmap: Labelmap, motion: str, seed: int) -> tuple[list[dict], dict]:
+def run_case(title: str, ct: np.ndarray, labelmap: Labelmap, motion: str, seed: int) -> tuple[list[dict], dict]:
     rng = np.random.default_rng(seed)
     poses = draw_poses(labelmap, motion, rng)
     names = list(labelmap.labels)
     image = volume_to_image(labelmap.volume)
     truth = moved_rigidly(image, labelmap, poses)
-    records, pictures = [], {"truth": truth}
+    records, pictures = [], {"truth": truth, "original": labelmap.volume.array}
     middle = names[len(names) // 2]
     for method in METHODS:
         started = time.perf_counter()
@@ -142,7 +142,9 @@ def run_case(title: str, labelmap: Labelmap, motion: str, seed: int) -> tuple[li
             record["rigid_within_0_1_mm"] = float(np.mean([r["within_0_1_mm"] for r in residuals.values()]))
             record["rigid_mean_mm"] = float(np.mean([r["mean_mm"] for r in residuals.values()]))
             if method == "polyrigid":
+                ct_image = volume_to_image(labelmap.volume.with_array(ct.astype(np.float32)))
                 pictures["warped"], pictures["jacobian"] = warped, field.jacobian_determinant()
+                pictures["warped_ct"] = sitk.GetArrayFromImage(warp_image(ct_image, field, ct_image, default=-1000.0))
         records.append(record)
         print(f"{title} {motion} {method}: Dice {record['dice_mean']:.4f}, HD95 {record['hd95_mean_mm']:.2f} mm"
               + (f", folding {record['jacobian']['folding_percent']:.4f} %, rigid<0.1mm "
@@ -178,17 +180,19 @@ def picture(pictures: dict[str, dict], path: Path) -> None:
     fig, axes = plt.subplots(len(pictures), 3, figsize=(12, 4.2 * len(pictures)), squeeze=False)
     for row, (title, (ct, pics)) in enumerate(pictures.items()):
         j = int(np.median(np.nonzero(pics["truth"])[1]))  # coronal slice through the spine
-        for ax in axes[row]:
-            ax.imshow(ct[:, j, :], cmap="gray", origin="lower", vmin=-400, vmax=1200, aspect="auto")
+        for ax, image in zip(axes[row], (ct, pics["warped_ct"])):
+            ax.imshow(image[:, j, :], cmap="gray", origin="lower", vmin=-400, vmax=1200, aspect="auto")
+        axes[row, 0].contour(pics["original"][:, j, :] > 0, levels=[0.5], colors="yellow", linewidths=0.6)
         axes[row, 0].contour(pics["truth"][:, j, :] > 0, levels=[0.5], colors="lime", linewidths=0.8)
-        axes[row, 0].set_title(f"{title}: truth (rigidly moved vertebrae)")
+        axes[row, 0].set_title(f"{title}: CT, its segmentation (yellow),\nthe moved vertebrae (green)", fontsize=9)
         axes[row, 1].contour(pics["truth"][:, j, :] > 0, levels=[0.5], colors="lime", linewidths=0.8)
         axes[row, 1].contour(pics["warped"][:, j, :] > 0, levels=[0.5], colors="red", linewidths=0.6)
-        axes[row, 1].set_title("poly-rigid warped segmentation (red) over truth (green)")
+        axes[row, 1].set_title("CT through the poly-rigid field, warped\nsegmentation (red) over the truth (green)",
+                               fontsize=9)
         jac = pics["jacobian"]
         jj = jac.shape[1] // 2
         shown = axes[row, 2].imshow(jac[:, jj, :], cmap="coolwarm", vmin=0, vmax=2, origin="lower", aspect="auto")
-        axes[row, 2].set_title("Jacobian determinant (field grid, coronal middle)")
+        axes[row, 2].set_title("Jacobian determinant\n(field grid, middle coronal slice)", fontsize=9)
         fig.colorbar(shown, ax=axes[row, 2], fraction=0.04)
     for ax in axes.ravel():
         ax.set_xticks([]), ax.set_yticks([])
@@ -222,7 +226,7 @@ def main(argv=None) -> int:
     records, shown = [], {}
     for index, (title, ct, labelmap) in enumerate(cts):
         for motion in motions:
-            case_records, pics = run_case(title, labelmap, motion, seed=100 * index + MOTIONS.index(motion))
+            case_records, pics = run_case(title, ct, labelmap, motion, seed=100 * index + MOTIONS.index(motion))
             records += case_records
             if motion == motions[0] and (title.startswith("real") or title == "phantom#1"):
                 shown[f"{title.split('#')[0]} ({motion})"] = (ct, pics)
