@@ -20,8 +20,9 @@ DESCRIPTION = (
     "into one dense deformation. Writes to DIR (which appears only once complete): displacement.h5 (ITK "
     "displacement-field transform, world -> CT resampling direction; Slicer loads it as a grid transform: make "
     "it the CT's parent), warped_seg.nii.gz and warped_seg.seg.nrrd (the segmentation moved by it, on the CT's "
-    "grid) and deform.json (format spinereg-deform: the field's grid, Jacobian determinant statistics, "
-    "per-vertebra figures, time). Exit status 0 on success, 2 for bad input."
+    "grid), drr_<VIEW>.nrrd when X-rays are given (the poses are then refined against them jointly first) and "
+    "deform.json (format spinereg-deform: the field's grid, Jacobian determinant statistics, per-vertebra figures, "
+    "time). Exit status 0 on success, 2 for bad input."
 )
 
 
@@ -45,6 +46,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     poses.add_argument("--rigid-margin", type=float, default=None, metavar="MM",
                        help="how far beyond each moved vertebra the field stays exactly rigid "
                        "(default: the spacing)")
+    poses.add_argument("--xray", action="append", metavar="IMAGE", default=suppress,
+                       help="an X-ray the result was registered to (repeat per view, with --geometry): the poses "
+                       "of the registered vertebrae are then refined jointly against the X-rays first, and "
+                       "drr_<VIEW>.nrrd is written at the final poses")
+    poses.add_argument("--geometry", action="append", metavar="G.json", default=suppress,
+                       help="the matching X-ray's spinereg-xray-geometry JSON (or 'dicom'); repeat per view")
+    poses.add_argument("--invert", action="store_true", help="the X-rays are stored bone-dark")
+    poses.add_argument("--device", default="cpu", help="torch device of the refinement: cpu, cuda or auto")
     _add_pair_arguments(parser)
     common = parser.add_argument_group("common")
     common.add_argument("--label-scheme", default="auto", choices=SCHEME_CHOICES,
@@ -70,7 +79,7 @@ def _add_pair_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
 
-    by_poses = [name for name in ("result", "ct", "seg") if hasattr(args, name)]
+    by_poses = [name for name in ("result", "ct", "seg", "xray", "geometry") if hasattr(args, name)]
     by_pair = [name for name in ("fixed", "moving", "fixed_seg", "moving_seg") if hasattr(args, name)]
     if by_poses and by_pair:
         raise InputError("give either --result/--ct/--seg (from vertebra poses) or --fixed/--moving (CT to CT), not both")
@@ -93,8 +102,10 @@ def _run_poses(args: argparse.Namespace) -> int:
     config = PolyRigidConfig(spacing_mm=args.spacing, rigid_margin_mm=args.rigid_margin)
     with staged_output_dir(args.out, args.overwrite) as staging:
         output = deform_from_result(args.result, args.ct, args.seg, args.label_scheme, config,
+                                    xrays=getattr(args, "xray", ()), geometries=getattr(args, "geometry", ()),
+                                    invert=args.invert, device=args.device,
                                     progress=lambda stage: print(f"deform: {stage}", file=sys.stderr, flush=True))
-        paths = write_deform_folder(staging, output.field, output.warped, output.document)
+        paths = write_deform_folder(staging, output.field, output.warped, output.document, output.drrs)
     document = output.document
     jacobian = document["jacobian"]
     worst = max((v["rigid_residual"]["p99_mm"] for v in document["vertebrae"].values() if v["rigid_residual"]),
@@ -104,6 +115,11 @@ def _run_poses(args: argparse.Namespace) -> int:
           f"{': ' + ', '.join(inferred) if inferred else ''}); Jacobian determinant {jacobian['min']:.3f}.."
           f"{jacobian['max']:.3f}, folding {jacobian['folding_percent']:.4f} %, SDlogJ {jacobian['sdlogj']:.3f}; "
           f"rigid residual p99 <= {worst:.3f} mm")
+    refined = [(name, v["refinement"]) for name, v in document["vertebrae"].items() if "refinement" in v]
+    if refined:
+        print("refined against the X-rays: " + ", ".join(
+            f"{name} {r['similarity_before']:.3f} -> {r['similarity_after']:.3f} ({r['rotation_deg']:.2f} deg, "
+            f"{r['centre_shift_mm']:.2f} mm)" for name, r in refined))
     print(f"wrote {args.out}: {', '.join(path.name for path in paths.values())} ({document['time_s']:.1f} s)")
     return 0
 

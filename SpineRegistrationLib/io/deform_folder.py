@@ -7,6 +7,7 @@ Both modes (from vertebra poses, CT to CT) write the same files:
   segmentation's) parent it shows them at the operating-room pose;
 - ``warped_seg.nii.gz`` and ``warped_seg.seg.nrrd``: the segmentation moved by the field,
   on the CT's grid in world coordinates (load it without a parent transform);
+- ``drr_<VIEW>.nrrd`` (when X-rays were given): the vertebrae's DRR at their final poses, for overlays;
 - ``deform.json``: the mode, the inputs, the field's grid, its Jacobian statistics and
   per-vertebra figures (residuals, Dice, ...), the time.
 """
@@ -24,6 +25,8 @@ from ..deform.field import DisplacementField
 from ..errors import InputError
 from .displacement import write_displacement
 from .labelmaps import write_labelmap
+from .results import drr_name
+from .xray import write_xray
 
 DEFORM_FILE = "deform.json"
 DEFORM_FORMAT = "spinereg-deform"
@@ -41,11 +44,12 @@ def grid_description(field: DisplacementField) -> dict:
 
 
 def write_deform_folder(directory: str | os.PathLike, field: DisplacementField, warped: Labelmap | None,
-                        document: dict) -> dict[str, Path]:
+                        document: dict, drrs: dict[str, np.ndarray] | None = None) -> dict[str, Path]:
     """Write a deform folder's files into the existing folder ``directory``.
 
     document: deform.json without its header (mode, inputs, jacobian, vertebrae, time...).
-    Returns name -> path. Staging the folder (:func:`.atomic.staged_output_dir`) is the caller's.
+    drrs: view -> (rows, columns) DRR of the vertebrae at their final poses, written as
+    ``drr_<VIEW>.nrrd`` as a register result's. Returns name -> path. Staging the folder (:func:`.atomic.staged_output_dir`) is the caller's.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -57,6 +61,9 @@ def write_deform_folder(directory: str | os.PathLike, field: DisplacementField, 
         write_labelmap(warped, paths["labelmap"])
         paths["segmentation"] = directory / WARPED_SEGMENTATION_FILE
         write_labelmap(warped, paths["segmentation"])
+    for view, image in (drrs or {}).items():
+        paths[f"drr_{view}"] = directory / drr_name(view)
+        write_xray(image, paths[f"drr_{view}"])
     full = {"format": DEFORM_FORMAT, "version": DEFORM_VERSION, "grid": grid_description(field), **document}
     paths["deform"] = directory / DEFORM_FILE
     paths["deform"].write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")

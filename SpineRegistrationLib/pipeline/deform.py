@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field as dataclass_field
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,13 @@ from ..core.labelmap import Labelmap, centroids_ras
 from ..core.volume import Volume
 from ..deform.field import DisplacementField, check_memory, jacobian_stats, warp_image
 from ..deform.polyrigid import PolyRigidConfig, polyrigid_field, rigid_residuals
+from ..deform.refine import JointRefineConfig, JointRefinement, refine_jointly
 from ..errors import InputError
 from ..io.images import read_volume, volume_to_image
 from ..io.labelmaps import read_labelmap
 from ..io.results import ResultFolder, read_result_folder
-from .inputs import check_same_grid
+from .inputs import RegisterConfig, check_same_grid, load_case
+from .run import render_vertebra_drrs
 
 #: A result's vertebra centre may differ this much from the segmentation's centroid (mm).
 CENTRE_TOLERANCE_MM = 0.5
@@ -36,20 +39,28 @@ BYTES_PER_NODE = 260
 @dataclass
 class DeformOutput:
     """field: world -> CT. warped: the segmentation moved by it (CT grid, world). document:
-    deform.json but its header and grid."""
+    deform.json but its header and grid. drrs: view -> (rows, columns) DRR of the registered
+    vertebrae at their final poses (when X-rays were given)."""
 
     field: DisplacementField
     warped: Labelmap
     document: dict
+    drrs: dict[str, np.ndarray] = dataclass_field(default_factory=dict)
 
 
 def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volume, seg: str | Path | Labelmap,
                        label_scheme: str = "auto", config: PolyRigidConfig | None = None,
+                       xrays: Sequence = (), geometries: Sequence = (), invert: bool = False,
+                       refine: JointRefineConfig | None = None, device: str = "cpu",
                        progress: Callable[[str], None] | None = None) -> DeformOutput:
     """The poly-rigid deformation of ``seg`` from the poses in ``result``; InputError for bad input.
 
-    progress: called with a short stage name as the work goes (field, jacobian, warping), once the
-    inputs are read and checked.
+    xrays / geometries: optional X-rays (files or arrays, bone bright unless ``invert``) and
+    their geometries (files or XrayGeometry), as ``spinereg register`` takes them: the poses
+    of the registered vertebrae are then refined jointly against them first
+    (:mod:`..deform.refine`, with ``refine`` or its defaults), and the DRRs of the vertebrae at
+    the final poses come back in ``drrs``. progress: called with a short stage name as the
+    work goes (refine, field, jacobian, warping), once the inputs are read and checked.
     """
     config = config or PolyRigidConfig()
     say = progress or (lambda stage: None)
@@ -59,11 +70,26 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
     labelmap = seg if isinstance(seg, Labelmap) else read_labelmap(seg, label_scheme)
     check_same_grid(labelmap, ct_volume, "the segmentation")
     poses = _poses_of(folder, labelmap)
+    case = None
+    if xrays or geometries:
+        case = load_case(RegisterConfig(ct=ct_volume, seg=labelmap, xrays=list(xrays), geometries=list(geometries),
+                                        vertebrae=list(poses), invert=invert, method="intensity", device=device,
+                                        views=None))
     extent = (np.array(labelmap.volume.shape_ijk) - 1) * labelmap.volume.spacing_mm
     check_memory(int(np.prod(np.floor(extent / config.spacing_mm) + 1)), BYTES_PER_NODE, config.spacing_mm)
 
+    refinement = None
+    if case is not None:
+        say("refine")
+        start_field = polyrigid_field(labelmap, poses, config).field
+        refinement = refine_jointly(ct_volume, labelmap, poses, start_field, case.xrays, case.geometries,
+                                    refine, case.device)
+        registered = {name: refinement.poses[name] for name in poses}
+        del start_field
+    else:
+        registered = poses
     say("field")
-    built = polyrigid_field(labelmap, poses, config)
+    built = polyrigid_field(labelmap, registered, config)
     say("jacobian")
     jacobian = jacobian_stats(built.field)
     residuals = rigid_residuals(built.field, labelmap, built.poses)
@@ -79,12 +105,31 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
         "jacobian": jacobian,
         "vertebrae": {
             name: {"registered": name in poses, "matrix_ras": np.round(matrix, 9).tolist(),
-                   "rigid_residual": residuals.get(name)}
+                   "rigid_residual": residuals.get(name)} | _refinement_entry(refinement, name, folder)
             for name, matrix in built.poses.items()
         },
+        "refined": refinement is not None,
+        "views": [] if case is None else case.views,
         "time_s": round(time.perf_counter() - started, 3),
     }
-    return DeformOutput(built.field, warped, document)
+    drrs = {} if case is None else dict(zip(case.views, render_vertebra_drrs(case, registered)))
+    return DeformOutput(built.field, warped, document, drrs)
+
+
+def _refinement_entry(refinement: JointRefinement | None, name: str, folder: ResultFolder) -> dict:
+    """A vertebra's refinement figures in deform.json: similarity before/after, how far it moved
+    (rotation, deg; its centre, mm)."""
+    if refinement is None or name not in refinement.poses:
+        return {}
+    start, final = folder.vertebrae[name].matrix_ras, refinement.poses[name]
+    relative = final @ np.linalg.inv(start)
+    angle = np.degrees(np.arccos(np.clip((np.trace(relative[:3, :3]) - 1) / 2, -1, 1)))
+    centre = np.asarray(folder.vertebrae[name].center_ras)
+    shift = float(np.linalg.norm((final[:3, :3] - start[:3, :3]) @ centre + final[:3, 3] - start[:3, 3]))
+    return {"refinement": {"similarity_before": round(refinement.before[name], 4),
+                           "similarity_after": round(refinement.after[name], 4),
+                           "rotation_deg": round(float(angle), 3), "centre_shift_mm": round(shift, 3),
+                           "kept_start": name in refinement.kept}}
 
 
 def _poses_of(folder: ResultFolder, labelmap: Labelmap) -> dict[str, np.ndarray]:

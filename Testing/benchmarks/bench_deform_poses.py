@@ -95,11 +95,14 @@ def moved_rigidly(image: sitk.Image, labelmap: Labelmap, poses: dict[str, np.nda
 
 
 def score(warped: np.ndarray, truth: np.ndarray, labelmap: Labelmap, names) -> dict[str, dict]:
-    """Per vertebra: Dice and HD95 (mm) of ``warped`` against ``truth``, on the union's box."""
+    """Per vertebra: Dice and HD95 (mm) of ``warped`` against ``truth``, on the union's box; only
+    vertebrae that stay inside the CT's grid at their pose (>= 95 % of their voxels) are scored."""
     spacing = labelmap.volume.spacing_mm
     out = {}
     for name in names:
         label = labelmap.labels[name]
+        if (truth == label).sum() < 0.95 * (labelmap.volume.array == label).sum():
+            continue
         union = (warped == label) | (truth == label)
         start, stop = bounding_box_ijk(union, margin_vox=3)
         box = (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))

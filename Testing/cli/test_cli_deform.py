@@ -115,3 +115,47 @@ def test_deform_keeps_an_existing_folder(phantom_dir, result_dir, tmp_path, spin
                        "--seg", phantom_dir / "seg.nii.gz", "--out", out)
     assert_one_line_error(outcome)
     assert snapshot(out) == before
+
+
+def test_deform_refines_the_poses_jointly_against_the_xrays(phantom_dir, tmp_path):
+    """From the truth perturbed by ~1.5 deg / 1.5 mm per vertebra, the joint refinement against the
+    phantom's X-rays brings every vertebra back near the truth, and DRRs come with the folder.
+    (The library call behind the CLI, with fewer Adam steps than the default to keep it quick.)"""
+    from SpineRegistrationLib.core.metrics import mtre_mm, vertebra_points
+    from SpineRegistrationLib.deform.refine import JointRefineConfig
+    from SpineRegistrationLib.pipeline.deform import deform_from_result
+
+    truth = {name: np.array(v["matrix_ras"]) for name, v in
+             json.loads((phantom_dir / "truth.json").read_text())["vertebrae"].items()}
+    labelmap = read_labelmap(phantom_dir / "seg.nii.gz")
+    centres = centroids_ras(labelmap)
+    rng = np.random.default_rng(4)
+    offsets = {name: rng.uniform(-1.5, 1.5, 6) for name in truth}
+    folder = tmp_path / "result"
+    folder.mkdir()
+    starts = {name: params_to_matrix(offsets[name], truth[name][:3, :3] @ centres[name] + truth[name][:3, 3])
+              @ truth[name] for name in truth}
+    write_result_folder(folder, {}, [VertebraResult(name, starts[name], offsets[name], centres[name], 0.9, "pass",
+                                                    1.0, 10) for name in truth], {})
+    output = deform_from_result(folder, phantom_dir / "ct.nii.gz", phantom_dir / "seg.nii.gz",
+                                xrays=[phantom_dir / "AP.png", phantom_dir / "LAT.png"],
+                                geometries=[phantom_dir / "AP.json", phantom_dir / "LAT.json"],
+                                refine=JointRefineConfig(iterations=(15, 10)))
+    document = output.document
+    assert document["refined"] and document["views"] == ["AP", "LAT"] and set(output.drrs) == {"AP", "LAT"}
+    for name in truth:
+        points = vertebra_points(labelmap.volume.array == labelmap.labels[name], labelmap.volume)
+        before = mtre_mm(starts[name], truth[name], points)
+        after = mtre_mm(np.array(document["vertebrae"][name]["matrix_ras"]), truth[name], points)
+        assert before > 1.0 and after < 0.5 * before and after < 0.6, (name, before, after)
+        assert document["vertebrae"][name]["refinement"]["similarity_after"] >= \
+            document["vertebrae"][name]["refinement"]["similarity_before"]
+
+
+def test_deform_xrays_without_geometries_is_one_line(phantom_dir, result_dir, tmp_path, spinereg,
+                                                      assert_one_line_error):
+    outcome = spinereg("deform", "--result", result_dir, "--ct", phantom_dir / "ct.nii.gz", "--seg",
+                       phantom_dir / "seg.nii.gz", "--xray", phantom_dir / "AP.png", "--out", tmp_path / "out")
+    assert_one_line_error(outcome)
+    assert "geometr" in outcome.err
+    assert not (tmp_path / "out").exists()
