@@ -8,7 +8,8 @@ room by the starting poly-rigid field, rendered once per level) plus each verteb
 attenuation above tissue at its own pose. The similarity of each vertebra is taken where it
 projects (its dilated support), the objective is their mean over vertebrae and views, and
 Adam moves the se(3) offsets of all vertebrae together (differentiable DRRs). A vertebra
-whose own similarity ends lower than it started keeps its starting pose.
+whose own similarity ends lower than it started, or that would leave a trust region around
+its start (a vertebra at the CT's edge, barely in view, can drift), keeps its starting pose.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class JointRefineConfig:
     """pixel_mm: detector pixel size of each level (coarse to fine); iterations: Adam steps per
     level; lr_deg / lr_mm: Adam step sizes of the rotation (deg) and the translation (mm);
     dilate_mm: growth of each vertebra's projected support (mm at the detector); margin_mm:
-    the X-ray window around all projected vertebrae (mm at the detector)."""
+    the X-ray window around all projected vertebrae (mm at the detector); trust_deg / trust_mm:
+    a vertebra that the refinement would move further than this from its start (rotation, or
+    its centre) keeps its start: the refinement corrects a registration, it does not search."""
 
     pixel_mm: tuple[float, ...] = (2.0, 1.0)
     iterations: tuple[int, ...] = (30, 20)
@@ -45,6 +48,8 @@ class JointRefineConfig:
     lr_mm: float = 0.3
     dilate_mm: float = 4.0
     margin_mm: float = 20.0
+    trust_deg: float = 4.0
+    trust_mm: float = 4.0
 
 
 @dataclass
@@ -105,6 +110,8 @@ def refine_jointly(ct_hu: Volume, labelmap: Labelmap, poses: dict[str, np.ndarra
             weights = {name: [drr_support(renderers[name][i](start[name], d)[0, 0],
                                           max(1, round(config.dilate_mm / v.geometry.pixel_spacing[0])))
                               for i, (v, d) in enumerate(zip(views, detectors))] for name in names}
+        # Each vertebra's similarity is taken on the box of its weight only (zero elsewhere).
+        boxes = {name: [_support_box(w) for w in weights[name]] for name in names}
         rotation = torch.zeros(len(names), 3, device=device, requires_grad=True)
         translation = torch.zeros(len(names), 3, device=device, requires_grad=True)
         optimiser = torch.optim.Adam([{"params": [rotation], "lr": math.radians(config.lr_deg)},
@@ -118,7 +125,8 @@ def refine_jointly(ct_hu: Volume, labelmap: Labelmap, poses: dict[str, np.ndarra
             per_view = []
             for i, (detector, target) in enumerate(zip(detectors, targets)):
                 drr = backgrounds[i] + sum(renderers[n][i](matrices[k:k + 1], detector)[0, 0] for k, n in enumerate(names))
-                per_view.append(torch.stack([vertebra_similarity(drr, target, weights[n][i]) for n in names]))
+                per_view.append(torch.stack([vertebra_similarity(drr[boxes[n][i]], target[boxes[n][i]],
+                                                                 weights[n][i][boxes[n][i]]) for n in names]))
             return torch.stack(per_view).mean(0)
 
         with torch.no_grad():
@@ -134,7 +142,9 @@ def refine_jointly(ct_hu: Volume, labelmap: Labelmap, poses: dict[str, np.ndarra
         with torch.no_grad():
             moved = delta_pose(rotation, translation, centre_world, start_stack)
             final = similarities(moved)
-        better = final >= initial
+        better = (final >= initial) & torch.as_tensor(
+            [_within(moved[k].double().cpu().numpy(), start[n][0].double().cpu().numpy(), centres[n], config)
+             for k, n in enumerate(names)], device=final.device)
         start = {n: (moved[k:k + 1] if better[k] else start[n]).detach() for k, n in enumerate(names)}
         if level == len(config.pixel_mm) - 1:
             before = {n: float(initial[k]) for k, n in enumerate(names)}
@@ -142,6 +152,22 @@ def refine_jointly(ct_hu: Volume, labelmap: Labelmap, poses: dict[str, np.ndarra
     refined = {n: start[n][0].double().cpu().numpy() for n in names}
     kept = [n for n in names if np.allclose(refined[n], poses[n], atol=1e-6)]
     return JointRefinement(refined, before, after, kept)
+
+
+def _support_box(weight: torch.Tensor) -> tuple[slice, slice]:
+    """(rows, columns) slices of the box around a weight's nonzero pixels (the whole image when empty)."""
+    rows, cols = torch.nonzero(weight > 0, as_tuple=True)
+    if rows.numel() == 0:
+        return slice(None), slice(None)
+    return slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1)
+
+
+def _within(moved: np.ndarray, start: np.ndarray, centre_ras: np.ndarray, config: JointRefineConfig) -> bool:
+    """Whether ``moved`` stays within the trust region of ``start`` (rotation and centre shift)."""
+    relative = moved[:3, :3] @ start[:3, :3].T
+    angle = np.degrees(np.arccos(np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0)))
+    shift = np.linalg.norm((moved[:3, :3] - start[:3, :3]) @ centre_ras + moved[:3, 3] - start[:3, 3])
+    return bool(angle <= config.trust_deg and shift <= config.trust_mm)
 
 
 def _mean_centre(centres: dict[str, np.ndarray], poses: dict[str, np.ndarray]) -> np.ndarray:
