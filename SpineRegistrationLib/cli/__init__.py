@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "train": "train",
     "deform": "deform",
+    "train-deform": "train_deform",
 }
 
 

@@ -200,3 +200,38 @@ def hd95_mm(mask_a: np.ndarray, mask_b: np.ndarray, spacing_mm) -> float:
             distance_to, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)))
         distances.append(to_other[surface])
     return float(np.percentile(np.concatenate(distances), 95))
+
+
+def dice_per_label(a: np.ndarray, b: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
+    """Dice overlap 2|A∩B| / (|A| + |B|) of each label value between two (K, J, I) label arrays
+    on one grid (NaN where the label is in neither)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"label arrays differ in shape: {a.shape} vs {b.shape}")
+    out = {}
+    for label in labels:
+        in_a, in_b = a == label, b == label
+        total = int(in_a.sum()) + int(in_b.sum())
+        out[int(label)] = 2.0 * float(np.logical_and(in_a, in_b).sum()) / total if total else math.nan
+    return out
+
+
+def hd95_mm(mask_a: np.ndarray, mask_b: np.ndarray, spacing_mm) -> float:
+    """95th-percentile symmetric Hausdorff distance (mm) between the surfaces of two (K, J, I) masks
+    on one grid of (I, J, K) ``spacing_mm``; MONAI's compute_hausdorff_distance on the masks' joint
+    bounding box. inf when exactly one mask is empty, NaN when both are."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    mask_a, mask_b = np.asarray(mask_a, bool), np.asarray(mask_b, bool)
+    if not mask_a.any() and not mask_b.any():
+        return math.nan
+    if not (mask_a.any() and mask_b.any()):
+        return math.inf
+    either = mask_a | mask_b
+    box = tuple(slice(max(0, int(np.flatnonzero(either.any(axis=tuple(x for x in range(3) if x != axis)))[0]) - 1),
+                      int(np.flatnonzero(either.any(axis=tuple(x for x in range(3) if x != axis)))[-1]) + 2)
+                for axis in range(3))
+    tensors = [torch.as_tensor(m[box].astype(np.float32))[None, None] for m in (mask_a, mask_b)]
+    spacing_kji = [float(s) for s in np.asarray(spacing_mm, float)[::-1]]
+    return float(compute_hausdorff_distance(tensors[0], tensors[1], percentile=95, spacing=spacing_kji)[0, 0])

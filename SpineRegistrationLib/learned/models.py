@@ -25,7 +25,8 @@ def model_dirs() -> list[Path]:
 def shipped_model() -> Path | None:
     """The shipped pose-network weights (the first ``*.pt`` of :func:`model_dirs`), or None."""
     for folder in model_dirs():
-        models = sorted(folder.glob("*.pt"))
+        # deform_*.pt are the deformable network's (SpineRegistrationLib.deform.network), not pose networks.
+        models = sorted(p for p in folder.glob("*.pt") if not p.name.startswith("deform_"))
         if models:
             return models[0]
     return None

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the peer renderer DiffDRR (eigenvivek/DiffDRR) into the ACTIVE virtual environment,
 # for the peer cross-check test (Testing/unit/test_drr_peer.py, `pytest -m peer`) and the
-# benchmark (Testing/benchmarks/bench_drr.py).
+# benchmark (Testing/benchmarks/bench_drr.py), and itk-elastix for Testing/benchmarks/bench_deform_ct.py.
 #
 # Why not `pip install diffdrr`: DiffDRR's metadata requires torchvision (used only by
 # diffdrr.metrics) plus timm, pyvista[all], seaborn, imageio (registration/visualisation).
@@ -32,6 +32,8 @@ python -m pip install --no-deps "diffdrr==0.6.1"
 # pip then reports diffdrr's unmet requirements (torchvision, timm, kornia, roma, pyvista,
 # seaborn, imageio) as "dependency conflicts": expected, those modules are never imported.
 python -m pip install -c "${CONSTRAINTS}" fastcore torchio einops pandas scipy nibabel
+# The deformable CT-to-CT peer (Testing/benchmarks/bench_deform_ct.py): elastix's rigid + B-spline.
+python -m pip install -c "${CONSTRAINTS}" itk-elastix
 
 TORCH_AFTER="$(python -c 'import torch; print(torch.__version__)')"
 echo "torch after:  ${TORCH_AFTER}"

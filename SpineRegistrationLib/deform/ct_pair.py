@@ -1,0 +1,188 @@
+"""CT-to-CT registration: rigid / affine, then the learned deformable network, as one field.
+
+:func:`register_ct_pair` returns a :class:`~.field.DisplacementField` whose map
+y -> y + d(y) takes a fixed CT (world) RAS point to the moving CT RAS point it shows:
+
+    x = A (y + u(y))
+
+with A the affine stage's matrix (moving RAS <- fixed RAS, :mod:`.affine`) and u the
+network's diffeomorphic displacement between the fixed CT and the moving CT resampled
+through A (:mod:`.network`), optionally refined by instance optimisation (Adam on the
+network's velocity field against LNCC + bending energy, so it stays diffeomorphic).
+
+The field lives on the working grid: the network's spacing, RAS-aligned, over the fixed
+segmentation's box plus ``margin_mm`` (the whole fixed CT without one). Outside that grid
+the displacement is zero (ITK's convention), which is why the region keeps a margin
+around everything that is evaluated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.labelmap import Labelmap
+from ..core.volume import Volume
+from ..errors import InputError
+from .affine import AffineConfig, region_box, register_affine
+from .field import DisplacementField, available_memory_bytes
+from .grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
+
+#: Memory per working-grid node of the network's forward pass and instance optimisation
+#: (float32 activations of the full-resolution layers, their gradients, the warps), bytes;
+#: measured ~1.1 kB on a 96^3 grid, rounded up.
+BYTES_PER_NODE = 2048
+
+
+@dataclass
+class PairConfig:
+    """model: a deformable model file (None: the shipped one; ``deformable=False``: affine only).
+    affine: the first stage; margin_mm: around the fixed segmentation's box for the region.
+    instance_steps / instance_lr / instance_bending: test-time optimisation (0 steps: off).
+    memory_bytes: refuse working grids needing more (None: 75 % of the memory available now).
+    device: torch device of the network."""
+
+    model: Path | None = None
+    deformable: bool = True
+    affine: AffineConfig = dataclass_field(default_factory=lambda: AffineConfig(transform="rigid", similarity="ncc"))
+    margin_mm: float = 20.0
+    instance_steps: int = 0
+    instance_lr: float = 0.05
+    instance_bending: float = 0.5
+    memory_bytes: int | None = None
+    device: str = "cpu"
+
+
+def check_inputs(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None, moving_seg: Labelmap | None) -> None:
+    """InputError (one line) for segmentations off their CT's grid or empty, or CTs that do not overlap."""
+    from ..pipeline.inputs import check_same_grid
+
+    for seg, ct, what in ((fixed_seg, fixed, "fixed"), (moving_seg, moving, "moving")):
+        if seg is None:
+            continue
+        check_same_grid(seg, ct, f"the {what} segmentation")
+        if not seg.values:
+            raise InputError(f"the {what} segmentation is empty (no labelled voxel)")
+    (f_lo, f_hi), (m_lo, m_hi) = fixed.bounds_ras(), moving.bounds_ras()
+    if np.any(np.minimum(f_hi, m_hi) <= np.maximum(f_lo, m_lo)):
+        raise InputError(
+            f"the fixed and moving CTs do not overlap in RAS (fixed {np.round(f_lo).tolist()}..{np.round(f_hi).tolist()} "
+            f"mm, moving {np.round(m_lo).tolist()}..{np.round(m_hi).tolist()} mm): not the same patient's scanner frame?")
+
+
+def working_grid(fixed: Volume, fixed_seg: Labelmap | None, spacing_mm: float, multiple: int,
+                 margin_mm: float = 20.0, memory_bytes: int | None = None) -> Grid:
+    """The grid the network runs on (module docstring); InputError when it would not fit in memory."""
+    mask = None if fixed_seg is None else fixed_seg.volume.array > 0
+    lo, hi = region_box(fixed, mask, None, margin_mm)
+    grid = Grid.covering(lo, hi, spacing_mm, multiple)
+    budget = (available_memory_bytes() or 8 << 30) * 0.75 if memory_bytes is None else memory_bytes
+    need = grid.voxels * BYTES_PER_NODE
+    if need > budget:  # not field.check_memory: the network fixes the spacing, so the advice is a smaller region
+        side_mm = (budget / BYTES_PER_NODE) ** (1.0 / 3.0) * spacing_mm
+        raise InputError(
+            f"the registration region ({' x '.join(f'{e:.0f}' for e in hi - lo)} mm, a {grid.shape[::-1]} grid at "
+            f"{spacing_mm:g} mm) needs about {need / 2**30:.1f} GiB, {budget / 2**30:.1f} GiB is available: a region "
+            f"up to about {side_mm:.0f} mm per side would fit (crop the CTs, or give --fixed-seg to work around the spine)")
+    return grid
+
+
+def _velocity(network, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """VoxelMorph's half-resolution stationary velocity (B, 3, K/2, J/2, I/2), voxels of that grid
+    (the first half of MONAI's VoxelMorph.forward, kept apart so that it can be optimised)."""
+    x = network.backbone(torch.cat([moving, fixed], dim=1))
+    return F.interpolate(x, scale_factor=0.5, mode="trilinear", align_corners=True) * 2.0
+
+
+def _displacement(network, velocity: torch.Tensor) -> torch.Tensor:
+    """The second half of MONAI's VoxelMorph.forward: integrate, back to full resolution (voxels)."""
+    ddf = network.dvf2ddf(velocity) if network.diffeomorphic else velocity
+    return F.interpolate(ddf * 0.5, scale_factor=2.0, mode="trilinear", align_corners=True)
+
+
+def deformable_displacement(network, moving: torch.Tensor, fixed: torch.Tensor, instance_steps: int = 0,
+                            lr: float = 0.05, bending: float = 0.5) -> torch.Tensor:
+    """(1, 1, K, J, I) moving (already affinely aligned) and fixed in [0, 1] -> (1, 3, K, J, I)
+    displacement in voxels, with ``instance_steps`` of test-time optimisation of the velocity."""
+    with torch.no_grad():
+        velocity = _velocity(network, moving, fixed)
+    if instance_steps <= 0:
+        with torch.no_grad():
+            return _displacement(network, velocity)
+    from monai.losses import BendingEnergyLoss, LocalNormalizedCrossCorrelationLoss
+
+    lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=9)
+    bending_loss = BendingEnergyLoss()
+    velocity = velocity.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([velocity], lr=lr)
+    for p in network.parameters():
+        p.requires_grad_(False)
+    for _ in range(instance_steps):
+        ddf = _displacement(network, velocity)
+        loss = lncc(network.warp(moving, ddf), fixed) + bending * bending_loss(ddf)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return _displacement(network, velocity)
+
+
+def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None = None,
+                     moving_seg: Labelmap | None = None, config: PairConfig | None = None,
+                     network=None) -> tuple[DisplacementField, dict]:
+    """Register ``moving`` onto ``fixed`` (CTs in HU); returns the field (fixed RAS -> moving RAS)
+    and an info dict (the affine matrix, the grid, times in s). ``moving_seg`` is checked, not
+    used (the shipped network registers images); ``network``: an already loaded (module, config)."""
+    from .network import DeformModelConfig, load_network, shipped_network_path
+
+    config = config or PairConfig()
+    started = time.perf_counter()
+    check_inputs(fixed, moving, fixed_seg, moving_seg)
+    model_config, model_path = DeformModelConfig(), None
+    if config.deformable and network is None:
+        model_path = Path(config.model) if config.model is not None else shipped_network_path()
+        if model_path is None:
+            raise InputError("no deformable model is shipped in Resources/Models: train one (spinereg train-deform)")
+        network = load_network(model_path, config.device)
+    if network is not None:
+        network, model_config = network
+    grid = working_grid(fixed, fixed_seg, model_config.spacing_mm, model_config.multiple, config.margin_mm,
+                        config.memory_bytes)
+    lo, hi = grid.points_ras()[0, 0, 0].double().numpy(), grid.points_ras()[-1, -1, -1].double().numpy()
+    affine = register_affine(fixed, moving, config.affine, box_ras=(lo, hi))
+    matrix = torch.as_tensor(affine.matrix, dtype=torch.float32)
+    points = grid.points_ras()
+    info = {"matrix_moving_from_fixed": affine.matrix.tolist(), "affine": affine.info,
+            "grid": {"shape_ijk": list(grid.shape[::-1]), "spacing_mm": grid.spacing_mm,
+                     "origin_ras": grid.ijk_to_ras[:3, 3].tolist()},
+            "model": None if model_path is None else str(model_path), "instance_steps": 0}
+    displacement = torch.zeros(points.shape)
+    if network is not None:
+        tick = time.perf_counter()
+        with torch.no_grad():
+            fixed_image = hu_to_unit(volume_on_grid(fixed, grid))[None, None].to(config.device)
+            aligned = points @ matrix[:3, :3].T + matrix[:3, 3]
+            moving_image = hu_to_unit(volume_on_grid(moving, grid, points_ras=aligned))[None, None].to(config.device)
+        ddf = deformable_displacement(network, moving_image, fixed_image, config.instance_steps, config.instance_lr,
+                                      config.instance_bending)
+        displacement = voxel_to_ras_mm(ddf.cpu(), grid)[0]
+        info.update(deformable_s=time.perf_counter() - tick, instance_steps=config.instance_steps)
+    moved = (points + displacement).double() @ matrix.double()[:3, :3].T + matrix.double()[:3, 3]
+    field = DisplacementField((moved - points.double()).numpy(), grid.ijk_to_ras)
+    info["time_s"] = time.perf_counter() - started
+    return field, info
+
+
+def warp_labelmap(labelmap: Labelmap, field: DisplacementField, reference: Volume) -> Labelmap:
+    """The moving segmentation carried onto ``reference``'s grid (the fixed CT) through the field."""
+    from ..io.images import volume_to_image
+    from .field import warp_image
+    import SimpleITK as sitk
+
+    image = warp_image(volume_to_image(labelmap.volume), field, volume_to_image(reference), labels=True)
+    return Labelmap(Volume(sitk.GetArrayFromImage(image), reference.ijk_to_ras.copy()), labelmap.scheme)

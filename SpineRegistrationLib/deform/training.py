@@ -1,0 +1,295 @@
+"""Training the deformable network on synthetic pairs: loss, loop, checkpoints, resume, logs.
+
+Same habits as the pose network (:mod:`..learned.training`): ``train_deform`` runs
+``steps`` AdamW steps (one-cycle learning rate) on pairs from
+:class:`..synthetic.deformation_pairs.PairSource` crops and writes into ``out``:
+``checkpoint.pt`` every ``checkpoint_every`` steps, on Ctrl-C and at the end (``resume``
+continues with the same weights, optimiser, schedule and sample stream), ``model.pt``
+(:mod:`.network`'s model file), ``log.csv`` and ``config.json``. Under ``torchrun`` every
+process trains on its own sample stream with DistributedDataParallel; process 0 writes.
+
+Loss per pair (fixed F, moving M, displacement u, truth u*, labels one-hot S_F, S_M):
+
+    LNCC(M o u, F) + bending * BendingEnergy(u) + dice * Dice(S_M o u, S_F) + truth * |u - u*|^2
+
+(MONAI's LocalNormalizedCrossCorrelationLoss, BendingEnergyLoss, DiceLoss; u in voxels).
+The known-field term is what synthetic pairs offer and what makes CPU training converge in
+minutes; the image and Dice terms are what instance optimisation keeps at test time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..learned.checkpoint import read_payload, save_atomic
+from ..learned.training import _distributed
+from ..synthetic.deformation_pairs import DeformationConfig, PairSource
+from .network import CHECKPOINT_FORMAT, MODEL_FORMAT, DeformModelConfig, build_network, model_payload, network_from_payload, save_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+LOG_FILE = "log.csv"
+LOG_FIELDS = ("step", "loss", "lncc", "dice", "bending", "truth_mm", "lr", "pairs_per_s")
+MODEL_FORMATS = (MODEL_FORMAT, CHECKPOINT_FORMAT)
+#: Vertebrae one-hot encoded per crop (a 128 mm crop holds at most five).
+MAX_LABELS = 6
+
+
+@dataclass
+class TrainDeformConfig:
+    """One training run. crop: working-grid nodes per side of the training crops;
+    lncc_weight / bending_weight / dice_weight / truth_weight: the loss terms (module docstring);
+    other fields as :class:`..learned.training.TrainConfig`."""
+
+    out: Path
+    steps: int = 600
+    batch_size: int = 1
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    warmup: float = 0.05
+    crop: int = 48
+    lncc_weight: float = 1.0
+    bending_weight: float = 0.5
+    dice_weight: float = 1.0
+    truth_weight: float = 1.0
+    seed: int = 0
+    workers: int = 1
+    checkpoint_every: int = 50
+    log_every: int = 10
+    device: str = "cpu"
+    threads: int | None = None
+    resume: bool = False
+    init_model: Path | None = None
+    model: DeformModelConfig = field(default_factory=DeformModelConfig)
+    synthesis: DeformationConfig = field(default_factory=DeformationConfig)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "crop"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.crop % self.model.multiple:
+            raise InputError(f"crop must be a multiple of {self.model.multiple}, got {self.crop}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"lr must be > 0, got {self.lr!r}")
+
+    def to_json(self) -> dict:
+        values = asdict(self)
+        values.update(out=str(self.out), init_model=None if self.init_model is None else str(self.init_model),
+                      model=self.model.to_dict())
+        return values
+
+
+def _one_hot(labels: torch.Tensor, values: list[int]) -> torch.Tensor:
+    """(K, J, I) labels -> (MAX_LABELS + 1, K, J, I) float one-hot of ``values`` (background channel 0)."""
+    out = torch.zeros((MAX_LABELS + 1,) + labels.shape)
+    out[0] = 1.0
+    for channel, value in enumerate(values[:MAX_LABELS], start=1):
+        inside = labels == value
+        out[channel][inside] = 1.0
+        out[0][inside] = 0.0
+    return out
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """Batches for steps [start, stop) of a run: step s draws from a generator seeded by
+    (seed, rank, s), so a resumed run sees exactly the batches it would have seen."""
+
+    def __init__(self, sources: Sequence[PairSource], config: TrainDeformConfig, start: int, stop: int,
+                 rank: int = 0) -> None:
+        self.sources, self.config, self.start, self.stop, self.rank = list(sources), config, start, stop, rank
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.config.seed, self.rank, step])
+        samples = []
+        for _ in range(self.config.batch_size):
+            source = self.sources[int(rng.integers(len(self.sources)))]
+            pair = source.sample((self.config.crop,) * 3, rng, self.config.synthesis)
+            values = [int(v) for v in pair["moving_labels"].unique() if v != 0]
+            pair["fixed_onehot"] = _one_hot(pair.pop("fixed_labels"), values)
+            pair["moving_onehot"] = _one_hot(pair.pop("moving_labels"), values)
+            samples.append(pair)
+        return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        for step in range(self.start + worker, self.stop, workers):
+            yield self.batch(step)
+
+
+class DeformLoss(torch.nn.Module):
+    """The training loss (module docstring); returns (total, {term: value})."""
+
+    def __init__(self, config: TrainDeformConfig) -> None:
+        super().__init__()
+        from monai.losses import BendingEnergyLoss, DiceLoss, LocalNormalizedCrossCorrelationLoss
+        from monai.networks.blocks import Warp
+
+        self.config = config
+        self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=9)
+        self.bending = BendingEnergyLoss()
+        self.dice = DiceLoss(include_background=False)
+        self.warp = Warp(mode="bilinear", padding_mode="zeros")
+
+    def forward(self, warped, ddf, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.config
+        terms = {"lncc": self.lncc(warped, batch["fixed"]), "bending": self.bending(ddf)}
+        total = c.lncc_weight * terms["lncc"] + c.bending_weight * terms["bending"]
+        if c.dice_weight > 0:
+            terms["dice"] = self.dice(self.warp(batch["moving_onehot"], ddf), batch["fixed_onehot"])
+            total = total + c.dice_weight * terms["dice"]
+        error2 = ((ddf - batch["truth"]) ** 2).sum(1)
+        if c.truth_weight > 0:
+            total = total + c.truth_weight * error2.mean()
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        values["truth_mm"] = float(error2.detach().sqrt().mean()) * c.model.spacing_mm
+        return total, values
+
+
+def check_run(config: TrainDeformConfig) -> dict | None:
+    """The checkpoint to resume from (None for a fresh run); InputError when ``out`` does not fit."""
+    checkpoint = config.out / CHECKPOINT_FILE
+    if config.resume:
+        if not checkpoint.is_file():
+            raise InputError(f"nothing to resume: {checkpoint} does not exist")
+        payload = read_payload(checkpoint, (CHECKPOINT_FORMAT,))
+        planned = int(payload["train_config"]["steps"])
+        if planned != config.steps:
+            raise InputError(f"{checkpoint} belongs to a run of {planned} steps: resume it with --steps {planned}")
+        if int(payload["step"]) >= planned:
+            raise InputError(f"the run in {config.out} already finished its {planned} steps (model.pt is its result)")
+        return payload
+    if config.out.exists() and any(config.out.iterdir()):
+        raise InputError(f"{config.out} is not empty: pass --resume to continue the run in it, or choose a new --out")
+    if config.init_model is not None:
+        network_from_payload(read_payload(config.init_model, MODEL_FORMATS), config.init_model)
+    return None
+
+
+def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progress: bool = True) -> Path:
+    """Train (or resume, or fine-tune) the deformable network; returns model.pt's path.
+    Raises KeyboardInterrupt after saving a checkpoint when interrupted."""
+    rank, world, local_rank = _distributed()
+    device = torch.device(config.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    # The untrained network's displacements are tiny: their gradients through the scaling and
+    # squaring fall into denormal floats, which make CPU backward passes ~10x slower.
+    torch.set_flush_denormal(True)
+    payload = check_run(config) if rank == 0 else None
+    if world > 1:
+        torch.distributed.barrier()
+        payload = read_payload(config.out / CHECKPOINT_FILE) if config.resume else None
+    config.out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    model_config = config.model
+    if payload is not None:
+        network, model_config = network_from_payload(payload, config.out / CHECKPOINT_FILE)
+    elif config.init_model is not None:
+        network, model_config = network_from_payload(read_payload(config.init_model, MODEL_FORMATS),
+                                                     config.init_model)
+    else:
+        network = build_network(model_config)
+    network = network.to(device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
+                                                   pct_start=config.warmup)
+    start = 0
+    if payload is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["schedule"])
+        start = int(payload["step"])
+    net = network
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = DeformLoss(config)
+    stream = PairStream(sources, config, start, config.steps, rank)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
+                                         worker_init_fn=_one_thread, persistent_workers=False)
+    log_file = writer = None
+    if rank == 0:
+        (config.out / "config.json").write_text(json.dumps(config.to_json(), indent=2, default=str))
+        path = config.out / LOG_FILE
+        fresh = not (payload is not None and path.is_file())
+        log_file = open(path, "w" if fresh else "a", newline="")
+        writer = csv.DictWriter(log_file, LOG_FIELDS)
+        if fresh:
+            writer.writeheader()
+
+    def checkpoint(step: int) -> None:
+        if rank == 0:
+            save_atomic({**model_payload(network, model_config, {"step": step}), "format": CHECKPOINT_FORMAT,
+                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step,
+                         "train_config": config.to_json()}, config.out / CHECKPOINT_FILE)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, initial=start, desc="train-deform", unit="step", disable=not progress or rank != 0)
+    step, window, tick = start, [], time.perf_counter()
+    started = time.perf_counter()
+    try:
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            warped, ddf = net(batch["moving"], batch["fixed"])
+            loss, terms = loss_fn(warped, ddf, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            window.append({"loss": float(loss.detach()), **terms})
+            bar.update(1)
+            if rank == 0 and (step % config.log_every == 0 or step == config.steps):
+                now = time.perf_counter()
+                row = {"step": step, **{k: float(np.mean([w.get(k, np.nan) for w in window]))
+                                        for k in ("loss", "lncc", "dice", "bending", "truth_mm")},
+                       "lr": schedule.get_last_lr()[0],
+                       "pairs_per_s": len(window) * config.batch_size * world / max(now - tick, 1e-9)}
+                writer.writerow({k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in row.items()})
+                log_file.flush()
+                bar.set_postfix(truth_mm=f"{row['truth_mm']:.2f}", lncc=f"{row['lncc']:.3f}")
+                window, tick = [], now
+            if step % config.checkpoint_every == 0:
+                checkpoint(step)
+    except KeyboardInterrupt:
+        checkpoint(step)
+        raise
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+    checkpoint(step)
+    model_path = config.out / MODEL_FILE
+    if rank == 0:
+        save_model(network, model_config, model_path, {
+            "steps": step, "seed": config.seed, "pairs": step * config.batch_size * world,
+            "sources": [s.name for s in sources], "train_s_last_session": round(time.perf_counter() - started, 1),
+            "synthesis": asdict(config.synthesis)})
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return model_path
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
