@@ -17,6 +17,7 @@ Modules (each imports only those above it):
 - :mod:`.results`       a result folder read and put into the scene; reset; deformation
 - :mod:`.registration`  inputs checked by the library's validator, written for the CLI, run
 - :mod:`.views`         slice-view layout, DRR opacity, visibility
+- :mod:`.deformation`   the Deform step: ``spinereg deform`` on the scene's result, its folder into the scene
 
 Scene representation (DESIGN.md):
 
@@ -35,6 +36,9 @@ Scene representation (DESIGN.md):
 - Per view: the DRR of the registered vertebrae as a volume on the X-ray's plane (same
   IJKToRAS as the X-ray) for blending over it in a slice view.
 - A results table (vertebra, similarity, verdict, time).
+- After Deform: the displacement field as a grid transform node, the warped segmentation
+  as a segmentation node (closed surfaces in 3D; the rigid surfaces are then hidden) and,
+  per view, the DRR of the warped vertebrae, shown over the X-ray instead of the rigid DRR.
 
 Registration runs out of process: :func:`prepare_registration` checks the inputs and
 writes them to a work folder, :class:`RegistrationRun` runs ``spinereg register`` and,
@@ -49,11 +53,15 @@ from SpineRegistrationLib.methods import DEVICES, METHODS
 from .nodes import (
     ATTR_GEOMETRY,
     ATTR_GEOMETRY_FILE,
+    ATTR_RESULT,
     ATTR_ROLE,
     ATTR_VERTEBRA,
     ATTR_VIEW,
+    DEFORMATION_ROLES,
     RESULT_ROLES,
     ROLE_DEFORMATION,
+    ROLE_DEFORMED_DRR,
+    ROLE_DEFORMED_SEGMENTATION,
     ROLE_DRR,
     ROLE_MODEL,
     ROLE_ROI,
@@ -72,6 +80,7 @@ from .nodes import (
     matrix_of,
     nodes_with,
     region_color,
+    remove_node,
     require_untransformed,
     tag_node,
     transform_to_parent_of,
@@ -100,9 +109,23 @@ from .results import (
     results_table_rows,
     vertebra_surface,
 )
+from .deformation import (
+    DeformationInputs,
+    DeformationResult,
+    DeformationRun,
+    apply_deformation_result,
+    deform_arguments,
+    deformation_summary,
+    drr_arguments,
+    read_deform_document,
+    read_deformation_result,
+    scene_result_vertebrae,
+    write_deformation_inputs,
+)
 from .rois import ROI_MARGIN_MM, create_vertebra_rois, roi_box_ijk
 from .views import set_drr_opacity, set_results_visibility, show_xray_in_slice_view
 from .xrays import (
+    REF_DEFORMED_DRR,
     REF_DRR,
     REF_SOURCE,
     VIEWS,
@@ -110,10 +133,12 @@ from .xrays import (
     attach_geometry,
     check_view,
     check_xray_size,
+    deformed_drr_node_of,
     drr_node_of,
     geometry_of,
     load_xray,
     read_geometry_file,
+    shown_drr_node_of,
     source_node_of,
     xray_ijk_to_ras,
     xray_size,
@@ -123,17 +148,22 @@ from .xrays import (
 __all__ = [
     "ATTR_GEOMETRY",
     "ATTR_GEOMETRY_FILE",
+    "ATTR_RESULT",
     "ATTR_ROLE",
     "ATTR_VERTEBRA",
     "ATTR_VIEW",
+    "DEFORMATION_ROLES",
     "DEVICES",
     "DRR_COLOR_NAME",
     "METHODS",
+    "REF_DEFORMED_DRR",
     "REF_DRR",
     "REF_SOURCE",
     "RESULT_ROLES",
     "ROI_MARGIN_MM",
     "ROLE_DEFORMATION",
+    "ROLE_DEFORMED_DRR",
+    "ROLE_DEFORMED_SEGMENTATION",
     "ROLE_DRR",
     "ROLE_MODEL",
     "ROLE_ROI",
@@ -145,6 +175,9 @@ __all__ = [
     "XRAY_SLAB_MM",
     "CheckedInputs",
     "CliProcess",
+    "DeformationInputs",
+    "DeformationResult",
+    "DeformationRun",
     "ProgressEvent",
     "RegistrationInputs",
     "RegistrationResult",
@@ -153,6 +186,7 @@ __all__ = [
     "add_segmentation_node",
     "add_volume_node",
     "apply_deformation",
+    "apply_deformation_result",
     "apply_registration_result",
     "attach_geometry",
     "available_commands",
@@ -160,6 +194,10 @@ __all__ = [
     "check_view",
     "check_xray_size",
     "create_vertebra_rois",
+    "deform_arguments",
+    "deformation_summary",
+    "deformed_drr_node_of",
+    "drr_arguments",
     "drr_node_of",
     "fill_volume_node",
     "first_node",
@@ -173,17 +211,22 @@ __all__ = [
     "parse_progress_line",
     "prepare_registration",
     "python_command",
+    "read_deform_document",
+    "read_deformation_result",
     "read_geometry_file",
     "read_registration_result",
     "region_color",
+    "remove_node",
     "register_arguments",
     "require_untransformed",
     "reset_results",
     "results_table_rows",
     "roi_box_ijk",
+    "scene_result_vertebrae",
     "set_drr_opacity",
     "set_results_visibility",
     "show_xray_in_slice_view",
+    "shown_drr_node_of",
     "source_node_of",
     "tag_node",
     "transform_to_parent_of",
@@ -191,6 +234,7 @@ __all__ = [
     "vertebra_names",
     "vertebra_surface",
     "volume_of",
+    "write_deformation_inputs",
     "write_registration_inputs",
     "xray_ijk_to_ras",
     "xray_size",

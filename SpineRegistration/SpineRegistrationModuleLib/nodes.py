@@ -29,14 +29,20 @@ ATTR_VIEW = "SpineRegistration.View"
 ATTR_VERTEBRA = "SpineRegistration.Vertebra"
 ATTR_GEOMETRY = "SpineRegistration.Geometry"
 ATTR_GEOMETRY_FILE = "SpineRegistration.GeometryFile"
+#: On a vertebra's registration transform: its result.json entry (JSON), so that the scene
+#: alone can be written back as a result folder (:mod:`.deformation`).
+ATTR_RESULT = "SpineRegistration.Result"
 
 #: ATTR_ROLE values.
 ROLE_XRAY, ROLE_SOURCE, ROLE_DRR = "xray", "source", "drr"
 ROLE_ROI, ROLE_TRANSFORM, ROLE_MODEL, ROLE_TABLE, ROLE_DEFORMATION = (
     "roi", "transform", "model", "results-table", "deformation",
 )
+ROLE_DEFORMED_SEGMENTATION, ROLE_DEFORMED_DRR = "deformed-segmentation", "deformed-drr"
+#: Nodes of the Deform step (grid transform, warped segmentation, DRRs of the warped vertebrae).
+DEFORMATION_ROLES = (ROLE_DEFORMATION, ROLE_DEFORMED_SEGMENTATION, ROLE_DEFORMED_DRR)
 #: Nodes that hold a result (removed by :func:`.results.reset_results`).
-RESULT_ROLES = (ROLE_DRR, ROLE_TRANSFORM, ROLE_MODEL, ROLE_TABLE, ROLE_DEFORMATION)
+RESULT_ROLES = (ROLE_DRR, ROLE_TRANSFORM, ROLE_MODEL, ROLE_TABLE) + DEFORMATION_ROLES
 
 #: Display colours of vertebrae (segments, boxes, surfaces), by region (RGB in [0, 1]).
 _REGION_COLOR = {"C": (0.95, 0.75, 0.35), "T": (0.55, 0.8, 0.95), "L": (0.95, 0.85, 0.55), "S": (0.8, 0.6, 0.9)}
@@ -92,6 +98,16 @@ def tag_node(node, role: str, **attributes: str) -> None:
         node.SetAttribute(ATTR_VIEW, attributes["view"])
     if "vertebra" in attributes:
         node.SetAttribute(ATTR_VERTEBRA, attributes["vertebra"])
+
+
+def remove_node(scene, node) -> None:
+    """Remove ``node`` and its display nodes (the scene leaves a removed node's display nodes behind)."""
+    displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] if hasattr(node, "GetNumberOfDisplayNodes") else []
+    if scene.IsNodePresent(node):
+        scene.RemoveNode(node)
+    for display in displays:
+        if display is not None and scene.IsNodePresent(display):
+            scene.RemoveNode(display)
 
 
 def require_untransformed(node, what: str) -> None:

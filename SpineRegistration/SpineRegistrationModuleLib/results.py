@@ -13,6 +13,7 @@ and a results table.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.io import Labelmap
 from SpineRegistrationLib.io.results import RESULT_FILE, ResultFolder, VertebraResult, read_result_folder
 
-from .nodes import ATTR_ROLE, RESULT_ROLES, ROLE_DEFORMATION, ROLE_DRR, ROLE_MODEL, ROLE_TABLE, ROLE_TRANSFORM
+from .nodes import ATTR_RESULT, ATTR_ROLE, DEFORMATION_ROLES, RESULT_ROLES, ROLE_DEFORMATION, ROLE_DRR, ROLE_MODEL
+from .nodes import ROLE_TABLE, ROLE_TRANSFORM, remove_node
 from .nodes import SceneChange, fill_volume_node, ijk_to_ras_of, nodes_with, region_color, tag_node
 from .nodes import transform_to_parent_of
 from .xrays import REF_DRR, VIEWS, drr_node_of, xray_size
@@ -178,7 +180,9 @@ def apply_registration_result(scene, result: RegistrationResult, xrays: dict, la
     matrixTransformToParent = matrix_ras, and (with ``labelmap``) the vertebra's surface
     model under it. Per view with a DRR: a volume ``<view> DRR`` with the X-ray's
     IJKToRAS, referenced from the X-ray node. Plus the results table. Nodes of an earlier
-    run are updated in place. Returns {"transforms": {...}, "models": {...}, "drrs": {...},
+    run are updated in place; the nodes of an earlier Deform step (:mod:`.deformation`) are
+    removed, since they were made from the poses this result replaces. Each transform
+    node keeps its vertebra's result.json entry in ATTR_RESULT. Returns {"transforms": {...}, "models": {...}, "drrs": {...},
     "table": node}.
     """
     # Everything that can fail on bad input happens before the scene changes.
@@ -198,6 +202,7 @@ def apply_registration_result(scene, result: RegistrationResult, xrays: dict, la
                 ROLE_TRANSFORM, slicer.vtkMRMLLinearTransformNode, f"{name} registration", display=False, vertebra=name
             )
             transform.SetMatrixTransformToParent(vtkMatrixFromArray(vertebra.matrix_ras))
+            transform.SetAttribute(ATTR_RESULT, json.dumps(vertebra.to_json()))
             created["transforms"][name] = transform
             if name in surfaces:
                 created["models"][name] = _update_surface_model(change, name, surfaces[name], transform)
@@ -215,6 +220,9 @@ def apply_registration_result(scene, result: RegistrationResult, xrays: dict, la
             _style_drr(drr, array, _drr_color_node(scene, change))
             created["drrs"][view] = drr
         created["table"] = _update_results_table(change, result)
+        for role in DEFORMATION_ROLES:  # stale now; removed last, once nothing can fail
+            for node in nodes_with(scene, role):
+                remove_node(scene, node)
     return created
 
 
@@ -306,7 +314,7 @@ def reset_results(scene) -> int:
     removed = 0
     for node in nodes_with(scene):
         if node.GetAttribute(ATTR_ROLE) in RESULT_ROLES and scene.IsNodePresent(node):
-            scene.RemoveNode(node)
+            remove_node(scene, node)
             removed += 1
     return removed
 

@@ -1,5 +1,7 @@
-"""Slice-view layout and display: an X-ray in its detector plane with its DRR blended over it,
-DRR opacity, visibility of the moved surfaces and of the X-ray planes in 3D.
+"""Slice-view layout and display: an X-ray in its detector plane with its DRR blended over it
+(the deformed vertebrae's DRR once Deform ran, else the rigid result's), DRR opacity,
+visibility of the moved segmentation (the warped segmentation once Deform ran, else the
+rigidly moved surfaces) and of the X-ray planes in 3D.
 
 Works on the slice and slice-composite nodes of the scene (found by layout name, "Red",
 "Yellow", ...), so it needs no layout manager: a headless scene has no views unless made.
@@ -14,8 +16,9 @@ from slicer.util import vtkMatrixFromArray
 
 from SpineRegistrationLib.errors import InputError
 
-from .nodes import ROLE_DRR, ROLE_MODEL, ROLE_SOURCE, ROLE_XRAY, nodes_with
-from .xrays import XRAY_SLAB_MM, drr_node_of, geometry_of
+from .nodes import ROLE_DEFORMED_DRR, ROLE_DEFORMED_SEGMENTATION, ROLE_DRR, ROLE_MODEL, ROLE_SOURCE, ROLE_XRAY
+from .nodes import nodes_with
+from .xrays import XRAY_SLAB_MM, geometry_of, shown_drr_node_of
 
 
 def _view_node(scene, class_name: str, layout_name: str):
@@ -33,7 +36,8 @@ def _composite_nodes(scene) -> list:
 
 
 def show_xray_in_slice_view(scene, layout_name: str, xray_node, opacity: float = 0.5, visible_in_3d: bool = True):
-    """Show an X-ray (background) and its DRR (foreground, ``opacity``) in the slice view
+    """Show an X-ray (background) and its DRR (foreground, ``opacity``; the deformed
+    vertebrae's DRR when Deform made one, see :func:`.xrays.shown_drr_node_of`) in the slice view
     ``layout_name`` ("Red", "Yellow", ...), with the view lying in the detector plane:
     screen x along the columns (u), screen y up = against the rows (-v), so the image
     appears as stored (row 0 on top). With ``visible_in_3d`` the slice shows in 3D views,
@@ -47,7 +51,7 @@ def show_xray_in_slice_view(scene, layout_name: str, xray_node, opacity: float =
     composite = _view_node(scene, "vtkMRMLSliceCompositeNode", layout_name)
     if slice_node is None or composite is None:
         return None
-    drr = drr_node_of(xray_node)
+    drr = shown_drr_node_of(xray_node)
     composite.SetBackgroundVolumeID(xray_node.GetID())
     composite.SetForegroundVolumeID(drr.GetID() if drr is not None else None)
     composite.SetForegroundOpacity(float(opacity))
@@ -67,16 +71,23 @@ def show_xray_in_slice_view(scene, layout_name: str, xray_node, opacity: float =
 
 def set_drr_opacity(scene, opacity: float) -> None:
     """Foreground opacity of every slice view that shows a DRR over an X-ray."""
-    drr_ids = {node.GetID() for node in nodes_with(scene, ROLE_DRR)}
+    drr_ids = {node.GetID() for role in (ROLE_DRR, ROLE_DEFORMED_DRR) for node in nodes_with(scene, role)}
     for composite in _composite_nodes(scene):
         if composite.GetForegroundVolumeID() in drr_ids:
             composite.SetForegroundOpacity(float(opacity))
 
 
 def set_results_visibility(scene, moved_segmentation: bool | None = None, xray_planes: bool | None = None) -> None:
-    """Show or hide the moved vertebra surfaces, and the X-ray planes (slice views in 3D) with their sources."""
+    """Show or hide the moved segmentation, and the X-ray planes (slice views in 3D) with their sources.
+
+    The moved segmentation is the warped segmentation of the Deform step when there is one
+    (the rigidly moved surfaces are then hidden: inside each vertebra both are the same pose,
+    and two coinciding surfaces only flicker), else the rigidly moved vertebra surfaces.
+    """
     if moved_segmentation is not None:
-        _set_visibility(nodes_with(scene, ROLE_MODEL), moved_segmentation)
+        deformed = nodes_with(scene, ROLE_DEFORMED_SEGMENTATION)
+        _set_visibility(deformed, moved_segmentation)
+        _set_visibility(nodes_with(scene, ROLE_MODEL), moved_segmentation and not deformed)
     if xray_planes is not None:
         xray_ids = {node.GetID() for node in nodes_with(scene, ROLE_XRAY)}
         for composite in _composite_nodes(scene):

@@ -6,7 +6,7 @@ detector pixel (column i, row j) in world RAS mm, so the X-ray shows where it wa
 the 3D view. Its :class:`~SpineRegistrationLib.geometry.XrayGeometry` (the
 ``spinereg-xray-geometry`` JSON) rides in the node attribute ATTR_GEOMETRY; its focal spot
 is a locked markups point referenced as REF_SOURCE, its DRR (made by :mod:`.results`) is
-referenced as REF_DRR.
+referenced as REF_DRR, the DRR of the deformed vertebrae (:mod:`.deformation`) as REF_DEFORMED_DRR.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ VIEWS = ("AP", "LAT")
 
 #: Node reference roles from an X-ray node to its source point and its DRR.
 REF_SOURCE, REF_DRR = "spineregSource", "spineregDRR"
+#: Reference from an X-ray node to the DRR of the deformed vertebrae (shown instead of REF_DRR's).
+REF_DEFORMED_DRR = "spineregDeformedDRR"
 
 #: Thickness given to the X-ray's single slice along the detector normal (mm). Only its
 #: display in slice views depends on it (the slice plane must cut the slab).
@@ -91,8 +93,18 @@ def source_node_of(xray_node):
 
 
 def drr_node_of(xray_node):
-    """The DRR volume shown over an X-ray, or None."""
+    """The DRR volume of the rigid result over an X-ray, or None."""
     return xray_node.GetNodeReference(REF_DRR) if xray_node is not None else None
+
+
+def deformed_drr_node_of(xray_node):
+    """The DRR volume of the deformed vertebrae over an X-ray (see :mod:`.deformation`), or None."""
+    return xray_node.GetNodeReference(REF_DEFORMED_DRR) if xray_node is not None else None
+
+
+def shown_drr_node_of(xray_node):
+    """The DRR a slice view blends over the X-ray: the deformed one when there is one, else the rigid one."""
+    return deformed_drr_node_of(xray_node) or drr_node_of(xray_node)
 
 
 def xray_size(xray_node) -> tuple[int, int]:
