@@ -70,9 +70,12 @@ class SpineRegistration(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Registers a spine CT and its vertebra segmentation to intraoperative AP and LAT X-rays,
 one vertebra at a time: a learned dual-view pose estimate refined by matching digitally
-reconstructed radiographs (DRRs), then a smooth deformation. Each X-ray is shown on its
-detector plane, the DRR of the registered vertebrae is blended over it, and the moved
-vertebrae are shown in 3D.
+reconstructed radiographs (DRRs). Each X-ray is shown on its detector plane, the DRR of
+the registered vertebrae is blended over it, and the moved vertebrae are shown in 3D.
+Deform then turns the vertebra poses into one smooth spine-wide deformation (rigid inside
+each vertebra; the vertebrae not registered follow their neighbours): it appears as a grid
+transform, the warped segmentation is shown in 3D and its DRR over the X-rays, and the
+status line reports the Jacobian folding and the rigid residual.
 See <a href="https://github.com/SpineRegistration/SpineRegistration">the documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -135,7 +138,7 @@ class SpineRegistrationParameterNode:
     method - auto (learned, then intensity refinement), learned or intensity.
     device - auto (the command's default), cpu or cuda.
     drrOpacity - opacity of the DRR blended over each X-ray.
-    showSegmentation3D - show the moved vertebra surfaces in 3D.
+    showSegmentation3D - show the moved segmentation in 3D (the warped one once Deform ran).
     showXrayPlanes3D - show the X-ray planes and their sources in 3D.
     """
 
@@ -168,6 +171,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None
+        self._runKind = None  # "register" or "deform"
         self._updatingVertebrae = False
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
@@ -333,11 +337,15 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         with slicer.util.tryWithErrorDisplay(_("Registration could not start."), waitCursor=True):
             self._run = self.logic.startRegistration(self._parameterNode)
-            self.ui.progressBar.setVisible(True)
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Registering ...")
-            self._pollTimer.start()
+            self._startPolling("register", _("Registering ..."))
         self.onParameterNodeModified()
+
+    def _startPolling(self, kind: str, text: str) -> None:
+        self._runKind = kind
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = text
+        self._pollTimer.start()
 
     def onPollRun(self) -> None:
         """GUI timer: show the background run's progress; apply its result when it ends."""
@@ -354,17 +362,29 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         self._pollTimer.stop()
         self._run = None
+        deforming = self._runKind == "deform"
+        self.ui.progressBar.value = 0
         try:
-            with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-                made = self.logic.finishRegistration(run, self._parameterNode)
-                self.ui.resultsTableView.setMRMLTableNode(made["table"])
+            with slicer.util.tryWithErrorDisplay(
+                _("Deformation failed.") if deforming else _("Registration failed."), waitCursor=True
+            ):
+                if deforming:
+                    made = self.logic.finishDeformation(run, self._parameterNode)
+                    self.ui.statusLabel.text = made["summary"]
+                else:
+                    made = self.logic.finishRegistration(run, self._parameterNode)
+                    self.ui.resultsTableView.setMRMLTableNode(made["table"])
+                    self.ui.statusLabel.text = _("Registered {count} vertebrae in {seconds:.0f} s.").format(
+                        count=len(made["transforms"]), seconds=run.process.elapsed_s
+                    )
                 self.ui.progressBar.value = 100
-                self.ui.statusLabel.text = _("Registered {count} vertebrae in {seconds:.0f} s.").format(
-                    count=len(made["transforms"]), seconds=run.process.elapsed_s
-                )
         finally:
             if self.ui.progressBar.value != 100:
-                self.ui.statusLabel.text = _("Registration failed; the scene is unchanged.")
+                self.ui.statusLabel.text = (
+                    _("Deformation failed; the scene is unchanged.") if deforming
+                    else _("Registration failed; the scene is unchanged.")
+                )
+            self._runKind = None
             self.ui.progressBar.setVisible(False)
             self.onParameterNodeModified()
 
@@ -375,13 +395,18 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         with slicer.util.WaitCursor():
             self._run.cancel()
         self._run = None
+        self._runKind = None
         self.ui.progressBar.setVisible(False)
         self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
         self.onParameterNodeModified()
 
     def onDeform(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Deformable registration failed."), waitCursor=True):
-            self.logic.deform(self._parameterNode)
+        if not self.ensureDependencies(self.logic):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Deformation could not start."), waitCursor=True):
+            self._run = self.logic.startDeformation(self._parameterNode)
+            self._startPolling("deform", _("Deforming ..."))
+        self.onParameterNodeModified()
 
     def onReset(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Reset failed."), waitCursor=True):
@@ -589,14 +614,44 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             return False, _("Deformable registration is not in the installed SpineRegistration library yet.")
         if not self.scene().nodes_with(slicer.mrmlScene, self.scene().ROLE_TRANSFORM):
             return False, _("Register first: the deformation starts from the rigid result.")
-        return True, _("Deformable refinement of the registered segmentation.")
+        return True, _(
+            "Turn the registered vertebra poses into one smooth deformation of the whole spine "
+            "(runs in the background): grid transform, warped segmentation in 3D, its DRR over the X-rays."
+        )
 
-    def deform(self, parameterNode) -> None:
+    def deformationInputs(self, parameterNode):
+        return self.scene().DeformationInputs(
+            ct_node=parameterNode.ctVolume,
+            segmentation_node=parameterNode.segmentation,
+            xrays={"AP": parameterNode.apXray, "LAT": parameterNode.latXray},
+            device=parameterNode.device,
+        )
+
+    def startDeformation(self, parameterNode):
+        """Write the scene's registration result, CT and segmentation out and start
+        ``spinereg deform`` (then the DRRs of the warped vertebrae) in the background.
+        Raises ValueError (nothing started, scene unchanged) when it cannot run."""
         available, why = self.deformationAvailable()
         if not available:
             raise ValueError(why)
-        # `spinereg deform` writes a displacement-field transform; its options are not fixed yet.
-        raise ValueError(_("Deformable registration is not wired in this module version yet."))
+        return self.scene().DeformationRun(
+            slicer.mrmlScene, self.deformationInputs(parameterNode), python=self.pythonExecutable(),
+            work_dir=slicer.app.temporaryPath,
+        ).start()
+
+    def finishDeformation(self, run, parameterNode) -> dict:
+        """Put a finished deformation into the scene and show it; ValueError if it failed.
+        Returns {"transform", "segmentation", "drrs", "summary", "document"}."""
+        made = run.finish(slicer.mrmlScene)
+        self.showXrays(parameterNode.apXray, parameterNode.latXray, parameterNode.drrOpacity)
+        self.applyDisplaySettings(parameterNode.drrOpacity, parameterNode.showSegmentation3D, parameterNode.showXrayPlanes3D)
+        return made
+
+    def deform(self, parameterNode, callback=None, timeoutSeconds: float | None = None) -> dict:
+        """Blocking Deform (scripts, the self-test): start, wait, apply."""
+        run = self.startDeformation(parameterNode)
+        run.wait(timeout_s=timeoutSeconds, callback=callback)
+        return self.finishDeformation(run, parameterNode)
 
     def reset(self) -> int:
         return self.scene().reset_results(slicer.mrmlScene)
@@ -635,10 +690,12 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
 class SpineRegistrationTest(ScriptedLoadableModuleTest):
     """End to end in Slicer: generate the phantom, load it through the module, register it
     with ``spinereg register`` in the background and compare each vertebra's pose with
-    truth.json (mean target registration error over the vertebra's voxels < 2 mm).
+    truth.json (mean target registration error over the vertebra's voxels < 2 mm); then
+    Deform: a grid transform, the warped segmentation, a DRR per view, no folding.
     """
 
     MAX_MTRE_MM = 2.0
+    MAX_FOLDING_PERCENT = 0.05
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -684,6 +741,15 @@ class SpineRegistrationTest(ScriptedLoadableModuleTest):
                 drr = scene.drr_node_of(nodes[view])
                 self.assertIsNotNone(drr)
                 self.assertEqual(drr.GetImageData().GetDimensions(), nodes[view].GetImageData().GetDimensions())
+
+            self.delayDisplay("Deforming")
+            deformed = logic.deform(parameterNode, callback=lambda event: logging.info(event.line), timeoutSeconds=1800)
+            self.delayDisplay(deformed["summary"])
+            self.assertTrue(deformed["transform"].IsA("vtkMRMLGridTransformNode"))
+            self.assertEqual(deformed["segmentation"].GetSegmentation().GetNumberOfSegments(), len(SAMPLE_VERTEBRAE))
+            self.assertLess(deformed["document"]["jacobian"]["folding_percent"], self.MAX_FOLDING_PERCENT)
+            for view in scene.VIEWS:
+                self.assertIs(scene.shown_drr_node_of(nodes[view]), deformed["drrs"][view])
             self.delayDisplay("Test passed")
         finally:
             shutil.rmtree(folder, ignore_errors=True)

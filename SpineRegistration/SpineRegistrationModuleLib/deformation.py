@@ -534,9 +534,9 @@ class DeformationRun:
         finally:
             self._cleanup()
 
-    def run(self, scene=None, callback=None, timeout_s: float | None = None, interval_s: float = 0.1) -> dict:
-        """start, wait (``callback(event)`` per progress line) and finish, blocking."""
-        self.start()
+    def wait(self, timeout_s: float | None = None, callback=None, interval_s: float = 0.1) -> None:
+        """Block until every step ended, calling ``callback(event)`` per progress event; on
+        TimeoutError (``timeout_s`` passed) or any other exception the run is cancelled."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             while True:
@@ -554,6 +554,11 @@ class DeformationRun:
         except BaseException:
             self.cancel()
             raise
+
+    def run(self, scene=None, callback=None, timeout_s: float | None = None) -> dict:
+        """start, wait and finish, blocking."""
+        self.start()
+        self.wait(timeout_s, callback)
         return self.finish(scene)
 
     def _cleanup(self) -> None:
