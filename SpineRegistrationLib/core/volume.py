@@ -70,6 +70,19 @@ class Volume:
             raise ValueError(f"array shape {array.shape} does not match volume shape {self.array.shape}")
         return Volume(array, self.ijk_to_ras.copy())
 
+    def cropped(self, start_ijk, stop_ijk) -> "Volume":
+        """The voxels [start, stop) (i, j, k, stop exclusive, clipped to the array) in the same RAS place.
+
+        The array is a view of this one (no copy): copy it before writing to it.
+        """
+        start = np.clip(np.asarray(start_ijk, dtype=int), 0, None)
+        stop = np.minimum(np.asarray(stop_ijk, dtype=int), np.array(self.shape_ijk))
+        if np.any(stop <= start):
+            raise ValueError(f"the box {start.tolist()}..{stop.tolist()} does not overlap the volume of size {self.shape_ijk}")
+        shift = np.eye(4)
+        shift[:3, 3] = start
+        return Volume(self.array[start[2] : stop[2], start[1] : stop[1], start[0] : stop[0]], self.ijk_to_ras @ shift)
+
 
 def bounding_box_ijk(mask: np.ndarray, margin_vox: int | tuple[int, int, int] = 0) -> tuple[np.ndarray, np.ndarray]:
     """Voxel box around a (K, J, I) mask, grown by ``margin_vox`` and clipped to the array.

@@ -108,33 +108,30 @@ class DRRRenderer(nn.Module):
         samples_per_chunk: int = 1 << 23,
     ) -> None:
         super().__init__()
-        array = np.asarray(mu.array, dtype=np.float32)
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
-            if mask.shape != array.shape:
-                raise ValueError(f"mask shape {mask.shape} does not match volume shape {array.shape}")
+            if mask.shape != mu.array.shape:
+                raise ValueError(f"mask shape {mask.shape} does not match volume shape {mu.array.shape}")
             if not mask.any():
                 raise ValueError("mask is empty: nothing to render")
-            array = np.where(mask, array, 0.0).astype(np.float32)
             if roi_ijk is None:
                 roi_ijk = bounding_box_ijk(mask)
-        lo_ijk = np.zeros(3, dtype=int)
-        if roi_ijk is not None:
-            lo_ijk = np.clip(np.asarray(roi_ijk[0], dtype=int), 0, None)
-            hi_ijk = np.minimum(np.asarray(roi_ijk[1], dtype=int), np.array(mu.shape_ijk))
-            if np.any(hi_ijk <= lo_ijk):
-                raise ValueError(f"ROI {roi_ijk} does not overlap the volume of size {mu.shape_ijk}")
-            array = array[lo_ijk[2] : hi_ijk[2], lo_ijk[1] : hi_ijk[1], lo_ijk[0] : hi_ijk[0]]
-        # Cropping shifts index 0 to the ROI corner; block averaging scales the index and
-        # centres new voxel 0 on old index (f - 1) / 2.
+        # Crop first, then mask: only the ROI's voxels are touched, never the whole CT.
+        box = mu if roi_ijk is None else mu.cropped(*roi_ijk)
+        array = np.asarray(box.array, dtype=np.float32)
+        if mask is not None:
+            box_mask = mask if roi_ijk is None else mu.with_array(mask).cropped(*roi_ijk).array
+            array = np.where(box_mask, array, np.float32(0.0))
+        # Block averaging scales the index and centres new voxel 0 on old index (f - 1) / 2
+        # (the crop's own matrix already puts index 0 at the ROI corner).
         factors = np.broadcast_to(np.asarray(downsample), (3,))
         if not (np.issubdtype(factors.dtype, np.integer) and (factors >= 1).all()):
             raise ValueError(f"downsample must be integers >= 1 (one, or one per i, j, k axis), got {downsample}")
         factors = factors.astype(int)
         index_map = np.diag([*factors.astype(float), 1.0])
-        index_map[:3, 3] = lo_ijk + (factors - 1) / 2.0
+        index_map[:3, 3] = (factors - 1) / 2.0
         array = _block_mean(array, tuple(factors))
-        crop_ijk_to_ras = mu.ijk_to_ras @ index_map
+        crop_ijk_to_ras = box.ijk_to_ras @ index_map
         self.register_buffer("mu", torch.from_numpy(np.ascontiguousarray(array))[None, None])
         self.register_buffer("ras_to_ijk", torch.as_tensor(np.linalg.inv(crop_ijk_to_ras), dtype=torch.float32))
         self.register_buffer("crop_ijk_to_ras", torch.as_tensor(crop_ijk_to_ras, dtype=torch.float32))

@@ -71,7 +71,6 @@ class VertebraDRR:
         self.context_roi = (bounding_box_ijk(mask, np.ceil(context_mm / mu.spacing_mm).astype(int))
                             if context_mm > 0 else None)
         self.mu, self.mask, self.device, self.full_depth = mu, mask, device, full_depth
-        self._volumes: dict[str, Volume] = {}
         self._renderers: dict[tuple[str, int, int], DRRRenderer] = {}
         self.center_ras = mask_center_ras(mask, mu)
         start, stop = self.roi
@@ -98,22 +97,28 @@ class VertebraDRR:
                 start, stop = (np.array(bound) for bound in self.context_roi)
                 if full_depth:  # the whole CT along the beam
                     start[axis], stop[axis] = 0, self.mu.shape_ijk[axis]
-                renderer = DRRRenderer(self._volume(what), roi_ijk=(start, stop), downsample=factors)
             else:
-                renderer = DRRRenderer(self._volume(what), mask=self.mask, roi_ijk=self.roi, downsample=factors)
+                start, stop = self.roi
+            volume, mask = self._volume(what, start, stop)
+            renderer = DRRRenderer(volume, mask=None if what in ("context", "background") else mask,
+                                   roi_ijk=((0, 0, 0), volume.shape_ijk), downsample=factors)
             self._renderers[key] = renderer.to(self.device)
         detectors = Detectors.from_geometries([geometry], device=poses.device)
         return self._renderers[key](poses, detectors)[:, 0]
 
-    def _volume(self, what: str) -> Volume:
-        """The CT as ``what`` renders it: whole ("context", "vertebra"), the vertebra replaced by
-        soft tissue ("background"), or the vertebra's attenuation above soft tissue ("excess")."""
+    def _volume(self, what: str, start_ijk, stop_ijk) -> tuple[Volume, np.ndarray]:
+        """The CT inside the voxel box [start, stop) as ``what`` renders it, and the vertebra's mask there.
+
+        As it is ("context", "vertebra"), the vertebra replaced by soft tissue ("background"),
+        or the vertebra's attenuation above soft tissue ("excess"). Only the box is split,
+        never the whole CT.
+        """
+        box = self.mu.cropped(start_ijk, stop_ijk)
+        mask = self.mu.with_array(self.mask).cropped(start_ijk, stop_ijk).array
         if what in ("context", "vertebra"):
-            return self.mu
-        if not self._volumes:
-            background, excess = tissue_split(self.mu.array, [self.mask], float(hu_to_mu(np.float32(SOFT_TISSUE_HU))))
-            self._volumes = {"background": self.mu.with_array(background), "excess": self.mu.with_array(excess)}
-        return self._volumes[what]
+            return box, mask
+        background, excess = tissue_split(box.array, [mask], float(hu_to_mu(np.float32(SOFT_TISSUE_HU))))
+        return box.with_array(background if what == "background" else excess), mask
 
     def background(self, pose: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
         """(1, 4, 4) -> (rows, columns): the context without the vertebra (soft tissue in its place), fixed."""

@@ -176,6 +176,26 @@ def test_mask_and_roi_render_only_the_vertebra():
     assert masked.sum() < 0.9 * render_drr(volume, geometry).sum()
 
 
+
+def test_a_cropped_volume_renders_as_the_renderer_s_own_roi():
+    """Volume.cropped keeps the voxels in their RAS place: rendering the crop (masked, block-averaged)
+    is rendering the whole volume with that ROI."""
+    volume = smooth_volume()
+    mask = np.zeros(volume.array.shape, bool)
+    mask[10:25, 12:30, 8:22] = True
+    start, stop = (5, 9, 7), (31, 33, 29)
+    crop = volume.cropped(start, stop)
+    assert crop.shape_ijk == (26, 24, 22)
+    np.testing.assert_allclose(crop.ijk_to_ras_points(np.zeros(3)), volume.ijk_to_ras_points(np.array(start, float)))
+    detectors = Detectors.from_geometries([ap_geometry()])
+    whole = DRRRenderer(volume, mask=mask, roi_ijk=(start, stop), downsample=(2, 1, 3))
+    cropped = DRRRenderer(crop, mask=volume.with_array(mask).cropped(start, stop).array,
+                          roi_ijk=((0, 0, 0), crop.shape_ijk), downsample=(2, 1, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(cropped(torch.eye(4)[None], detectors), whole(torch.eye(4)[None], detectors))
+    with pytest.raises(ValueError, match="does not overlap"):
+        volume.cropped((50, 0, 0), (60, 10, 10))
+
 def test_hu_to_mu():
     np.testing.assert_allclose(hu_to_mu(np.array([-1000.0, -1200.0, 0.0, 1000.0])), [0, 0, 0.0206, 0.0412], rtol=1e-6)
 
