@@ -61,7 +61,7 @@ from SpineRegistrationLib.io.deform_folder import (
 )
 from SpineRegistrationLib.io.geometry_json import save_geometry
 from SpineRegistrationLib.io.jsonfile import read_json
-from SpineRegistrationLib.io.results import VertebraResult, write_result_folder
+from SpineRegistrationLib.io.results import VertebraResult, drr_name, write_result_folder
 
 from .nodes import (
     ATTR_RESULT,
@@ -242,8 +242,10 @@ def read_deform_document(out_dir) -> dict:
 
 def read_deformation_result(out_dir, drrs: dict | None = None) -> DeformationResult:
     """Read deform.json, displacement.h5 (through vtkMRMLTransformStorageNode, as a grid
-    transform) and warped_seg.seg.nrrd; ``drrs`` (view -> array) is passed through.
-    InputError (one line) for a missing or unreadable file."""
+    transform) and warped_seg.seg.nrrd. drrs: view -> array of the warped vertebrae's DRRs;
+    None: the folder's own ``drr_<VIEW>.nrrd`` (``spinereg deform --xray`` writes them, of the
+    registered vertebrae at their refined poses), if any. InputError (one line) for a
+    missing or unreadable file."""
     folder = Path(out_dir)
     document = read_deform_document(folder)
     field_path = folder / FIELD_FILE
@@ -259,7 +261,9 @@ def read_deformation_result(out_dir, drrs: dict | None = None) -> DeformationRes
     labelmap = read_labelmap(segmentation_path)
     if not labelmap.labels:
         raise InputError(f"{WARPED_SEGMENTATION_FILE} holds no vertebra")
-    return DeformationResult(folder, document, transform, labelmap, dict(drrs or {}), scratch)
+    if drrs is None:
+        drrs = {view: _read_image_with_mrml(folder / drr_name(view)) for view in VIEWS if (folder / drr_name(view)).is_file()}
+    return DeformationResult(folder, document, transform, labelmap, dict(drrs), scratch)
 
 
 def deformation_summary(document: dict) -> str:
@@ -271,6 +275,8 @@ def deformation_summary(document: dict) -> str:
     text = f"Deformed {len(vertebrae)} vertebrae"
     if inferred:
         text += f" ({', '.join(inferred)} followed {'its' if len(inferred) == 1 else 'their'} neighbours)"
+    if document.get("refined"):
+        text += ", poses refined against the X-rays"
     text += (f": folding {jacobian['folding_percent']:.4f} % (Jacobian determinant {jacobian['min']:.3f}.."
              f"{jacobian['max']:.3f}, SDlogJ {jacobian['sdlogj']:.3f})")
     if residuals:

@@ -247,6 +247,25 @@ def test_deform_folder_becomes_a_grid_transform_a_segmentation_and_a_summary(sce
     assert not any(logic.nodes_with(scene, role) for role in logic.DEFORMATION_ROLES)
 
 
+def test_drrs_a_deform_folder_holds_are_shown_over_the_xrays(scene, registered, deform_dir, phantom_dir, tmp_path):
+    """``spinereg deform --xray`` writes drr_<VIEW>.nrrd itself: loading the folder shows them."""
+    from SpineRegistrationLib.io import read_xray, write_xray
+
+    folder = tmp_path / "deformed"
+    shutil.copytree(deform_dir, folder)
+    image = read_xray(phantom_dir / "LAT.png").array * 0.25
+    write_xray(image, folder / "drr_LAT.nrrd")
+    document = json.loads((folder / "deform.json").read_text())
+    document["refined"] = True
+    (folder / "deform.json").write_text(json.dumps(document))
+    made = logic.apply_deformation_result(scene, logic.read_deformation_result(folder), registered["ct"],
+                                          registered["seg"], {view: registered[view] for view in logic.VIEWS})
+    assert list(made["drrs"]) == ["LAT"] and "poses refined against the X-rays" in made["summary"]
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(made["drrs"]["LAT"])[0], image, rtol=1e-6)
+    assert logic.shown_drr_node_of(registered["LAT"]) is made["drrs"]["LAT"]
+    assert logic.deformed_drr_node_of(registered["AP"]) is None
+
+
 @pytest.mark.parametrize("damage", ["no field", "no segmentation", "no deform.json", "other format", "bad field",
                                     "wrong DRR size"])
 def test_a_broken_deform_folder_leaves_the_scene_unchanged(scene, registered, deform_dir, tmp_path, damage):
