@@ -53,6 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     poses.add_argument("--geometry", action="append", metavar="G.json", default=suppress,
                        help="the matching X-ray's spinereg-xray-geometry JSON (or 'dicom'); repeat per view")
     poses.add_argument("--invert", action="store_true", help="the X-rays are stored bone-dark")
+    poses.add_argument("--no-refine", action="store_true",
+                       help="with --xray: keep the result's poses as they are, only write the DRRs")
     poses.add_argument("--device", default="cpu", help="torch device of the refinement: cpu, cuda or auto")
     _add_pair_arguments(parser)
     common = parser.add_argument_group("common")
@@ -114,7 +116,7 @@ def _run_poses(args: argparse.Namespace) -> int:
     with staged_output_dir(args.out, args.overwrite) as staging:
         output = deform_from_result(args.result, args.ct, args.seg, args.label_scheme, config,
                                     xrays=getattr(args, "xray", ()), geometries=getattr(args, "geometry", ()),
-                                    invert=args.invert, device=args.device,
+                                    invert=args.invert, refine_poses=not args.no_refine, device=args.device,
                                     progress=lambda stage: print(f"deform: {stage}", file=sys.stderr, flush=True))
         paths = write_deform_folder(staging, output.field, output.warped, output.document, output.drrs)
     document = output.document

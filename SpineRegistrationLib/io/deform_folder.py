@@ -7,7 +7,8 @@ Both modes (from vertebra poses, CT to CT) write the same files:
   segmentation's) parent it shows them at the operating-room pose;
 - ``warped_seg.nii.gz`` and ``warped_seg.seg.nrrd``: the segmentation moved by the field,
   on the CT's grid in world coordinates (load it without a parent transform);
-- ``drr_<VIEW>.nrrd`` (when X-rays were given): the vertebrae's DRR at their final poses, for overlays;
+- ``drr_<VIEW>.nrrd`` (when X-rays were given): the DRR of every vertebra at its final pose (the
+  warped segmentation's DRR, the field being rigid inside each vertebra), for overlays;
 - ``deform.json``: the mode, the inputs, the field's grid, its Jacobian statistics and
   per-vertebra figures (residuals, Dice, ...), the time.
 """

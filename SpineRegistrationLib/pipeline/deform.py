@@ -51,16 +51,17 @@ class DeformOutput:
 def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volume, seg: str | Path | Labelmap,
                        label_scheme: str = "auto", config: PolyRigidConfig | None = None,
                        xrays: Sequence = (), geometries: Sequence = (), invert: bool = False,
-                       refine: JointRefineConfig | None = None, device: str = "cpu",
+                       refine: JointRefineConfig | None = None, refine_poses: bool = True, device: str = "cpu",
                        progress: Callable[[str], None] | None = None) -> DeformOutput:
     """The poly-rigid deformation of ``seg`` from the poses in ``result``; InputError for bad input.
 
     xrays / geometries: optional X-rays (files or arrays, bone bright unless ``invert``) and
     their geometries (files or XrayGeometry), as ``spinereg register`` takes them: the poses
     of the registered vertebrae are then refined jointly against them first
-    (:mod:`..deform.refine`, with ``refine`` or its defaults), and the DRRs of the vertebrae at
-    the final poses come back in ``drrs``. progress: called with a short stage name as the
-    work goes (refine, field, jacobian, warping), once the inputs are read and checked.
+    (:mod:`..deform.refine`, with ``refine`` or its defaults; not when ``refine_poses`` is False), and the DRRs of every vertebra at
+    its final pose (the field is rigid inside each, so this is the warped segmentation's DRR)
+    come back in ``drrs``. progress: called with a short stage name as the work goes
+    ("refine 0%" ... "refine 100%", field, jacobian, warping), once the inputs are read and checked.
     """
     config = config or PolyRigidConfig()
     say = progress or (lambda stage: None)
@@ -79,11 +80,17 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
     check_memory(int(np.prod(np.floor(extent / config.spacing_mm) + 1)), BYTES_PER_NODE, config.spacing_mm)
 
     refinement = None
-    if case is not None:
-        say("refine")
+    if case is not None and refine_poses:
         start_field = polyrigid_field(labelmap, poses, config).field
+        shown = [-1]
+
+        def refine_progress(fraction: float) -> None:  # "refine 40%" every 10 %
+            if int(10 * fraction) > shown[0]:
+                shown[0] = int(10 * fraction)
+                say(f"refine {10 * shown[0]}%")
+
         refinement = refine_jointly(ct_volume, labelmap, poses, start_field, case.xrays, case.geometries,
-                                    refine, case.device)
+                                    refine, case.device, progress=refine_progress)
         registered = {name: refinement.poses[name] for name in poses}
         del start_field
     else:
@@ -112,7 +119,7 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
         "views": [] if case is None else case.views,
         "time_s": round(time.perf_counter() - started, 3),
     }
-    drrs = {} if case is None else dict(zip(case.views, render_vertebra_drrs(case, registered)))
+    drrs = {} if case is None else dict(zip(case.views, render_vertebra_drrs(case, built.poses)))
     return DeformOutput(built.field, warped, document, drrs)
 
 

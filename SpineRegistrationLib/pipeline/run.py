@@ -92,8 +92,8 @@ def iter_register_case(
 
 
 def render_vertebra_drrs(case: CaseInputs, poses: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Per view, the sum of the vertebrae's DRRs at ``poses`` (name -> matrix_ras): (rows,
-    columns) float32 optical depth, the X-ray's size."""
+    """Per view, the sum of the vertebrae's DRRs at ``poses`` (name -> matrix_ras, any vertebra of
+    the segmentation): (rows, columns) float32 optical depth, the X-ray's size."""
     import torch
 
     from ..render.drr import Detectors, DRRRenderer
@@ -101,7 +101,8 @@ def render_vertebra_drrs(case: CaseInputs, poses: dict[str, np.ndarray]) -> list
     images = [np.zeros((g.rows, g.columns), np.float32) for g in case.geometries]
     detectors = [Detectors.from_geometries([g], device=case.device) for g in case.geometries]
     for name, matrix in poses.items():
-        renderer = DRRRenderer(case.mu, mask=case.mask(name)).to(case.device)
+        mask = case.labelmap.volume.array == case.labelmap.labels[name]
+        renderer = DRRRenderer(case.mu, mask=mask).to(case.device)
         pose = torch.as_tensor(matrix, dtype=torch.float32, device=case.device)[None]
         with torch.no_grad():
             for image, detector in zip(images, detectors):

@@ -159,3 +159,25 @@ def test_deform_xrays_without_geometries_is_one_line(phantom_dir, result_dir, tm
     assert_one_line_error(outcome)
     assert "geometr" in outcome.err
     assert not (tmp_path / "out").exists()
+
+
+def test_deform_with_xrays_and_no_refine_writes_the_warped_vertebrae_drrs(phantom_dir, result_dir, tmp_path, spinereg):
+    """--no-refine keeps the poses and writes the DRR of every vertebra (L2 too, which followed its
+    neighbours) at its pose, the X-ray's size."""
+    from SpineRegistrationLib.io import read_xray
+
+    out = tmp_path / "deformed"
+    result = spinereg("deform", "--result", result_dir, "--ct", phantom_dir / "ct.nii.gz", "--seg",
+                      phantom_dir / "seg.nii.gz", "--xray", phantom_dir / "AP.png", "--geometry", phantom_dir / "AP.json",
+                      "--xray", phantom_dir / "LAT.png", "--geometry", phantom_dir / "LAT.json", "--no-refine",
+                      "--out", out)
+    assert result.code == 0, result.err
+    document = json.loads((out / "deform.json").read_text())
+    assert not document["refined"] and "refined against" not in result.out
+    for name, params in POSES.items():
+        np.testing.assert_allclose(document["vertebrae"][name]["matrix_ras"],
+                                   params_to_matrix(np.array(params), centroids_ras(read_labelmap(phantom_dir / "seg.nii.gz"))[name]),
+                                   atol=1e-6)
+    drr = read_xray(out / "drr_AP.nrrd").array
+    xray = read_xray(phantom_dir / "AP.png").array
+    assert drr.shape == xray.shape and drr.max() > 0
