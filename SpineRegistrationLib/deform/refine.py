@@ -9,7 +9,8 @@ attenuation above tissue at its own pose. The similarity of each vertebra is tak
 projects (its dilated support), the objective is their mean over vertebrae and views, and
 Adam moves the se(3) offsets of all vertebrae together (differentiable DRRs). A vertebra
 whose own similarity ends lower than it started, or that would leave a trust region around
-its start (a vertebra at the CT's edge, barely in view, can drift), keeps its starting pose.
+its start (a vertebra at the CT's edge, barely in view, drifts 6-14 deg / 9-11 mm on the real CT,
+where the right corrections of a +-2 deg / +-2 mm start turn up to 5 deg / 3 mm), keeps its starting pose.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class JointRefineConfig:
     lr_mm: float = 0.3
     dilate_mm: float = 4.0
     margin_mm: float = 20.0
-    trust_deg: float = 4.0
-    trust_mm: float = 4.0
+    trust_deg: float = 8.0
+    trust_mm: float = 5.0
 
 
 @dataclass
