@@ -85,9 +85,9 @@ def pair_sources(args: argparse.Namespace, spacing_mm: float) -> list:
             raise InputError(f"--phantoms must be >= 1, got {args.phantoms}")
         sources = []
         for seed in range(args.phantom_seed, args.phantom_seed + args.phantoms):
-            # Phantoms at half the working spacing (at most 1 mm): averaged onto the working grid
+            # Phantoms at half the working spacing: averaged onto the working grid
             # as a patient's CT is, so the network never sees sharper edges than at inference.
-            config = dataclasses.replace(varied_phantom_config(seed), spacing_mm=min(1.0, spacing_mm / 2.0))
+            config = dataclasses.replace(varied_phantom_config(seed), spacing_mm=spacing_mm / 2.0)
             phantom = generate_phantom(config)
             sources.append(PairSource(phantom.ct, Labelmap(phantom.labels, "verse"), spacing_mm, f"phantom-{seed}"))
         return sources

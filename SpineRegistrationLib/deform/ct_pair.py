@@ -52,7 +52,7 @@ class PairConfig:
     affine: AffineConfig = dataclass_field(default_factory=lambda: AffineConfig(transform="rigid", similarity="ncc"))
     margin_mm: float = 20.0
     instance_steps: int = 0
-    instance_lr: float = 0.05
+    instance_lr: float = 0.2
     instance_bending: float = 0.5
     memory_bytes: int | None = None
     device: str = "cpu"
@@ -106,7 +106,7 @@ def _displacement(network, velocity: torch.Tensor) -> torch.Tensor:
 
 
 def deformable_displacement(network, moving: torch.Tensor, fixed: torch.Tensor, instance_steps: int = 0,
-                            lr: float = 0.05, bending: float = 0.5) -> torch.Tensor:
+                            lr: float = 0.2, bending: float = 0.5) -> torch.Tensor:
     """(1, 1, K, J, I) moving (already affinely aligned) and fixed in [0, 1] -> (1, 3, K, J, I)
     displacement in voxels, with ``instance_steps`` of test-time optimisation of the velocity."""
     with torch.no_grad():
@@ -116,6 +116,7 @@ def deformable_displacement(network, moving: torch.Tensor, fixed: torch.Tensor, 
             return _displacement(network, velocity)
     from monai.losses import BendingEnergyLoss, LocalNormalizedCrossCorrelationLoss
 
+    torch.set_flush_denormal(True)  # tiny gradients through the integration: see training.py
     lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=9)
     bending_loss = BendingEnergyLoss()
     velocity = velocity.clone().requires_grad_(True)
