@@ -72,10 +72,17 @@ Registers a spine CT and its vertebra segmentation to intraoperative AP and LAT 
 one vertebra at a time: a learned dual-view pose estimate refined by matching digitally
 reconstructed radiographs (DRRs). Each X-ray is shown on its detector plane, the DRR of
 the registered vertebrae is blended over it, and the moved vertebrae are shown in 3D.
-Deform then turns the vertebra poses into one smooth spine-wide deformation (rigid inside
-each vertebra; the vertebrae not registered follow their neighbours): it appears as a grid
-transform, the warped segmentation is shown in 3D and its DRR over the X-rays, and the
-status line reports the Jacobian folding and the rigid residual.
+Deform then turns the registration into one smooth spine-wide deformation, in one
+background run (progress bar, Cancel). From the vertebra poses: the registered vertebrae's
+poses are first refined jointly against the AP and LAT X-rays (uncheck "Refine poses
+against the X-rays" to keep them as registered), then the field is built rigid inside
+each vertebra (the vertebrae not registered follow their neighbours). With a second CT
+chosen (e.g. taken in the operating room), Deform instead registers the CT and its
+segmentation to that CT (rigid, then a learned deformable network). Either way the field
+appears as a grid transform, the warped segmentation is shown in 3D and, from the poses,
+the DRR of every vertebra at its final pose over the X-rays; the status line reports the
+Jacobian folding and the rigid residual and how far the refinement moved the poses (or,
+CT to CT, the stages and the Dice deform.json has).
 See <a href="https://github.com/SpineRegistration/SpineRegistration">the documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -140,6 +147,8 @@ class SpineRegistrationParameterNode:
     drrOpacity - opacity of the DRR blended over each X-ray.
     showSegmentation3D - show the moved segmentation in 3D (the warped one once Deform ran).
     showXrayPlanes3D - show the X-ray planes and their sources in 3D.
+    secondCtVolume - optional second CT (operating room): Deform registers the CT to it instead.
+    refinePoses - Deform refines the registered poses against the X-rays first.
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
@@ -152,6 +161,8 @@ class SpineRegistrationParameterNode:
     drrOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showSegmentation3D: bool = True
     showXrayPlanes3D: bool = True
+    secondCtVolume: vtkMRMLScalarVolumeNode
+    refinePoses: bool = True
 
 
 #
@@ -265,9 +276,10 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.cancelButton.enabled = running
         self.ui.resetButton.enabled = not running
         self.ui.loadXraysButton.enabled = not running
-        canDeform, why = self.logic.deformationAvailable()
+        canDeform, why = self.logic.deformationAvailable(p)
         self.ui.deformButton.enabled = canDeform and not running
         self.ui.deformButton.toolTip = why
+        self.ui.refinePosesCheckBox.enabled = p.secondCtVolume is None  # CT to CT uses no X-ray
         self.logic.applyDisplaySettings(p.drrOpacity, p.showSegmentation3D, p.showXrayPlanes3D)
 
     # ------------------------------------------------------------------ inputs
@@ -606,17 +618,23 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             raise
         return self.finishRegistration(run, parameterNode)
 
-    def deformationAvailable(self) -> tuple[bool, str]:
-        """(whether Deform can run, a tooltip saying why not)."""
+    def deformationAvailable(self, parameterNode=None) -> tuple[bool, str]:
+        """(whether Deform can run, a tooltip saying what it will do or why it cannot)."""
         if self.missingDependencies():
             return False, _("Install the SpineRegistration library first (Register asks).")
         if "deform" not in self.scene().available_commands():
             return False, _("Deformable registration is not in the installed SpineRegistration library yet.")
+        if parameterNode is not None and parameterNode.secondCtVolume is not None:
+            return True, _(
+                "Deform the CT and its segmentation onto the second CT (rigid, then the learned deformable "
+                "network; runs in the background): grid transform, warped segmentation in 3D."
+            )
         if not self.scene().nodes_with(slicer.mrmlScene, self.scene().ROLE_TRANSFORM):
-            return False, _("Register first: the deformation starts from the rigid result.")
+            return False, _("Register first (or choose a second CT): the deformation starts from the rigid result.")
         return True, _(
-            "Turn the registered vertebra poses into one smooth deformation of the whole spine "
-            "(runs in the background): grid transform, warped segmentation in 3D, its DRR over the X-rays."
+            "Turn the registered vertebra poses, refined against the X-rays unless unchecked, into one smooth "
+            "deformation of the whole spine (runs in the background): grid transform, warped segmentation in 3D, "
+            "the DRR of every vertebra at its final pose over the X-rays."
         )
 
     def deformationInputs(self, parameterNode):
@@ -624,14 +642,16 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             ct_node=parameterNode.ctVolume,
             segmentation_node=parameterNode.segmentation,
             xrays={"AP": parameterNode.apXray, "LAT": parameterNode.latXray},
+            refine=parameterNode.refinePoses,
+            second_ct_node=parameterNode.secondCtVolume,
             device=parameterNode.device,
         )
 
     def startDeformation(self, parameterNode):
-        """Write the scene's registration result, CT and segmentation out and start
-        ``spinereg deform`` (then the DRRs of the warped vertebrae) in the background.
-        Raises ValueError (nothing started, scene unchanged) when it cannot run."""
-        available, why = self.deformationAvailable()
+        """Write the scene's registration result, CT, segmentation and X-rays (or, with a
+        second CT chosen, both CTs and the segmentation) out and start ``spinereg deform`` in
+        the background. Raises ValueError (nothing started, scene unchanged) when it cannot run."""
+        available, why = self.deformationAvailable(parameterNode)
         if not available:
             raise ValueError(why)
         return self.scene().DeformationRun(
@@ -691,7 +711,8 @@ class SpineRegistrationTest(ScriptedLoadableModuleTest):
     """End to end in Slicer: generate the phantom, load it through the module, register it
     with ``spinereg register`` in the background and compare each vertebra's pose with
     truth.json (mean target registration error over the vertebra's voxels < 2 mm); then
-    Deform: a grid transform, the warped segmentation, a DRR per view, no folding.
+    Deform (poses refined against the X-rays): a grid transform, the warped segmentation, a
+    DRR per view, no folding, the refinement within its trust region.
     """
 
     MAX_MTRE_MM = 2.0
@@ -724,6 +745,8 @@ class SpineRegistrationTest(ScriptedLoadableModuleTest):
             parameterNode = logic.getParameterNode()
             parameterNode.vertebrae = []
             parameterNode.method = "auto"
+            parameterNode.refinePoses = True
+            parameterNode.secondCtVolume = None
             made = logic.register(parameterNode, callback=lambda event: logging.info(event.line), timeoutSeconds=1800)
 
             truth = json.loads(Path(folder, "truth.json").read_text())["vertebrae"]
@@ -748,6 +771,8 @@ class SpineRegistrationTest(ScriptedLoadableModuleTest):
             self.assertTrue(deformed["transform"].IsA("vtkMRMLGridTransformNode"))
             self.assertEqual(deformed["segmentation"].GetSegmentation().GetNumberOfSegments(), len(SAMPLE_VERTEBRAE))
             self.assertLess(deformed["document"]["jacobian"]["folding_percent"], self.MAX_FOLDING_PERCENT)
+            self.assertTrue(deformed["document"]["refined"])
+            self.assertIn("poses refined against the X-rays", deformed["summary"])
             for view in scene.VIEWS:
                 self.assertIs(scene.shown_drr_node_of(nodes[view]), deformed["drrs"][view])
             self.delayDisplay("Test passed")

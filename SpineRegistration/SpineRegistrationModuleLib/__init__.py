@@ -14,10 +14,11 @@ Modules (each imports only those above it):
 - :mod:`.nodes`         matrices, node tagging, :class:`SceneChange`, volume and segmentation nodes
 - :mod:`.xrays`         X-ray nodes on their detector planes, geometry, windowing, sources
 - :mod:`.rois`          vertebra ROI boxes
-- :mod:`.results`       a result folder read and put into the scene; reset; deformation
+- :mod:`.results`       a result folder read and put into the scene; reset
 - :mod:`.registration`  inputs checked by the library's validator, written for the CLI, run
 - :mod:`.views`         slice-view layout, DRR opacity, visibility
-- :mod:`.deformation`   the Deform step: ``spinereg deform`` on the scene's result, its folder into the scene
+- :mod:`.deformation`   the Deform step: ``spinereg deform`` from the scene's result and X-rays, or from
+                        the CT to a second CT; its folder into the scene
 
 Scene representation (DESIGN.md):
 
@@ -98,11 +99,13 @@ from .registration import (
     prepare_registration,
     register_arguments,
     write_registration_inputs,
+    write_xray_inputs,
+    xray_arguments,
+    xray_inputs,
 )
 from .results import (
     DRR_COLOR_NAME,
     RegistrationResult,
-    apply_deformation,
     apply_registration_result,
     read_registration_result,
     reset_results,
@@ -114,11 +117,15 @@ from .deformation import (
     DeformationResult,
     DeformationRun,
     apply_deformation_result,
+    MODE_PAIR,
+    MODE_POSES,
+    REFINE_SPAN,
     deform_arguments,
+    deform_progress,
     deformation_summary,
-    drr_arguments,
     read_deform_document,
     read_deformation_result,
+    refinement_summary,
     scene_result_vertebrae,
     write_deformation_inputs,
 )
@@ -156,6 +163,9 @@ __all__ = [
     "DEVICES",
     "DRR_COLOR_NAME",
     "METHODS",
+    "MODE_PAIR",
+    "MODE_POSES",
+    "REFINE_SPAN",
     "REF_DEFORMED_DRR",
     "REF_DRR",
     "REF_SOURCE",
@@ -185,7 +195,6 @@ __all__ = [
     "SceneChange",
     "add_segmentation_node",
     "add_volume_node",
-    "apply_deformation",
     "apply_deformation_result",
     "apply_registration_result",
     "attach_geometry",
@@ -195,9 +204,9 @@ __all__ = [
     "check_xray_size",
     "create_vertebra_rois",
     "deform_arguments",
+    "deform_progress",
     "deformation_summary",
     "deformed_drr_node_of",
-    "drr_arguments",
     "drr_node_of",
     "fill_volume_node",
     "first_node",
@@ -215,6 +224,7 @@ __all__ = [
     "read_deformation_result",
     "read_geometry_file",
     "read_registration_result",
+    "refinement_summary",
     "region_color",
     "remove_node",
     "register_arguments",
@@ -236,7 +246,10 @@ __all__ = [
     "volume_of",
     "write_deformation_inputs",
     "write_registration_inputs",
+    "write_xray_inputs",
+    "xray_arguments",
     "xray_ijk_to_ras",
+    "xray_inputs",
     "xray_size",
     "xray_window",
 ]

@@ -1,24 +1,36 @@
-"""The Deform step: ``spinereg deform`` on the scene's registration result, and its output in the scene.
+"""The Deform step: ``spinereg deform`` in the background, and its output folder in the scene.
 
-After Register, the scene holds one linear transform per vertebra (``<name> registration``,
-matrixTransformToParent = matrix_ras). :class:`DeformationRun` writes those poses back as a
-``spinereg register`` result folder (through the library's own writer, so the schema has one
-home; each transform node keeps its result.json entry in ATTR_RESULT, the pose itself is read
-from the node, so a pose the user adjusted is the one deformed), writes the CT and its
-segmentation beside it, and runs in the background, as Register does (:mod:`.process`)::
+Two modes, one background process each (:mod:`.process`), one kind of result:
 
-    spinereg deform --result <work>/result --ct <work>/input/ct.nii.gz --seg <work>/input/seg.nii.gz --out <work>/output
+**From the vertebra poses** (after Register). The scene holds one linear transform per
+vertebra (``<name> registration``, matrixTransformToParent = matrix_ras). :class:`DeformationRun`
+writes those poses back as a ``spinereg register`` result folder (through the library's own
+writer, so the schema has one home; each transform node keeps its result.json entry in
+ATTR_RESULT, the pose itself is read from the node, so a pose the user adjusted is the one
+deformed), the CT and its segmentation beside it, and the scene's X-rays with their geometry
+sidecars as Register writes them (:func:`.registration.write_xray_inputs`), then runs::
 
-then, per X-ray and per vertebra, ``spinereg drr --ct ... --seg ... --vertebra V --transform <V's pose>``.
-The poly-rigid field is exactly rigid inside every vertebra (the registered ones at their
-pose, the others at the pose they inherit from their neighbours, both in deform.json), so
-the sum of these per-vertebra DRRs is the DRR of the warped segmentation: it is what the
-rigid result's DRR is, with the unregistered vertebrae where the deformation put them.
-(``spinereg deform`` takes no X-rays in this library version; when it renders the DRRs
-itself, the per-vertebra ``drr`` steps go.) A vertebra a view does not see adds nothing to
-that view's DRR.
+    spinereg deform --result <work>/result --ct <work>/input/ct.nii.gz --seg <work>/input/seg.nii.gz
+                    --xray <work>/input/AP.nrrd --geometry <work>/input/AP.json --xray ... LAT ... [--no-refine]
+                    --out <work>/output
 
-Only once every step succeeded does :func:`apply_deformation_result` change the scene:
+The library refines the registered vertebrae's poses jointly against the X-rays (unless
+``refine`` is off: ``--no-refine``), builds the poly-rigid field (exactly rigid inside every
+vertebra; the vertebrae not registered follow their neighbours) and writes ``drr_<VIEW>.nrrd``:
+the DRR of every vertebra at its final pose, i.e. the warped segmentation's DRR. Its progress
+lines (``deform: refine 40%``, ``deform: field``, ``deform: jacobian``, ``deform: warping``)
+drive the progress bar.
+
+**CT to CT** (a second CT, e.g. taken in the operating room, is chosen)::
+
+    spinereg deform --fixed <work>/input/fixed.nii.gz --moving <work>/input/ct.nii.gz
+                    --moving-seg <work>/input/seg.nii.gz --out <work>/output
+
+(rigid stage, then the learned deformable network; progress line ``deform: registering the CTs``).
+The field maps a point of the second CT's frame to the point of the CT it shows, the warped
+segmentation lies on the second CT's grid; no DRRs.
+
+Only once the process succeeded does :func:`apply_deformation_result` change the scene:
 
 - the field as a grid transform node ``<CT name> deformation`` (Slicer's
   vtkMRMLTransformStorageNode reads displacement.h5; its TransformFromParent maps a world
@@ -27,9 +39,12 @@ Only once every step succeeded does :func:`apply_deformation_result` change the 
 - the warped segmentation (world coordinates, no parent transform) as a segmentation node
   ``<segmentation name> deformed``, shown in 3D as closed surfaces (the rigidly moved
   surfaces are hidden then, :func:`.views.set_results_visibility`);
-- per view, the DRR of the warped vertebrae ``<view> deformed DRR`` on the X-ray's plane,
-  referenced from the X-ray as REF_DEFORMED_DRR (slice views blend it instead of the rigid DRR);
-- a one-line summary: Jacobian folding %, determinant range, SDlogJ, rigid residual.
+- per view with a ``drr_<VIEW>.nrrd``, the DRR of the warped vertebrae ``<view> deformed DRR``
+  on the X-ray's plane, referenced from the X-ray as REF_DEFORMED_DRR (slice views blend it
+  instead of the rigid DRR);
+- a one-line summary (:func:`deformation_summary`): Jacobian folding %, determinant range,
+  SDlogJ, and the rigid residual and how far the refinement moved the poses, or (CT to CT)
+  the stages and the Dice deform.json has.
 
 Anything that fails (bad input, a ``spinereg`` exit status 2, a folder with a missing or
 unreadable file) raises InputError (a ValueError) with one line and leaves the scene as it
@@ -51,7 +66,7 @@ import slicer
 
 from SpineRegistrationLib.core.pose import matrix_to_params
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.io import Labelmap, centroids_ras, read_labelmap, write_labelmap, write_transform, write_volume
+from SpineRegistrationLib.io import Labelmap, centroids_ras, read_labelmap, write_labelmap, write_volume
 from SpineRegistrationLib.io.deform_folder import (
     DEFORM_FILE,
     DEFORM_FORMAT,
@@ -59,7 +74,6 @@ from SpineRegistrationLib.io.deform_folder import (
     FIELD_FILE,
     WARPED_SEGMENTATION_FILE,
 )
-from SpineRegistrationLib.io.geometry_json import save_geometry
 from SpineRegistrationLib.io.jsonfile import read_json
 from SpineRegistrationLib.io.results import VertebraResult, drr_name, write_result_folder
 
@@ -84,21 +98,22 @@ from .nodes import (
     volume_of,
 )
 from .process import CliProcess, ProgressEvent
-from .registration import _as_verse
+from .registration import _as_verse, write_xray_inputs, xray_arguments, xray_inputs
 from .results import _drr_color_node, _read_image_with_mrml, _read_in_private_scene, _style_drr
-from .xrays import REF_DEFORMED_DRR, VIEWS, geometry_of, xray_size
+from .xrays import REF_DEFORMED_DRR, VIEWS, xray_size
 
-#: Where each ``spinereg deform`` progress line (``deform: <stage>``) puts the deform step (fraction of it).
-DEFORM_STAGES = {"field": 0.05, "jacobian": 0.7, "warping": 0.85}
+#: The two modes of :class:`DeformationRun` (deform.json's "mode").
+MODE_POSES, MODE_PAIR = "poses", "ct-pair"
+
+#: Share of the run the joint refinement takes (``deform: refine NN%`` lines move the bar over it).
+REFINE_SPAN = 0.8
+#: Where each ``deform: <stage>`` line puts the run: (fraction when the poses are refined, when not).
+DEFORM_STAGES = {"field": (0.80, 0.05), "jacobian": (0.88, 0.6), "warping": (0.93, 0.8), "registering": (0.05, 0.05)}
 _STAGE_TEXT = {"field": "building the displacement field", "jacobian": "measuring the Jacobian",
-               "warping": "warping the segmentation"}
+               "warping": "warping the segmentation and rendering its DRRs",
+               "registering": "registering the CTs (rigid, then the deformable network)"}
 _DEFORM_LINE = re.compile(r"^deform:\s*(\w+)")
-
-#: Weight of the deform step against one per-vertebra DRR step in the progress bar (~10 s vs ~4 s).
-DEFORM_STEP_WEIGHT = 3.0
-
-#: A ``spinereg drr`` failure that only means the view does not see that vertebra.
-_NOT_SEEN = "does not see"
+_REFINE_LINE = re.compile(r"^deform:\s*refine\s+(\d{1,3})\s*%")
 
 #: Name of the closed-surface representation (vtkSegmentationConverter's).
 CLOSED_SURFACE = "Closed surface"
@@ -106,16 +121,29 @@ CLOSED_SURFACE = "Closed surface"
 
 @dataclass
 class DeformationInputs:
-    """What the Deform step works on: the CT and segmentation the scene's result was
-    registered from, and the X-rays to show the warped vertebrae's DRR over (view -> node;
-    a view without a node or without geometry gets no DRR). drrs: render those DRRs.
-    device: of the DRR rendering ("auto": the CLI's default)."""
+    """What the Deform step works on.
+
+    ct_node, segmentation_node: the CT and segmentation the scene's result was registered
+    from (CT to CT: the CT that is deformed and its segmentation). xrays: view -> X-ray node
+    (with its geometry): the poses are refined against them and the warped vertebrae's DRR is
+    shown over them; a view without a node is left out. refine: refine the poses against the
+    X-rays (off: ``--no-refine``, the poses as registered). second_ct_node: a second CT (the
+    operating room's): when set, the CT is deformed onto it (CT to CT) instead. device: torch
+    device ("auto": the CLI's default). model: the deformable model file of CT to CT (None:
+    the shipped one).
+    """
 
     ct_node: object
     segmentation_node: object
     xrays: dict = field(default_factory=dict)
-    drrs: bool = True
+    refine: bool = True
+    second_ct_node: object = None
     device: str = "auto"
+    model: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return MODE_PAIR if self.second_ct_node is not None else MODE_POSES
 
 
 # ---------------------------------------------------------------------- the scene's result
@@ -159,47 +187,90 @@ def scene_result_vertebrae(scene, labelmap: Labelmap) -> list[VertebraResult]:
     return vertebrae
 
 
+
 def write_deformation_inputs(scene, inputs: DeformationInputs, folder) -> dict:
-    """Check the inputs and write what ``spinereg deform`` and ``spinereg drr`` read into
-    ``folder``: input/ct.nii.gz, input/seg.nii.gz (VerSe numbering), result/ (the scene's
-    result folder), input/<view>.json per view with a geometry. Returns name -> path (views
-    under their name) plus "vertebrae": the segmentation's vertebrae, cranial -> caudal."""
+    """Check the inputs and write what ``spinereg deform`` reads into ``folder``.
+
+    Always input/ct.nii.gz and input/seg.nii.gz (VerSe numbering). From the poses: result/
+    (the scene's result folder) and per X-ray input/<view>.nrrd with input/<view>.json (as
+    Register writes them). CT to CT: input/fixed.nii.gz (the second CT). Returns name -> path
+    (X-rays under their view and ``<view>_geometry``) plus "mode", "views" (the X-rays
+    written) and "vertebrae" (the segmentation's, cranial -> caudal). InputError (one line,
+    nothing written) for bad inputs.
+    """
     if inputs.ct_node is None:
         raise InputError("no CT selected")
     require_untransformed(inputs.ct_node, "CT")
+    pair = inputs.mode == MODE_PAIR
+    if pair:
+        if inputs.second_ct_node is inputs.ct_node:
+            raise InputError("the second CT is the CT itself: choose the CT taken in the operating room")
+        require_untransformed(inputs.second_ct_node, "second CT")
     labelmap = vertebra_labelmap(inputs.segmentation_node, inputs.ct_node)
     ct = volume_of(inputs.ct_node)
-    vertebrae = scene_result_vertebrae(scene, labelmap)
-    geometries = {view: geometry_of(node) for view, node in inputs.xrays.items() if node is not None}
     folder = Path(folder)
-    paths = {"ct": folder / "input" / "ct.nii.gz", "seg": folder / "input" / "seg.nii.gz", "result": folder / "result"}
-    paths["result"].mkdir(parents=True)
+    paths = {"mode": inputs.mode, "ct": folder / "input" / "ct.nii.gz", "seg": folder / "input" / "seg.nii.gz"}
+    if pair:
+        fixed = volume_of(inputs.second_ct_node)
+        geometries, arrays, vertebrae = {}, {}, []
+    else:
+        vertebrae = scene_result_vertebrae(scene, labelmap)
+        geometries, arrays = xray_inputs(inputs.xrays)
     paths["ct"].parent.mkdir(parents=True, exist_ok=True)
     write_volume(ct, paths["ct"])
     write_labelmap(_as_verse(labelmap), paths["seg"])
-    write_result_folder(paths["result"], {"source": "scene"}, vertebrae, {})
-    if inputs.drrs:
-        for view, geometry in geometries.items():
-            if geometry is not None:
-                paths[view] = folder / "input" / f"{view}.json"
-                save_geometry(geometry, paths[view])
+    if pair:
+        paths["fixed"] = folder / "input" / "fixed.nii.gz"
+        write_volume(fixed, paths["fixed"])
+    else:
+        paths["result"] = folder / "result"
+        paths["result"].mkdir(parents=True)
+        write_result_folder(paths["result"], {"source": "scene"}, vertebrae, {})
+        paths.update(write_xray_inputs(arrays, geometries, paths["ct"].parent))
+    paths["views"] = list(arrays)
     paths["vertebrae"] = list(labelmap.labels)
     return paths
 
 
-def deform_arguments(paths: dict, out_dir) -> list[str]:
-    """The ``spinereg deform`` arguments (no program name) for :func:`write_deformation_inputs`' files."""
-    return ["deform", "--result", str(paths["result"]), "--ct", str(paths["ct"]), "--seg", str(paths["seg"]),
-            "--out", str(out_dir)]
+def deform_arguments(paths: dict, out_dir, refine: bool = True, device: str = "auto", model=None) -> list[str]:
+    """The ``spinereg deform`` arguments (no program name) for :func:`write_deformation_inputs`' files.
 
-
-def drr_arguments(paths: dict, view: str, vertebra: str, transform, out, device: str = "auto") -> list[str]:
-    """The ``spinereg drr`` arguments of one vertebra at its pose (``transform``: an ITK file) in one view."""
-    args = ["drr", "--ct", str(paths["ct"]), "--seg", str(paths["seg"]), "--vertebra", vertebra,
-            "--geometry", str(paths[view]), "--transform", str(transform), "--out", str(out)]
+    From the poses: ``--result --ct --seg``, ``--xray/--geometry`` per view written,
+    ``--no-refine`` when ``refine`` is off. CT to CT: ``--fixed <second CT> --moving <CT>
+    --moving-seg <segmentation>`` (``--model`` when given). ``--device`` unless "auto"."""
+    if paths.get("mode") == MODE_PAIR:
+        args = ["deform", "--fixed", str(paths["fixed"]), "--moving", str(paths["ct"]), "--moving-seg", str(paths["seg"])]
+        if model is not None:
+            args += ["--model", str(model)]
+    else:
+        args = ["deform", "--result", str(paths["result"]), "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
+        args += xray_arguments(paths, paths.get("views", ()))
+        if not refine:
+            args.append("--no-refine")
     if device != "auto":
         args += ["--device", device]
-    return args
+    return args + ["--out", str(out_dir)]
+
+
+def deform_progress(event: ProgressEvent, refining: bool = True) -> ProgressEvent:
+    """A ``spinereg deform`` output line as progress of the whole run.
+
+    ``deform: refine NN%`` moves the bar over the first REFINE_SPAN of the run, the stage
+    lines (``deform: field`` ...) put it where DEFORM_STAGES says (``refining``: whether the
+    run refines the poses, which then takes most of its time); any other line keeps its text
+    and gives no fraction (a tqdm bar of some inner step must not move the bar back)."""
+    text = event.message.strip()
+    match = _REFINE_LINE.match(text)
+    if match:
+        percent = min(int(match.group(1)), 100)
+        return ProgressEvent(REFINE_SPAN * percent / 100.0,
+                             f"Deform: refining the poses against the X-rays ({percent} %)", event.line)
+    match = _DEFORM_LINE.match(text)
+    if match and match.group(1) in DEFORM_STAGES:
+        stage = match.group(1)
+        with_refine, without = DEFORM_STAGES[stage]
+        return ProgressEvent(with_refine if refining else without, f"Deform: {_STAGE_TEXT[stage]}", event.line)
+    return ProgressEvent(None, event.message, event.line)
 
 
 # ---------------------------------------------------------------------- reading a deform folder
@@ -209,7 +280,7 @@ class DeformationResult:
 
     document: deform.json; transform: the grid transform node Slicer read displacement.h5
     into (in a private scene, kept alive by ``_scratch``); labelmap: the warped segmentation;
-    drrs: view -> (rows, columns) DRR of the warped vertebrae (empty when none was rendered).
+    drrs: view -> (rows, columns) DRR of the warped vertebrae (the folder's drr_<VIEW>.nrrd).
     """
 
     folder: Path
@@ -221,7 +292,8 @@ class DeformationResult:
 
 
 def read_deform_document(out_dir) -> dict:
-    """deform.json of a deform folder, checked (format, version, Jacobian statistics, vertebrae)."""
+    """deform.json of a deform folder, checked (format, version, Jacobian statistics, vertebrae:
+    from the poses, one 4x4 matrix_ras each; CT to CT, a possibly empty table)."""
     path = Path(out_dir) / DEFORM_FILE
     document = read_json(path, DEFORM_FORMAT)
     if not isinstance(document, dict) or document.get("format") != DEFORM_FORMAT or document.get("version") != DEFORM_VERSION:
@@ -231,6 +303,10 @@ def read_deform_document(out_dir) -> dict:
                                                  for k in ("min", "max", "folding_percent", "sdlogj")):
         raise InputError(f"{path} has no Jacobian statistics")
     vertebrae = document.get("vertebrae")
+    if document.get("mode") == MODE_PAIR:
+        if not isinstance(vertebrae, dict):
+            raise InputError(f"{path} has no vertebra table")
+        return document
     if not isinstance(vertebrae, dict) or not vertebrae:
         raise InputError(f"{path} holds no vertebra")
     for name, entry in vertebrae.items():
@@ -240,12 +316,11 @@ def read_deform_document(out_dir) -> dict:
     return document
 
 
-def read_deformation_result(out_dir, drrs: dict | None = None) -> DeformationResult:
+def read_deformation_result(out_dir) -> DeformationResult:
     """Read deform.json, displacement.h5 (through vtkMRMLTransformStorageNode, as a grid
-    transform) and warped_seg.seg.nrrd. drrs: view -> array of the warped vertebrae's DRRs;
-    None: the folder's own ``drr_<VIEW>.nrrd`` (``spinereg deform --xray`` writes them, of the
-    registered vertebrae at their refined poses), if any. InputError (one line) for a
-    missing or unreadable file."""
+    transform), warped_seg.seg.nrrd and the ``drr_<VIEW>.nrrd`` of the views the folder has
+    (``spinereg deform --xray`` writes them: every vertebra at its final pose). InputError
+    (one line) for a missing or unreadable file."""
     folder = Path(out_dir)
     document = read_deform_document(folder)
     field_path = folder / FIELD_FILE
@@ -261,28 +336,69 @@ def read_deformation_result(out_dir, drrs: dict | None = None) -> DeformationRes
     labelmap = read_labelmap(segmentation_path)
     if not labelmap.labels:
         raise InputError(f"{WARPED_SEGMENTATION_FILE} holds no vertebra")
-    if drrs is None:
-        drrs = {view: _read_image_with_mrml(folder / drr_name(view)) for view in VIEWS if (folder / drr_name(view)).is_file()}
-    return DeformationResult(folder, document, transform, labelmap, dict(drrs), scratch)
+    drrs = {view: _read_image_with_mrml(folder / drr_name(view)) for view in VIEWS if (folder / drr_name(view)).is_file()}
+    return DeformationResult(folder, document, transform, labelmap, drrs, scratch)
+
+
+def _jacobian_text(jacobian: dict) -> str:
+    return (f"folding {jacobian['folding_percent']:.4f} % (Jacobian determinant {jacobian['min']:.3f}.."
+            f"{jacobian['max']:.3f}, SDlogJ {jacobian['sdlogj']:.3f})")
+
+
+def refinement_summary(document: dict) -> str | None:
+    """How the joint refinement moved the poses (deform.json's per-vertebra "refinement"
+    entries): the largest rotation and centre shift, the mean similarity before -> after and
+    who kept the pose it started from; None when deform.json does not say (older files)."""
+    if "refined" not in document:
+        return None
+    if not document["refined"]:
+        return "poses as registered (not refined against the X-rays)"
+    entries = {name: entry["refinement"] for name, entry in document["vertebrae"].items()
+               if isinstance(entry.get("refinement"), dict)}
+    if not entries:
+        return "poses refined against the X-rays"
+    rotated = max(entries, key=lambda name: entries[name]["rotation_deg"])
+    shifted = max(entries, key=lambda name: entries[name]["centre_shift_mm"])
+    before = np.mean([entry["similarity_before"] for entry in entries.values()])
+    after = np.mean([entry["similarity_after"] for entry in entries.values()])
+    text = (f"poses refined against the X-rays by up to {entries[rotated]['rotation_deg']:.2f}° ({rotated}) and "
+            f"{entries[shifted]['centre_shift_mm']:.2f} mm ({shifted}), similarity {before:.3f} -> {after:.3f}")
+    kept = [name for name, entry in entries.items() if entry.get("kept_start")]
+    if kept:
+        text += f", {', '.join(kept)} kept {'its' if len(kept) == 1 else 'their'} registered pose"
+    return text
 
 
 def deformation_summary(document: dict) -> str:
-    """One line on a deformation: vertebrae, who followed their neighbours, folding, Jacobian, rigid residual."""
+    """One line on a deformation. From the poses: vertebrae, who followed their neighbours,
+    folding, Jacobian, rigid residual, how far the refinement moved the poses. CT to CT: the
+    stages, folding, Jacobian, Dice per vertebra (when deform.json has it)."""
     jacobian = document["jacobian"]
     vertebrae = document["vertebrae"]
-    inferred = [name for name, entry in vertebrae.items() if not entry.get("registered", True)]
-    residuals = {name: entry["rigid_residual"] for name, entry in vertebrae.items() if entry.get("rigid_residual")}
-    text = f"Deformed {len(vertebrae)} vertebrae"
-    if inferred:
-        text += f" ({', '.join(inferred)} followed {'its' if len(inferred) == 1 else 'their'} neighbours)"
-    if document.get("refined"):
-        text += ", poses refined against the X-rays"
-    text += (f": folding {jacobian['folding_percent']:.4f} % (Jacobian determinant {jacobian['min']:.3f}.."
-             f"{jacobian['max']:.3f}, SDlogJ {jacobian['sdlogj']:.3f})")
-    if residuals:
-        worst = max(residuals, key=lambda name: residuals[name]["p99_mm"])
-        text += (f"; rigid residual p99 {residuals[worst]['p99_mm']:.3f} mm (worst {worst}), "
-                 f"max {max(r['max_mm'] for r in residuals.values()):.3f} mm")
+    if document.get("mode") == MODE_PAIR:
+        registration = document.get("registration") or {}
+        linear = (registration.get("affine") or {}).get("transform", "linear")
+        stages = f"{linear} stage, then the deformable network" if registration.get("model") else f"{linear} stage only"
+        text = f"Deformed the CT onto the second CT ({stages}): {_jacobian_text(jacobian)}"
+        dice = {name: entry["dice"] for name, entry in vertebrae.items()
+                if isinstance(entry, dict) and isinstance(entry.get("dice"), (int, float))}
+        if dice:
+            worst = min(dice, key=dice.get)
+            text += f"; Dice per vertebra mean {np.mean(list(dice.values())):.3f} (min {dice[worst]:.3f}, {worst})"
+    else:
+        inferred = [name for name, entry in vertebrae.items() if not entry.get("registered", True)]
+        residuals = {name: entry["rigid_residual"] for name, entry in vertebrae.items() if entry.get("rigid_residual")}
+        text = f"Deformed {len(vertebrae)} vertebrae"
+        if inferred:
+            text += f" ({', '.join(inferred)} followed {'its' if len(inferred) == 1 else 'their'} neighbours)"
+        text += f": {_jacobian_text(jacobian)}"
+        if residuals:
+            worst = max(residuals, key=lambda name: residuals[name]["p99_mm"])
+            text += (f"; rigid residual p99 {residuals[worst]['p99_mm']:.3f} mm (worst {worst}), "
+                     f"max {max(r['max_mm'] for r in residuals.values()):.3f} mm")
+        refinement = refinement_summary(document)
+        if refinement:
+            text += f"; {refinement}"
     if "time_s" in document:
         text += f"; {float(document['time_s']):.1f} s"
     return text + "."
@@ -350,30 +466,15 @@ def apply_deformation_result(scene, result: DeformationResult, ct_node, segmenta
 
 
 # ---------------------------------------------------------------------- the background run
-@dataclass
-class _Step:
-    """One ``spinereg`` command of the run: kind "deform" or "drr" (view, vertebra, out)."""
-
-    kind: str
-    args: list
-    what: str
-    view: str | None = None
-    vertebra: str | None = None
-    out: Path | None = None
-    skipped: bool = False
-
-
 class DeformationRun:
-    """The Deform step in the background, from the scene's result to scene nodes.
+    """The Deform step in the background, from the scene to scene nodes: one ``spinereg deform``.
 
     Like :class:`.registration.RegistrationRun`: ``start`` checks and writes the inputs
-    (InputError, nothing started, for bad ones) and starts ``spinereg deform``; the caller
-    calls ``poll`` (progress events, fraction over all steps) while ``running``; then
-    ``finish(scene)`` applies the result when every step succeeded, raises InputError with
-    the failing step's one-line reason otherwise, and always removes the work folder;
-    ``cancel`` ends the running process tree and removes the work folder. The per-vertebra
-    ``spinereg drr`` steps start one after the other as ``poll``/``running`` see the
-    previous one end.
+    (InputError, nothing started, for bad ones) and starts the process; the caller calls
+    ``poll`` (progress events of the whole run, :func:`deform_progress`) while ``running``;
+    then ``finish(scene)`` applies the result when the process succeeded, raises InputError
+    with its one-line reason otherwise, and always removes the work folder; ``cancel`` ends
+    the process tree and removes the work folder.
     """
 
     def __init__(self, scene, inputs: DeformationInputs, python: str | None = None, work_dir=None, env=None) -> None:
@@ -385,131 +486,50 @@ class DeformationRun:
         self.work: Path | None = None
         self.out_dir: Path | None = None
         self.paths: dict = {}
+        self.args: list[str] = []
         self.process: CliProcess | None = None
-        self.failure: str | None = None
         self.cancelled = False
-        self.started_s: float | None = None
-        self._steps: list[_Step] = []
-        self._index = 0
-        self._done = False
-        self._backlog: list[ProgressEvent] = []
-        self._planned_drr_steps = 0
+        self._done_reported = False
 
-    # ------------------------------------------------------------------ lifecycle
+    @property
+    def refining(self) -> bool:
+        """Whether the run refines the poses against X-rays (then most of its time goes there)."""
+        return self.inputs.mode == MODE_POSES and self.inputs.refine and bool(self.paths.get("views"))
+
     def start(self) -> DeformationRun:
-        work = Path(tempfile.mkdtemp(prefix="spinereg-deform-", dir=self._work_dir))
-        self.work = work
+        self.work = Path(tempfile.mkdtemp(prefix="spinereg-deform-", dir=self._work_dir))
         try:
-            self.paths = write_deformation_inputs(self.scene, self.inputs, work)
+            self.paths = write_deformation_inputs(self.scene, self.inputs, self.work)
         except BaseException:
             self._cleanup()
             raise
-        self.out_dir = work / "output"
-        views = [view for view in VIEWS if view in self.paths]
-        self._planned_drr_steps = len(views) * len(self.paths["vertebrae"])
-        self._steps = [_Step("deform", deform_arguments(self.paths, self.out_dir), "deformation")]
-        self.started_s = time.monotonic()
-        self._start_step()
-        return self
-
-    def _start_step(self) -> None:
-        step = self._steps[self._index]
+        self.out_dir = self.work / "output"
+        self.args = deform_arguments(self.paths, self.out_dir, self.inputs.refine, self.inputs.device, self.inputs.model)
         try:
-            self.process = CliProcess(step.args, python=self._python, env=self._env).start()
+            self.process = CliProcess(self.args, python=self._python, env=self._env).start()
         except OSError as error:
             self._cleanup()
             raise InputError(f"cannot start spinereg: {error}") from None
+        return self
 
     @property
     def elapsed_s(self) -> float:
-        return 0.0 if self.started_s is None else time.monotonic() - self.started_s
+        return 0.0 if self.process is None else self.process.elapsed_s
 
     @property
     def running(self) -> bool:
-        """True until every step ended (or one failed, or the run was cancelled)."""
-        if self.process is None or self.cancelled:
-            return False
-        self._advance()
-        return not self._done and self.failure is None
+        return self.process is not None and not self.cancelled and self.process.running
 
     def poll(self) -> list[ProgressEvent]:
-        """Progress events since the last call, with the fraction over the whole run."""
+        """Progress events since the last call (fractions of the whole run); a last one at 1.0
+        once the process ended successfully."""
         if self.process is None:
             return []
-        events = self._backlog + [self._overall(event) for event in self.process.poll()]
-        self._backlog = []
-        if not self.cancelled:
-            self._advance()
-            events += self._backlog
-            self._backlog = []
+        events = [deform_progress(event, self.refining) for event in self.process.poll()]
+        if not self.cancelled and not self._done_reported and not self.process.running and self.process.returncode == 0:
+            self._done_reported = True
+            events.append(ProgressEvent(1.0, "Deform: done", ""))
         return events
-
-    def _overall(self, event: ProgressEvent) -> ProgressEvent:
-        """An event of the current step, its fraction over the whole run."""
-        step = self._steps[self._index]
-        total = DEFORM_STEP_WEIGHT + max(self._planned_drr_steps, 0)
-        if step.kind == "deform":
-            match = _DEFORM_LINE.match(event.message)
-            if not match:
-                return ProgressEvent(None, event.message, event.line)
-            stage = match.group(1)
-            within = DEFORM_STAGES.get(stage)
-            fraction = None if within is None else DEFORM_STEP_WEIGHT * within / total
-            return ProgressEvent(fraction, f"Deform: {_STAGE_TEXT.get(stage, stage)}", event.line)
-        done = DEFORM_STEP_WEIGHT + (self._index - 1)
-        return ProgressEvent(done / total, step.what, event.line)
-
-    def _advance(self) -> None:
-        """When the current process ended: judge it, plan the DRR steps after deform, start the next."""
-        while not self._done and self.failure is None and self.process is not None and not self.process.running:
-            self._backlog += [self._overall(event) for event in self.process.poll()]
-            step = self._steps[self._index]
-            if self.process.returncode != 0:
-                message = self.process.failure_message()
-                if step.kind == "drr" and _NOT_SEEN in message:
-                    step.skipped = True
-                else:
-                    self.failure = f"{step.what} failed: {message}"
-                    return
-            if step.kind == "deform":
-                try:
-                    self._plan_drrs()
-                except InputError as error:
-                    self.failure = f"deformation failed: {error}"
-                    return
-            self._index += 1
-            if self._index >= len(self._steps):
-                self._done = True
-                self._backlog.append(ProgressEvent(1.0, "Deform: done", ""))
-                return
-            try:
-                self._start_step()
-            except InputError as error:
-                self.failure = str(error)
-                return
-
-    def _plan_drrs(self) -> None:
-        """After deform: one DRR step per view and vertebra, at the pose deform.json gives it."""
-        views = [view for view in VIEWS if view in self.paths] if self.inputs.drrs else []
-        if not views:
-            self._planned_drr_steps = 0
-            return
-        document = read_deform_document(self.out_dir)
-        poses_dir = self.work / "poses"
-        drr_dir = self.work / "drr"
-        poses_dir.mkdir()
-        drr_dir.mkdir()
-        names = list(document["vertebrae"])
-        for name in names:
-            write_transform(np.asarray(document["vertebrae"][name]["matrix_ras"], dtype=np.float64), poses_dir / f"{name}.h5")
-        count = len(views) * len(names)
-        for view in views:
-            for name in names:
-                out = drr_dir / f"{view}_{name}.nrrd"
-                args = drr_arguments(self.paths, view, name, poses_dir / f"{name}.h5", out, self.inputs.device)
-                index = len(self._steps)
-                self._steps.append(_Step("drr", args, f"DRR of {name} in {view} ({index}/{count})", view, name, out))
-        self._planned_drr_steps = count
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -522,26 +542,20 @@ class DeformationRun:
         if self.process is None:
             raise RuntimeError("DeformationRun.finish before start")
         if self.running:
-            raise RuntimeError("DeformationRun.finish while a step still runs")
+            raise RuntimeError("DeformationRun.finish while the process still runs")
         try:
             if self.cancelled:
                 raise InputError("deformation cancelled")
-            if self.failure is not None:
-                raise InputError(self.failure)
-            drrs = {}
-            for step in self._steps:
-                if step.kind != "drr" or step.skipped:
-                    continue
-                array = _read_image_with_mrml(step.out)
-                drrs[step.view] = drrs[step.view] + array if step.view in drrs else array
-            result = read_deformation_result(self.out_dir, drrs)
+            if self.process.returncode != 0:
+                raise InputError(f"deformation failed: {self.process.failure_message()}")
+            result = read_deformation_result(self.out_dir)
             return apply_deformation_result(scene if scene is not None else self.scene, result, self.inputs.ct_node,
                                             self.inputs.segmentation_node, self.inputs.xrays)
         finally:
             self._cleanup()
 
     def wait(self, timeout_s: float | None = None, callback=None, interval_s: float = 0.1) -> None:
-        """Block until every step ended, calling ``callback(event)`` per progress event; on
+        """Block until the process ended, calling ``callback(event)`` per progress event; on
         TimeoutError (``timeout_s`` passed) or any other exception the run is cancelled."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:

@@ -82,21 +82,13 @@ def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
     missing = [view for view in VIEWS if inputs.xrays.get(view) is None]
     if missing:
         raise InputError(f"no {' and '.join(missing)} X-ray selected")
-    geometries, arrays = [], []
-    for view in VIEWS:
-        node = inputs.xrays[view]
-        geometry = geometry_of(node)
-        if geometry is None:
-            raise InputError(f"the {view} X-ray {node.GetName()!r} has no geometry: load its geometry file (JSON or DICOM)")
-        check_xray_size(node, geometry, f"the {view} X-ray")
-        geometries.append(geometry)
-        arrays.append(np.array(arrayFromVolume(node)[0], dtype=np.float32))
+    geometries, arrays = xray_inputs(inputs.xrays)
     labelmap = vertebra_labelmap(inputs.segmentation_node, inputs.ct_node)
     case = load_case(RegisterConfig(
         ct=volume_of(inputs.ct_node),
         seg=labelmap,
-        xrays=arrays,
-        geometries=geometries,
+        xrays=[arrays[view] for view in VIEWS],
+        geometries=[geometries[view] for view in VIEWS],
         vertebrae=list(inputs.vertebrae),
         method=inputs.method,
         device=inputs.device,
@@ -110,6 +102,47 @@ def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
         xray_arrays=dict(zip(case.views, case.xrays)),
         notes=list(case.notes),
     )
+
+
+def xray_inputs(xrays: dict) -> tuple[dict, dict]:
+    """(geometry by view, (rows, columns) float32 array by view) of the X-ray nodes ``xrays``
+    (view -> node; views without a node are left out), in VIEWS order. InputError (one line)
+    for an X-ray without geometry or of another size than its geometry says."""
+    geometries, arrays = {}, {}
+    for view in VIEWS:
+        node = xrays.get(view)
+        if node is None:
+            continue
+        geometry = geometry_of(node)
+        if geometry is None:
+            raise InputError(f"the {view} X-ray {node.GetName()!r} has no geometry: load its geometry file (JSON or DICOM)")
+        check_xray_size(node, geometry, f"the {view} X-ray")
+        geometries[view] = geometry
+        arrays[view] = np.array(arrayFromVolume(node)[0], dtype=np.float32)
+    return geometries, arrays
+
+
+def write_xray_inputs(xray_arrays: dict, geometries: dict, folder: str | os.PathLike) -> dict[str, Path]:
+    """Write X-rays as the CLI reads them: <view>.nrrd (float32, values kept) and its
+    geometry sidecar <view>.json (the file stem is the view's name in the CLI's outputs,
+    e.g. drr_<view>.nrrd). Returns {view: image path, f"{view}_geometry": sidecar path}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for view, array in xray_arrays.items():
+        paths[view] = folder / f"{view}.nrrd"
+        paths[f"{view}_geometry"] = folder / f"{view}.json"
+        write_xray(array, paths[view])
+        save_geometry(geometries[view], paths[f"{view}_geometry"])
+    return paths
+
+
+def xray_arguments(paths: dict, views) -> list[str]:
+    """``--xray <view>.nrrd --geometry <view>.json`` per view, for files of :func:`write_xray_inputs`."""
+    args = []
+    for view in views:
+        args += ["--xray", str(paths[view]), "--geometry", str(paths[f"{view}_geometry"])]
+    return args
 
 
 def _as_verse(labelmap: Labelmap) -> Labelmap:
@@ -132,11 +165,7 @@ def write_registration_inputs(checked: CheckedInputs, folder: str | os.PathLike)
     paths = {"ct": folder / "ct.nii.gz", "seg": folder / "seg.nii.gz"}
     write_volume(checked.ct, paths["ct"])
     write_labelmap(_as_verse(checked.labelmap), paths["seg"])
-    for view in VIEWS:
-        paths[view] = folder / f"{view}.nrrd"
-        paths[f"{view}_geometry"] = folder / f"{view}.json"
-        write_xray(checked.xray_arrays[view], paths[view])
-        save_geometry(checked.geometries[view], paths[f"{view}_geometry"])
+    paths.update(write_xray_inputs({view: checked.xray_arrays[view] for view in VIEWS}, checked.geometries, folder))
     return paths
 
 
@@ -146,8 +175,7 @@ def register_arguments(paths: dict, vertebrae: list, method: str, device: str, o
     args = ["register", "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
     for name in vertebrae:
         args += ["--vertebra", name]
-    for view in VIEWS:
-        args += ["--xray", str(paths[view]), "--geometry", str(paths[f"{view}_geometry"])]
+    args += xray_arguments(paths, VIEWS)
     args += ["--method", method]
     if device != "auto":
         args += ["--device", device]

@@ -1,4 +1,4 @@
-"""A ``spinereg register`` result folder, read and put into the scene; reset; deformation.
+"""A ``spinereg register`` result folder, read and put into the scene; reset.
 
 result.json is read by the library (:func:`SpineRegistrationLib.io.results.read_result_folder`,
 the one home of its schema); each vertebra's ``<name>.h5`` and each view's
@@ -29,7 +29,7 @@ from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.io import Labelmap
 from SpineRegistrationLib.io.results import RESULT_FILE, ResultFolder, VertebraResult, read_result_folder
 
-from .nodes import ATTR_RESULT, ATTR_ROLE, DEFORMATION_ROLES, RESULT_ROLES, ROLE_DEFORMATION, ROLE_DRR, ROLE_MODEL
+from .nodes import ATTR_RESULT, ATTR_ROLE, DEFORMATION_ROLES, RESULT_ROLES, ROLE_DRR, ROLE_MODEL
 from .nodes import ROLE_TABLE, ROLE_TRANSFORM, remove_node
 from .nodes import SceneChange, fill_volume_node, ijk_to_ras_of, nodes_with, region_color, tag_node
 from .nodes import transform_to_parent_of
@@ -307,7 +307,7 @@ def results_table_rows(table_node) -> list[tuple]:
     ]
 
 
-# ---------------------------------------------------------------------- reset, deformation
+# ---------------------------------------------------------------------- reset
 def reset_results(scene) -> int:
     """Remove every result node this module made (transforms, moved surfaces, DRRs, table,
     deformation). Inputs, X-rays, sources and ROI boxes stay. Returns how many were removed."""
@@ -317,33 +317,3 @@ def reset_results(scene) -> int:
             remove_node(scene, node)
             removed += 1
     return removed
-
-
-def apply_deformation(scene, transform_path: str | os.PathLike, nodes: list, name: str = "Deformation"):
-    """Load a deformable (grid / B-spline / displacement-field) transform file written by
-    ``spinereg deform`` and put ``nodes`` (CT, segmentation) under it.
-
-    Read by Slicer's vtkMRMLTransformStorageNode in a private scene first, so a bad file
-    raises InputError with the scene unchanged. An earlier deformation node is replaced.
-    """
-    path = Path(transform_path)
-    if not path.is_file():
-        raise InputError(f"deformation file not found: {path}")
-    loaded = slicer.vtkMRMLTransformNode()
-    scratch = _read_in_private_scene(loaded, slicer.vtkMRMLTransformStorageNode(), path)
-    if scratch is None or loaded.GetTransformToParent() is None:
-        raise InputError(f"cannot read the deformation {path.name} as a transform")
-    for node in nodes:
-        parent = node.GetParentTransformNode() if node is not None else None
-        if parent is not None and parent.GetAttribute(ATTR_ROLE) != ROLE_DEFORMATION:
-            raise InputError(f"{node.GetName()!r} is already under the transform {parent.GetName()!r}")
-    for old in nodes_with(scene, ROLE_DEFORMATION):
-        scene.RemoveNode(old)
-    with SceneChange(scene) as change:
-        deformation = change.add(slicer.vtkMRMLTransformNode(), name, display=False)
-        tag_node(deformation, ROLE_DEFORMATION)
-        deformation.SetAndObserveTransformToParent(loaded.GetTransformToParent())
-        for node in nodes:
-            if node is not None:
-                node.SetAndObserveTransformNodeID(deformation.GetID())
-    return deformation

@@ -270,32 +270,6 @@ def test_bad_result_folder_raises_and_leaves_the_scene_unchanged(scene, loaded, 
     assert node_count(scene) == count
 
 
-def test_deformation_file_becomes_a_grid_transform_over_ct_and_segmentation(scene, loaded, tmp_path):
-    import SimpleITK as sitk
-
-    field = sitk.Image([8, 8, 8], sitk.sitkVectorFloat64, 3)
-    field.SetSpacing([20.0] * 3)
-    field.SetOrigin([-70.0] * 3)
-    array = sitk.GetArrayFromImage(field)
-    array[..., 0] = 1.5  # 1.5 mm along LPS x everywhere
-    displacement = sitk.GetImageFromArray(array, isVector=True)
-    displacement.CopyInformation(field)
-    sitk.WriteTransform(sitk.DisplacementFieldTransform(displacement), str(tmp_path / "deform.h5"))
-    count = node_count(scene)
-    with pytest.raises(ValueError):
-        logic.apply_deformation(scene, tmp_path / "missing.h5", [loaded["ct"], loaded["seg"]])
-    assert node_count(scene) == count
-    deformation = logic.apply_deformation(scene, tmp_path / "deform.h5", [loaded["ct"], loaded["seg"]])
-    assert loaded["ct"].GetParentTransformNode() is deformation
-    assert loaded["seg"].GetParentTransformNode() is deformation
-    assert not deformation.IsLinear()
-    moved = [0.0, 0.0, 0.0]
-    deformation.GetTransformFromParent().TransformPoint([0.0, 0.0, 0.0], moved)
-    assert np.linalg.norm(moved) == pytest.approx(1.5, abs=1e-3)
-    logic.reset_results(scene)
-    assert loaded["ct"].GetParentTransformNode() is None
-
-
 def test_slice_view_shows_the_xray_in_its_plane_with_the_drr_blended(scene, loaded, phantom_dir, tmp_path):
     out = make_result_folder(tmp_path / "out", phantom_dir)
     xrays = {view: loaded[view] for view in logic.VIEWS}
