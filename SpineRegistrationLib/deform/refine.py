@@ -8,7 +8,8 @@ room by the starting poly-rigid field, rendered once per level) plus each verteb
 attenuation above tissue at its own pose. The similarity of each vertebra is taken where it
 projects (its dilated support), the objective is their mean over vertebrae and views, and
 Adam moves the se(3) offsets of all vertebrae together (differentiable DRRs). A vertebra
-whose own similarity ends lower than it started, or that would leave a trust region around
+too faint to steer (its similarity below ``min_similarity``) stays put; one whose own
+similarity ends lower than it started, or that would leave a trust region around
 its start (a vertebra at the CT's edge, barely in view, drifts 6-14 deg / 9-11 mm on the real CT,
 where the right corrections of a +-2 deg / +-2 mm start turn up to 5 deg / 3 mm), keeps its starting pose.
 """
@@ -51,6 +52,7 @@ class JointRefineConfig:
     margin_mm: float = 20.0
     trust_deg: float = 8.0
     trust_mm: float = 5.0
+    min_similarity: float = 0.4
 
 
 @dataclass
@@ -132,10 +134,13 @@ def refine_jointly(ct_hu: Volume, labelmap: Labelmap, poses: dict[str, np.ndarra
 
         with torch.no_grad():
             initial = similarities(start_stack)
+        free = (initial >= config.min_similarity).to(rotation.dtype)[:, None]
         for _ in range(steps):
             optimiser.zero_grad()
             scores = similarities(delta_pose(rotation, translation, centre_world, start_stack))
             (-scores.mean()).backward()
+            rotation.grad *= free
+            translation.grad *= free
             optimiser.step()
             done += 1
             if progress is not None:

