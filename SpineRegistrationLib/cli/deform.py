@@ -146,7 +146,7 @@ def _run_pair(args: argparse.Namespace) -> int:
     from ..core.metrics import dice_per_label, hd95_mm
     from ..deform.affine import AffineConfig
     from ..deform.ct_pair import PairConfig, register_ct_pair, warp_labelmap
-    from ..deform.field import jacobian_stats
+    from ..core.displacement import jacobian_stats
     from ..errors import InputError
     from ..io import read_labelmap, read_volume
     from ..io.atomic import staged_output_dir

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io.atomic import new_output_file, staged_output_file
     from ..io.geometry_json import load_geometry
     from ..methods import resolve_device
-    from ..pipeline.inputs import check_same_grid, check_volume_seen
+    from ..core.labelmap import check_same_grid
+    from ..pipeline.inputs import check_volume_seen
     from ..render.drr import hu_to_mu, render_drr
 
     out = new_output_file(args.out, args.overwrite)

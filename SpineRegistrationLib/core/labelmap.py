@@ -15,6 +15,8 @@ from .labels import LabelScheme, get_scheme, sort_vertebrae, vertebra_label
 from .volume import Volume
 
 _SLAB_VOXELS = 1 << 22  # voxels counted at a time by _present_values (32 MiB as int64)
+#: How far (mm, in the ijk_to_ras entries) a labelmap's grid may differ from its CT's.
+GRID_TOLERANCE_MM = 1e-3
 
 
 @dataclass
@@ -104,3 +106,14 @@ def centroids_ras(labelmap: Labelmap) -> dict[str, np.ndarray]:
     return {
         name: labelmap.volume.ijk_to_ras_points(mean_ijk[row_of[label]]) for name, label in labelmap.labels.items()
     }
+
+
+def check_same_grid(labelmap: Labelmap, ct: Volume, what: str = "the labelmap") -> None:
+    """InputError unless the labelmap lies on the CT's voxel grid (size, origin, spacing, direction)."""
+    if labelmap.volume.array.shape != ct.array.shape or not np.allclose(
+        labelmap.volume.ijk_to_ras, ct.ijk_to_ras, atol=GRID_TOLERANCE_MM
+    ):
+        raise InputError(
+            f"{what} does not share the CT's voxel grid (size {labelmap.volume.shape_ijk} vs "
+            f"{ct.shape_ijk}, or another origin/spacing/direction): resample it onto the CT"
+        )

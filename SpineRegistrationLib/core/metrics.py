@@ -176,32 +176,6 @@ def dice(mask_a: np.ndarray, mask_b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
-def hd95_mm(mask_a: np.ndarray, mask_b: np.ndarray, spacing_mm) -> float:
-    """The 95th-percentile symmetric Hausdorff distance (mm) between two (K, J, I) bool masks'
-    surfaces on a grid of voxel size ``spacing_mm`` (I, J, K), as the Learn2Reg and Medical
-    Segmentation Decathlon evaluations report it; inf when exactly one mask is empty.
-    Surface distances come from SimpleITK's Maurer distance maps."""
-    import SimpleITK as sitk
-
-    a, b = np.asarray(mask_a, dtype=bool), np.asarray(mask_b, dtype=bool)
-    if not a.any() and not b.any():
-        return 0.0
-    if not a.any() or not b.any():
-        return math.inf
-    images = []
-    for mask in (a, b):
-        image = sitk.GetImageFromArray(mask.astype(np.uint8))
-        image.SetSpacing([float(s) for s in spacing_mm])
-        images.append(image)
-    distances = []
-    for surface_of, distance_to in ((images[0], images[1]), (images[1], images[0])):
-        surface = sitk.GetArrayFromImage(sitk.LabelContour(surface_of)) > 0
-        to_other = sitk.GetArrayFromImage(sitk.Abs(sitk.SignedMaurerDistanceMap(
-            distance_to, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)))
-        distances.append(to_other[surface])
-    return float(np.percentile(np.concatenate(distances), 95))
-
-
 def dice_per_label(a: np.ndarray, b: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
     """Dice overlap 2|A∩B| / (|A| + |B|) of each label value between two (K, J, I) label arrays
     on one grid (NaN where the label is in neither)."""
@@ -211,8 +185,7 @@ def dice_per_label(a: np.ndarray, b: np.ndarray, labels: Sequence[int]) -> dict[
     out = {}
     for label in labels:
         in_a, in_b = a == label, b == label
-        total = int(in_a.sum()) + int(in_b.sum())
-        out[int(label)] = 2.0 * float(np.logical_and(in_a, in_b).sum()) / total if total else math.nan
+        out[int(label)] = dice(in_a, in_b) if in_a.any() or in_b.any() else math.nan
     return out
 
 

@@ -1,5 +1,13 @@
-"""Deformable registration: dense fields from the per-vertebra poses, and CT-to-CT registration.
+"""Deformable registration: the spine-wide field from the per-vertebra poses, and CT-to-CT registration.
 
-- ``field``      the displacement field (world -> CT), its Jacobian, warping through it
-- ``polyrigid``  the spine-wide field from per-vertebra rigid poses (log-Euclidean blending)
+The field itself (:mod:`..core.displacement`), its working grids (:mod:`..core.grid`) and its
+files and SimpleITK forms (:mod:`..io.displacement`) live below; here are the algorithms:
+
+- ``polyrigid``   the field from per-vertebra rigid poses (log-Euclidean se(3) blending)
+- ``refine``      the vertebra poses refined jointly against the X-rays
+- ``similarity``  3D similarity measures of two CTs (MSE, NCC, LNCC, MI, MIND-SSC)
+- ``affine``      iterative rigid / affine-without-scaling CT-to-CT registration
+- ``network``     the learned deformable network (MONAI VoxelMorph) and its model file
+- ``training``    its training (``spinereg train-deform``)
+- ``ct_pair``     CT to CT: affine, then the network (``spinereg deform --fixed/--moving``)
 """

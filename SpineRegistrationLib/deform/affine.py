@@ -31,8 +31,8 @@ import torch
 from ..core.pose import rotvec_to_matrix, se3_log
 from ..core.volume import Volume
 from ..errors import InputError
-from .field import DisplacementField
-from .grid import Grid, _pooled, hu_to_unit, normalised_coordinates, sample, volume_on_grid
+from ..core.displacement import DisplacementField
+from ..core.grid import Grid, _pooled, hu_to_unit, normalised_coordinates, sample, volume_on_grid
 from .similarity import SIMILARITIES, similarity_loss
 
 TRANSFORMS = ("rigid", "affine_noscale", "affine")

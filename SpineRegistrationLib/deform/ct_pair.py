@@ -30,8 +30,8 @@ from ..core.labelmap import Labelmap
 from ..core.volume import Volume
 from ..errors import InputError
 from .affine import AffineConfig, region_box, register_affine
-from .field import DisplacementField, available_memory_bytes
-from .grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
+from ..core.displacement import DisplacementField, available_memory_bytes
+from ..core.grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
 
 #: Memory per working-grid node of the network's forward pass and instance optimisation
 #: (float32 activations of the full-resolution layers, their gradients, the warps), bytes;
@@ -60,7 +60,7 @@ class PairConfig:
 
 def check_inputs(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None, moving_seg: Labelmap | None) -> None:
     """InputError (one line) for segmentations off their CT's grid or empty, or CTs that do not overlap."""
-    from ..pipeline.inputs import check_same_grid
+    from ..core.labelmap import check_same_grid
 
     for seg, ct, what in ((fixed_seg, fixed, "fixed"), (moving_seg, moving, "moving")):
         if seg is None:
@@ -182,7 +182,7 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
 def warp_labelmap(labelmap: Labelmap, field: DisplacementField, reference: Volume) -> Labelmap:
     """The moving segmentation carried onto ``reference``'s grid (the fixed CT) through the field."""
     from ..io.images import volume_to_image
-    from .field import warp_image
+    from ..io.displacement import warp_image
     import SimpleITK as sitk
 
     image = warp_image(volume_to_image(labelmap.volume), field, volume_to_image(reference), labels=True)

@@ -39,7 +39,7 @@ from ..core.volume import Volume, bounding_box_ijk
 from ..errors import InputError
 from ..io.images import volume_to_image
 from ..io.transforms import resampling_transform
-from .field import DisplacementField
+from ..core.displacement import DisplacementField
 
 _CHUNK_NODES = 1 << 20  # grid nodes exponentiated at a time (float64 twists: ~50 MB)
 

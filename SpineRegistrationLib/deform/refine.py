@@ -32,7 +32,8 @@ from ..render.drr import Detectors, DRRRenderer, hu_to_mu
 from ..render.spine_xray import SOFT_TISSUE_HU, tissue_split
 from ..rigid.problem import BEAM_BLOCK_MM, View, crop_view, delta_pose, drr_support, prepare_xray, pyramid
 from ..similarity import vertebra_similarity
-from .field import DisplacementField, warp_image
+from ..core.displacement import DisplacementField
+from ..io.displacement import warp_image
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from ..errors import InputError
 from ..geometry import XrayGeometry
 from ..io.labelmaps import Labelmap, centroids_ras
 from ..io.results import params_to_json
-from ..pipeline.inputs import check_same_grid
+from ..core.labelmap import check_same_grid
 from ..render.drr import hu_to_mu
 from ..render.spine_xray import PosedSpine, RenderFactory
 from ..render.xray_sim import simulate_xray

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.labelmap import Labelmap
-from ..deform.field import DisplacementField
+from ..core.displacement import DisplacementField
 from ..errors import InputError
 from .displacement import write_displacement
 from .labelmaps import write_labelmap

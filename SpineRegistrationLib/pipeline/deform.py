@@ -10,24 +10,24 @@ and the Slicer module only show progress and write the folder (:mod:`..io.deform
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field as dataclass_field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.labelmap import Labelmap, centroids_ras
+from ..core.displacement import DisplacementField, check_memory, jacobian_stats
+from ..core.labelmap import Labelmap, centroids_ras, check_same_grid
 from ..core.volume import Volume
-from ..deform.field import DisplacementField, check_memory, jacobian_stats, warp_image
 from ..deform.polyrigid import PolyRigidConfig, polyrigid_field, rigid_residuals
 from ..deform.refine import JointRefineConfig, JointRefinement, refine_jointly
 from ..errors import InputError
+from ..io.displacement import warp_image
 from ..io.images import read_volume, volume_to_image
 from ..io.labelmaps import read_labelmap
 from ..io.results import ResultFolder, read_result_folder
-from .inputs import RegisterConfig, check_same_grid, load_case
+from .inputs import RegisterConfig, load_case
 from .run import render_vertebra_drrs
 
 #: A result's vertebra centre may differ this much from the segmentation's centroid (mm).

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..core.labelmap import check_same_grid
 from ..core.labels import get_scheme
 from ..core.volume import Volume, bounding_box_ijk
 from ..errors import InputError
@@ -46,7 +47,6 @@ DICOM_GEOMETRY = "dicom"
 #: X-rays whose 1st and 99th intensity percentiles coincide have no usable contrast.
 _CONTRAST_PERCENTILES = (1.0, 99.0)
 #: CT and labelmap IJK->RAS matrices may differ by this (mm) and still share one grid.
-_GRID_TOLERANCE_MM = 1e-3
 
 
 @dataclass
@@ -268,17 +268,6 @@ def check_volume_seen(geometry: XrayGeometry, volume: Volume, mask: np.ndarray |
     else:
         where = f"no part of it projects onto the {geometry.columns}x{geometry.rows} detector"
     raise InputError(f"the X-ray geometry does not see {what}: {where}")
-
-
-def check_same_grid(labelmap: Labelmap, ct: Volume, what: str = "the labelmap") -> None:
-    """InputError unless the labelmap lies on the CT's voxel grid (size, origin, spacing, direction)."""
-    if labelmap.volume.array.shape != ct.array.shape or not np.allclose(
-        labelmap.volume.ijk_to_ras, ct.ijk_to_ras, atol=_GRID_TOLERANCE_MM
-    ):
-        raise InputError(
-            f"{what} does not share the CT's voxel grid (size {labelmap.volume.shape_ijk} vs "
-            f"{ct.shape_ijk}, or another origin/spacing/direction): resample it onto the CT"
-        )
 
 
 def _requested_vertebrae(config: RegisterConfig, labelmap: Labelmap) -> dict[str, int]:

@@ -21,7 +21,7 @@ The velocity is blended rather than the se(3) logs of :mod:`..deform.polyrigid` 
 samples are drawn by the thousand on small crops in torch; both give rigid vertebrae and a
 smooth invertible field between them.
 
-Direction (:mod:`..deform.field`): the truth u maps a fixed point y to the moving point
+Direction (:mod:`..core.displacement`): the truth u maps a fixed point y to the moving point
 y + u(y). The source crop is the moving image and fixed = moving o (id + u).
 """
 
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..core.labelmap import Labelmap
 from ..core.volume import Volume
-from ..deform.grid import Grid, hu_to_unit, ras_mm_to_voxel, voxel_to_ras_mm, volume_on_grid
+from ..core.grid import Grid, hu_to_unit, ras_mm_to_voxel, voxel_to_ras_mm, volume_on_grid
 
 #: Voxels added around a crop while synthesising, so that the warp never reads past the crop.
 _MARGIN_VOXELS = 8
@@ -201,13 +201,14 @@ def synthetic_pair(ct: Volume, labelmap: Labelmap, rng: np.random.Generator, con
     """A full-resolution test pair from one CT: (fixed CT, fixed labelmap, truth field).
 
     The CT is the moving image; the fixed one is it warped through the truth (a
-    :class:`..deform.field.DisplacementField` on a ``spacing_mm`` grid covering the CT, fixed
+    :class:`..core.displacement.DisplacementField` on a ``spacing_mm`` grid covering the CT, fixed
     RAS -> moving RAS), on the CT's own voxel grid, as a second scan of the same patient.
     ``source``: the CT's :class:`PairSource` when already built (it holds the distance maps).
     """
     import SimpleITK as sitk
 
-    from ..deform.field import DisplacementField, warp_image
+    from ..core.displacement import DisplacementField
+    from ..io.displacement import warp_image
     from ..io.images import volume_to_image
 
     source = source or PairSource(ct, labelmap, spacing_mm, "ct")

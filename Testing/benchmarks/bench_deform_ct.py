@@ -44,7 +44,8 @@ from SpineRegistrationLib.core.labelmap import Labelmap  # noqa: E402
 from SpineRegistrationLib.core.metrics import dice_per_label, hd95_mm  # noqa: E402
 from SpineRegistrationLib.core.volume import Volume, bounding_box_ijk  # noqa: E402
 from SpineRegistrationLib.deform.ct_pair import PairConfig, register_ct_pair, warp_labelmap  # noqa: E402
-from SpineRegistrationLib.deform.field import DisplacementField, jacobian_stats  # noqa: E402
+from SpineRegistrationLib.core.displacement import DisplacementField, jacobian_stats  # noqa: E402
+from SpineRegistrationLib.io.displacement import field_from_image  # noqa: E402
 from SpineRegistrationLib.deform.network import load_network, shipped_network_path  # noqa: E402
 from SpineRegistrationLib.io import read_labelmap, read_volume  # noqa: E402
 from SpineRegistrationLib.io.images import volume_to_image  # noqa: E402
@@ -108,7 +109,7 @@ def elastix_field(fixed: Volume, moving: Volume, iterations: int = 256,
     image.SetOrigin(tuple(deformation.GetOrigin()))
     image.SetSpacing(tuple(deformation.GetSpacing()))
     image.SetDirection(tuple(itk.array_from_matrix(deformation.GetDirection()).ravel()))
-    return DisplacementField.from_sitk_image(image), seconds
+    return field_from_image(image), seconds
 
 
 def score(name, fixed, fixed_seg, moving_seg, truth, field, seconds) -> dict:

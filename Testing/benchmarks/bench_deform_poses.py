@@ -50,7 +50,8 @@ from SpineRegistrationLib.core.metrics import dice, hd95_mm  # noqa: E402
 from SpineRegistrationLib.core.pose import euler_zyx_to_rotation, params_to_matrix  # noqa: E402
 from SpineRegistrationLib.core.frames import homogeneous  # noqa: E402
 from SpineRegistrationLib.core.volume import bounding_box_ijk  # noqa: E402
-from SpineRegistrationLib.deform.field import jacobian_stats, warp_image  # noqa: E402
+from SpineRegistrationLib.core.displacement import jacobian_stats  # noqa: E402
+from SpineRegistrationLib.io.displacement import warp_image  # noqa: E402
 from SpineRegistrationLib.deform.polyrigid import polyrigid_field, rigid_residuals  # noqa: E402
 from SpineRegistrationLib.io import read_labelmap, read_volume  # noqa: E402
 from SpineRegistrationLib.io.images import volume_to_image  # noqa: E402

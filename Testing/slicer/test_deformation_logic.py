@@ -93,8 +93,8 @@ def pair_dir(phantom_dir, second_ct_path, tmp_path_factory):
     CT moved by (3, -2, 4) mm, so the field takes each fixed point 3, -2, 4 mm back."""
     from SpineRegistrationLib.deform.affine import matrix_field
     from SpineRegistrationLib.deform.ct_pair import warp_labelmap
-    from SpineRegistrationLib.deform.field import jacobian_stats
-    from SpineRegistrationLib.deform.grid import Grid
+    from SpineRegistrationLib.core.displacement import jacobian_stats
+    from SpineRegistrationLib.core.grid import Grid
     from SpineRegistrationLib.io.deform_folder import write_deform_folder
 
     fixed = read_volume(second_ct_path)

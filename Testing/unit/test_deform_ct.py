@@ -20,8 +20,8 @@ from SpineRegistrationLib.core.pose import params_to_matrix
 from SpineRegistrationLib.core.volume import Volume
 from SpineRegistrationLib.deform import ct_pair
 from SpineRegistrationLib.deform.affine import AffineConfig, linear_part, matrix_field, register_affine
-from SpineRegistrationLib.deform.field import jacobian_stats
-from SpineRegistrationLib.deform.grid import Grid, hu_to_unit, ras_mm_to_voxel, sample, voxel_to_ras_mm, volume_on_grid
+from SpineRegistrationLib.core.displacement import jacobian_stats
+from SpineRegistrationLib.core.grid import Grid, ras_mm_to_voxel, sample, voxel_to_ras_mm, volume_on_grid
 from SpineRegistrationLib.deform.network import DeformModelConfig, build_network
 from SpineRegistrationLib.deform.similarity import SIMILARITIES, similarity_loss
 from SpineRegistrationLib.errors import InputError

@@ -14,7 +14,7 @@ import torch
 from SpineRegistrationLib.core.frames import apply_matrix
 from SpineRegistrationLib.core.labelmap import Labelmap, centroids_ras
 from SpineRegistrationLib.core.pose import params_to_matrix, se3_exp, se3_log
-from SpineRegistrationLib.deform.field import DisplacementField, check_memory, jacobian_stats, warp_image
+from SpineRegistrationLib.core.displacement import DisplacementField, check_memory, jacobian_stats
 from SpineRegistrationLib.deform.polyrigid import (
     PolyRigidConfig,
     complete_poses,
@@ -22,7 +22,7 @@ from SpineRegistrationLib.deform.polyrigid import (
     rigid_residuals,
 )
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.io.displacement import read_displacement, write_displacement
+from SpineRegistrationLib.io.displacement import field_transform, read_displacement, warp_image, write_displacement
 from SpineRegistrationLib.io.images import volume_to_image
 from SpineRegistrationLib.io.transforms import resampling_transform
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
@@ -77,7 +77,7 @@ def test_affine_field_maps_points_and_has_the_analytic_jacobian():
     rng = np.random.default_rng(0)
     inside = apply_matrix(OBLIQUE_GRID, rng.uniform([0.2] * 3, [12.8, 10.8, 8.8], (100, 3)))
     np.testing.assert_allclose(field.map_points(inside), inside + inside @ A.T + B, atol=1e-9)
-    transform = field.to_transform()  # what ITK (and the file) applies: LPS in and out
+    transform = field_transform(field)  # what ITK (and the file) applies: LPS in and out
     lps = inside * [-1, -1, 1]
     itk = np.array([transform.TransformPoint(tuple(p)) for p in lps]) * [-1, -1, 1]
     np.testing.assert_allclose(itk, inside + inside @ A.T + B, atol=1e-9)

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "SpineRegistrationLib"
-LAYERS = ["errors", "core", "geometry", "io", "render", "similarity", "rigid", "synthetic", "learned", "methods",
+LAYERS = ["errors", "core", "geometry", "io", "render", "similarity", "rigid", "synthetic", "learned", "deform", "methods",
           "pipeline", "evaluation", "cli"]
 #: Top-level files that are not a layer of their own.
 TOP_LEVEL = {"__init__": 0, "__main__": len(LAYERS)}

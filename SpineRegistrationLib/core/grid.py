@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.volume import Volume
+from .volume import Volume
 
 #: CT intensities are mapped to [0, 1] over this HU window before any similarity.
 HU_WINDOW = (-1000.0, 2000.0)

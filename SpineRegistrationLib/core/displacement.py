@@ -1,14 +1,15 @@
-"""The dense deformation: a displacement field on a grid of world points, in the resampling direction.
+"""The in-memory dense deformation: a displacement field on a grid of world points, in the resampling direction.
 
 A :class:`DisplacementField` maps a world RAS point y (a point of the operating-room patient)
 to the CT RAS point it came from, x = y + d(y): the direction ITK resamples in and the
 "from parent" direction of a Slicer grid transform that is the CT's parent (DESIGN.md).
 Inside a rigidly moved vertebra with pose M (CT RAS -> world), x = M^-1 y.
 
-Everything that needs the field as a transform (warping images, the Jacobian
-determinant, the file on disk) goes through SimpleITK's ``DisplacementFieldTransform``,
-so what we compute is what ITK and Slicer apply. Between grid nodes the displacement is
-trilinear; outside the grid it is zero (ITK's convention).
+Here: the field, its points, its Jacobian determinant and folding statistics, and the
+memory check of a grid. As a transform (warping images, the file on disk) it goes through
+SimpleITK's ``DisplacementFieldTransform`` in :mod:`..io.displacement`, so what we compute is
+what ITK and Slicer apply. Between grid nodes the displacement is trilinear; outside the
+grid it is zero (ITK's convention).
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
-from ..core.frames import LPS_TO_RAS
-from ..core.volume import Volume
 from ..errors import InputError
+from .volume import Volume
 
 #: Nodes this close to the grid's faces are left out of the Jacobian statistics (Learn2Reg
 #: crops the border too: finite differences there are one-sided).
@@ -47,35 +46,6 @@ class DisplacementField:
     def grid(self) -> Volume:
         """The grid as a Volume (its array is the displacement magnitude, mm)."""
         return Volume(np.linalg.norm(self.displacement, axis=-1), self.ijk_to_ras)
-
-    def to_sitk_image(self) -> sitk.Image:
-        """The field as ITK holds it: a vector image in LPS, vectors in LPS mm."""
-        vectors = self.displacement * np.array([-1.0, -1.0, 1.0])
-        image = sitk.GetImageFromArray(np.ascontiguousarray(vectors), isVector=True)
-        ijk_to_lps = LPS_TO_RAS @ self.ijk_to_ras
-        spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-        image.SetSpacing(spacing.tolist())
-        image.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
-        image.SetOrigin(ijk_to_lps[:3, 3].tolist())
-        return image
-
-    @classmethod
-    def from_sitk_image(cls, image: sitk.Image) -> DisplacementField:
-        """The inverse of :meth:`to_sitk_image`."""
-        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 3:
-            raise ValueError("a displacement field is a 3D image of 3-vectors")
-        vectors = sitk.GetArrayFromImage(image).astype(np.float64) * np.array([-1.0, -1.0, 1.0])
-        direction = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
-        ijk_to_lps = np.eye(4)
-        ijk_to_lps[:3, :3] = direction
-        ijk_to_lps[:3, 3] = image.GetOrigin()
-        return cls(vectors, LPS_TO_RAS @ ijk_to_lps)
-
-    def to_transform(self) -> sitk.DisplacementFieldTransform:
-        """A SimpleITK transform (world LPS -> CT LPS) applying this field, trilinear between nodes."""
-        transform = sitk.DisplacementFieldTransform(self.to_sitk_image())
-        transform.SetInterpolator(sitk.sitkLinear)
-        return transform
 
     def map_points(self, points_ras: np.ndarray) -> np.ndarray:
         """(N, 3) world RAS mm -> (N, 3) CT RAS mm, trilinear as ITK (zero displacement off the grid)."""
@@ -153,11 +123,3 @@ def jacobian_stats(field: DisplacementField, within: np.ndarray | None = None) -
         "sdlogj": float(np.log(np.clip(values, 1e-9, 1e9)).std()),
         "nodes": int(values.size),
     }
-
-
-def warp_image(image: sitk.Image, field: DisplacementField, reference: sitk.Image,
-               labels: bool = False, default: float = 0.0) -> sitk.Image:
-    """Resample ``image`` (CT space) onto ``reference``'s grid (world space) through the field:
-    out(y) = image(y + d(y)). Labels take the nearest voxel, intensities are linear."""
-    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
-    return sitk.Resample(image, reference, field.to_transform(), interpolator, default, image.GetPixelID())
