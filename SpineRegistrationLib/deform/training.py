@@ -198,7 +198,7 @@ def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progr
     payload = check_run(config) if rank == 0 else None
     if world > 1:
         torch.distributed.barrier()
-        payload = read_payload(config.out / CHECKPOINT_FILE) if config.resume else None
+        payload = read_payload(config.out / CHECKPOINT_FILE, (CHECKPOINT_FORMAT,)) if config.resume else None
     config.out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)

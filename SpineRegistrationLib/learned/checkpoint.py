@@ -62,7 +62,7 @@ def read_payload(path: str | os.PathLike, formats: tuple[str, ...] = (MODEL_FORM
         raise InputError(f"{path} is not a readable spinereg model file (corrupt or truncated?): {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") not in formats:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise InputError(f"{path} is not a spinereg pose-network file (format {found!r}, expected "
+        raise InputError(f"{path} is not the spinereg model file expected here (format {found!r}, expected "
                          f"{' or '.join(formats)})")
     if payload.get("version") != VERSION:
         raise InputError(f"{path} has version {payload.get('version')!r}; this spinereg reads version {VERSION}")

@@ -214,7 +214,7 @@ def test_model_file_round_trip_and_bad_files_are_one_line_errors(tmp_path):
     payload["config"]["channels"] = [8, 32]
     torch.save(payload, tmp_path / "mismatch.pt")
     cases = {"missing.pt": "does not exist", "corrupt.pt": "not a readable", "foreign.pt": "not a readable",
-             "other.pt": "not a spinereg pose-network file", "mismatch.pt": "weights do not fit"}
+             "other.pt": "not the spinereg model file expected here", "mismatch.pt": "weights do not fit"}
     for name, message in cases.items():
         with pytest.raises(InputError, match=message) as error:
             load_model(tmp_path / name)
