@@ -129,7 +129,7 @@ class DeformationInputs:
     shown over them; a view without a node is left out. refine: refine the poses against the
     X-rays (off: ``--no-refine``, the poses as registered). second_ct_node: a second CT (the
     operating room's): when set, the CT is deformed onto it (CT to CT) instead. device: torch
-    device ("auto": the CLI's default). model: the deformable model file of CT to CT (None:
+    device ("auto": the GPU when there is one). model: the deformable model file of CT to CT (None:
     the shipped one).
     """
 
@@ -237,7 +237,8 @@ def deform_arguments(paths: dict, out_dir, refine: bool = True, device: str = "a
 
     From the poses: ``--result --ct --seg``, ``--xray/--geometry`` per view written,
     ``--no-refine`` when ``refine`` is off. CT to CT: ``--fixed <second CT> --moving <CT>
-    --moving-seg <segmentation>`` (``--model`` when given). ``--device`` unless "auto"."""
+    --moving-seg <segmentation>`` (``--model`` when given). ``--device`` always: "auto" lets the
+    CLI take the GPU when there is one (its own default is the CPU)."""
     if paths.get("mode") == MODE_PAIR:
         args = ["deform", "--fixed", str(paths["fixed"]), "--moving", str(paths["ct"]), "--moving-seg", str(paths["seg"])]
         if model is not None:
@@ -247,9 +248,7 @@ def deform_arguments(paths: dict, out_dir, refine: bool = True, device: str = "a
         args += xray_arguments(paths, paths.get("views", ()))
         if not refine:
             args.append("--no-refine")
-    if device != "auto":
-        args += ["--device", device]
-    return args + ["--out", str(out_dir)]
+    return args + ["--device", device, "--out", str(out_dir)]
 
 
 def deform_progress(event: ProgressEvent, refining: bool = True) -> ProgressEvent:

@@ -55,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     poses.add_argument("--invert", action="store_true", help="the X-rays are stored bone-dark")
     poses.add_argument("--no-refine", action="store_true",
                        help="with --xray: keep the result's poses as they are, only write the DRRs")
-    poses.add_argument("--device", default="cpu", help="torch device of the refinement: cpu, cuda or auto")
+    poses.add_argument("--device", default="cpu", help="torch device of the refinement and of the CT-to-CT network: cpu, cuda or auto (cuda when available)")
     _add_pair_arguments(parser)
     common = parser.add_argument_group("common")
     common.add_argument("--label-scheme", default="auto", choices=SCHEME_CHOICES,

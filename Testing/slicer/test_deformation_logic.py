@@ -181,8 +181,9 @@ def test_deform_inputs_and_command_line_come_from_the_scene(scene, registered, p
     xrays = ["--xray", str(paths["AP"]), "--geometry", str(paths["AP_geometry"]),
              "--xray", str(paths["LAT"]), "--geometry", str(paths["LAT_geometry"])]
     base = ["deform", "--result", str(paths["result"]), "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
-    assert logic.deform_arguments(paths, out) == base + xrays + ["--out", str(out)]
-    assert logic.deform_arguments(paths, out, refine=False) == base + xrays + ["--no-refine", "--out", str(out)]
+    auto = ["--device", "auto", "--out", str(out)]  # "auto" travels: the CLI's own default is the CPU
+    assert logic.deform_arguments(paths, out) == base + xrays + auto
+    assert logic.deform_arguments(paths, out, refine=False) == base + xrays + ["--no-refine"] + auto
     assert logic.deform_arguments(paths, out, device="cuda")[-4:] == ["--device", "cuda", "--out", str(out)]
     assert paths["vertebrae"] == ["L1", "L2", "L3"] and paths["views"] == ["AP", "LAT"]
     # The files are the scene's CT and segmentation, and its result as the library reads result folders.
@@ -218,7 +219,7 @@ def test_deform_command_line_with_a_second_ct(scene, registered, second_ct_path,
     out = tmp_path / "work" / "output"
     assert logic.deform_arguments(paths, out) == [
         "deform", "--fixed", str(paths["fixed"]), "--moving", str(paths["ct"]), "--moving-seg", str(paths["seg"]),
-        "--out", str(out)]
+        "--device", "auto", "--out", str(out)]
     assert logic.deform_arguments(paths, out, model="m.pt", device="cpu")[-6:] == [
         "--model", "m.pt", "--device", "cpu", "--out", str(out)]
     # The second CT is the fixed one, the CT (and its segmentation) the moving one; no result, no X-ray.
