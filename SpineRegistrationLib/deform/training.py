@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..learned.checkpoint import read_payload, save_atomic
-from ..learned.training import _distributed
+from ..learned.training import RunConfig, _distributed
 from ..synthetic.deformation_pairs import DeformationConfig, PairSource
 from .network import CHECKPOINT_FORMAT, MODEL_FORMAT, DeformModelConfig, build_network, model_payload, network_from_payload, save_model
 
@@ -46,49 +45,30 @@ MAX_LABELS = 6
 
 
 @dataclass
-class TrainDeformConfig:
+class TrainDeformConfig(RunConfig):
     """One training run. crop: working-grid nodes per side of the training crops;
     lncc_weight / bending_weight / dice_weight / truth_weight: the loss terms (module docstring);
-    other fields as :class:`..learned.training.TrainConfig`."""
+    the other fields are :class:`..learned.training.RunConfig`'s, with this network's defaults."""
 
-    out: Path
+    WHOLE_NUMBERS: ClassVar[tuple[str, ...]] = RunConfig.WHOLE_NUMBERS + ("crop",)
+
     steps: int = 600
     batch_size: int = 1
     lr: float = 3e-3
     weight_decay: float = 1e-5
-    warmup: float = 0.05
+    checkpoint_every: int = 50
     crop: int = 48
     lncc_weight: float = 1.0
     bending_weight: float = 0.5
     dice_weight: float = 1.0
     truth_weight: float = 1.0
-    seed: int = 0
-    workers: int = 1
-    checkpoint_every: int = 50
-    log_every: int = 10
-    device: str = "cpu"
-    threads: int | None = None
-    resume: bool = False
-    init_model: Path | None = None
     model: DeformModelConfig = field(default_factory=DeformModelConfig)
     synthesis: DeformationConfig = field(default_factory=DeformationConfig)
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "crop"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
+        super().__post_init__()
         if self.crop % self.model.multiple:
             raise InputError(f"crop must be a multiple of {self.model.multiple}, got {self.crop}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"lr must be > 0, got {self.lr!r}")
-
-    def to_json(self) -> dict:
-        values = asdict(self)
-        values.update(out=str(self.out), init_model=None if self.init_model is None else str(self.init_model),
-                      model=self.model.to_dict())
-        return values
 
 
 def _one_hot(labels: torch.Tensor, values: list[int]) -> torch.Tensor:

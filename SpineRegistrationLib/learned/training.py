@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,51 @@ VALIDATION_RANK = 1_000_000
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What every training run of the project shares (the pose network's :class:`TrainConfig`, the
+    deformable network's ``deform.training.TrainDeformConfig``): where it writes, how long, the
+    optimiser, the data workers, checkpoints and logs, the device, resuming and fine-tuning.
+    Subclasses set their own defaults and add their loss and model fields; ``WHOLE_NUMBERS``
+    names the fields that must be whole numbers >= 1."""
+
+    WHOLE_NUMBERS: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "checkpoint_every", "log_every")
+
+    out: Path
+    steps: int = 6000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05
+    seed: int = 0
+    workers: int = 1
+    checkpoint_every: int = 100
+    log_every: int = 10
+    device: str = "cpu"
+    threads: int | None = None
+    resume: bool = False
+    init_model: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in self.WHOLE_NUMBERS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"lr must be > 0, got {self.lr!r}")
+        if self.workers < 0:
+            raise InputError(f"workers must be >= 0, got {self.workers}")
+
+    def to_json(self) -> dict:
+        values = asdict(self)
+        values["out"] = str(self.out)
+        values["init_model"] = None if self.init_model is None else str(self.init_model)
+        values["model"] = self.model.to_dict()
+        return values
+
+
+@dataclass
+class TrainConfig(RunConfig):
     """One training run (see the module docstring for the files in ``out``).
 
     steps / batch_size: optimiser steps and samples per step (per process).
@@ -61,45 +105,15 @@ class TrainConfig:
     tensorboard: also write TensorBoard events.
     """
 
-    out: Path
-    steps: int = 6000
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.05
+    WHOLE_NUMBERS: ClassVar[tuple[str, ...]] = RunConfig.WHOLE_NUMBERS + ("validate_every",)
+
     rotation_weight: float = 0.2
     translation_weight: float = 0.2
-    seed: int = 0
-    workers: int = 1
-    checkpoint_every: int = 100
-    log_every: int = 10
     validate_every: int = 500
     validation_batches: int = 4
-    device: str = "cpu"
-    threads: int | None = None
-    resume: bool = False
-    init_model: Path | None = None
     tensorboard: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "validate_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"lr must be > 0, got {self.lr!r}")
-        if self.workers < 0:
-            raise InputError(f"workers must be >= 0, got {self.workers}")
-
-    def to_json(self) -> dict:
-        values = asdict(self)
-        values["out"] = str(self.out)
-        values["init_model"] = None if self.init_model is None else str(self.init_model)
-        values["model"] = self.model.to_dict()
-        return values
 
 
 def pose_errors(rotation_pred: torch.Tensor, translation_pred: torch.Tensor, rotation: torch.Tensor,
