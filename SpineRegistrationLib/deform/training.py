@@ -31,7 +31,7 @@ import torch
 
 from ..errors import InputError
 from ..learned.checkpoint import read_payload, save_atomic
-from ..learned.training import RunConfig, _distributed
+from ..learned.training import RunConfig, _distributed, distributed_net, optimiser_of
 from ..synthetic.deformation_pairs import DeformationConfig, PairSource
 from .network import CHECKPOINT_FORMAT, MODEL_FORMAT, DeformModelConfig, build_network, model_payload, network_from_payload, save_model
 
@@ -191,17 +191,8 @@ def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progr
     else:
         network = build_network(model_config)
     network = network.to(device).train()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
-                                                   pct_start=config.warmup)
-    start = 0
-    if payload is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-        schedule.load_state_dict(payload["schedule"])
-        start = int(payload["step"])
-    net = network
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer, schedule, start = optimiser_of(network, config, payload)
+    net = distributed_net(network, world, device)
     loss_fn = DeformLoss(config)
     stream = PairStream(sources, config, start, config.steps, rank)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,

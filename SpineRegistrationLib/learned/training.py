@@ -116,6 +116,25 @@ class TrainConfig(RunConfig):
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
+def optimiser_of(network: torch.nn.Module, config: RunConfig, payload: dict | None):
+    """(AdamW, one-cycle schedule, first step) of a run, restored from the checkpoint ``payload`` when resuming."""
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
+                                                   pct_start=config.warmup)
+    if payload is None:
+        return optimizer, schedule, 0
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    return optimizer, schedule, int(payload["step"])
+
+
+def distributed_net(network: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
+    """``network`` wrapped in DistributedDataParallel when ``world`` > 1 processes train, else itself."""
+    if world <= 1:
+        return network
+    return torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def pose_errors(rotation_pred: torch.Tensor, translation_pred: torch.Tensor, rotation: torch.Tensor,
                 translation: torch.Tensor, points: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-sample errors (B,): mean point distance over ``points`` (mm), rotation (deg), translation (mm)."""
@@ -241,17 +260,8 @@ def train(sources: Sequence[TrainingCT], config: TrainConfig, progress: bool = T
     else:
         model = PoseNet(config.model)
     model = model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
-                                                   pct_start=config.warmup)
-    start = 0
-    if payload is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-        schedule.load_state_dict(payload["schedule"])
-        start = int(payload["step"])
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer, schedule, start = optimiser_of(model, config, payload)
+    net = distributed_net(model, world, device)
 
     stream = SampleStream(sources, config.synthesis, config.batch_size, config.seed, start, config.steps, rank)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
