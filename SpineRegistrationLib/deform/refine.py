@@ -25,6 +25,7 @@ import SimpleITK as sitk
 import torch
 
 from ..core.labelmap import Labelmap
+from ..core.metrics import rotation_error_deg, translation_error_mm
 from ..core.volume import Volume, bounding_box_ijk, mask_center_ras
 from ..geometry import XrayGeometry
 from ..io.images import volume_to_image
@@ -171,10 +172,8 @@ def _support_box(weight: torch.Tensor) -> tuple[slice, slice]:
 
 def _within(moved: np.ndarray, start: np.ndarray, centre_ras: np.ndarray, config: JointRefineConfig) -> bool:
     """Whether ``moved`` stays within the trust region of ``start`` (rotation and centre shift)."""
-    relative = moved[:3, :3] @ start[:3, :3].T
-    angle = np.degrees(np.arccos(np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0)))
-    shift = np.linalg.norm((moved[:3, :3] - start[:3, :3]) @ centre_ras + moved[:3, 3] - start[:3, 3])
-    return bool(angle <= config.trust_deg and shift <= config.trust_mm)
+    return (rotation_error_deg(moved, start) <= config.trust_deg
+            and translation_error_mm(moved, start, centre_ras) <= config.trust_mm)
 
 
 def _mean_centre(centres: dict[str, np.ndarray], poses: dict[str, np.ndarray]) -> np.ndarray:

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from ..core.displacement import DisplacementField, check_memory, jacobian_stats
 from ..core.labelmap import Labelmap, centroids_ras, check_same_grid
+from ..core.metrics import rotation_error_deg, translation_error_mm
 from ..core.volume import Volume
 from ..deform.polyrigid import PolyRigidConfig, polyrigid_field, rigid_residuals
 from ..deform.refine import JointRefineConfig, JointRefinement, refine_jointly
@@ -129,13 +130,11 @@ def _refinement_entry(refinement: JointRefinement | None, name: str, folder: Res
     if refinement is None or name not in refinement.poses:
         return {}
     start, final = folder.vertebrae[name].matrix_ras, refinement.poses[name]
-    relative = final @ np.linalg.inv(start)
-    angle = np.degrees(np.arccos(np.clip((np.trace(relative[:3, :3]) - 1) / 2, -1, 1)))
-    centre = np.asarray(folder.vertebrae[name].center_ras)
-    shift = float(np.linalg.norm((final[:3, :3] - start[:3, :3]) @ centre + final[:3, 3] - start[:3, 3]))
+    angle = rotation_error_deg(final, start)
+    shift = translation_error_mm(final, start, folder.vertebrae[name].center_ras)
     return {"refinement": {"similarity_before": round(refinement.before[name], 4),
                            "similarity_after": round(refinement.after[name], 4),
-                           "rotation_deg": round(float(angle), 3), "centre_shift_mm": round(shift, 3),
+                           "rotation_deg": round(angle, 3), "centre_shift_mm": round(shift, 3),
                            "kept_start": name in refinement.kept}}
 
 
