@@ -31,7 +31,7 @@ import torch
 
 from ..errors import InputError
 from ..learned.checkpoint import read_payload, save_atomic
-from ..learned.training import RunConfig, _distributed, distributed_net, optimiser_of
+from ..learned.training import RunConfig, distributed_net, optimiser_of, start_process
 from ..synthetic.deformation_pairs import DeformationConfig, PairSource
 from .network import CHECKPOINT_FORMAT, MODEL_FORMAT, DeformModelConfig, build_network, model_payload, network_from_payload, save_model
 
@@ -161,17 +161,7 @@ def check_run(config: TrainDeformConfig) -> dict | None:
 def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progress: bool = True) -> Path:
     """Train (or resume, or fine-tune) the deformable network; returns model.pt's path.
     Raises KeyboardInterrupt after saving a checkpoint when interrupted."""
-    rank, world, local_rank = _distributed()
-    device = torch.device(config.device)
-    if world > 1:
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    rank, world, device = start_process(config)
     # The untrained network's displacements are tiny: their gradients through the scaling and
     # squaring fall into denormal floats, which make CPU backward passes ~10x slower.
     torch.set_flush_denormal(True)

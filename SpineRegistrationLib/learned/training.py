@@ -153,10 +153,23 @@ def pose_loss(errors: dict[str, torch.Tensor], config: TrainConfig) -> torch.Ten
             + config.translation_weight * errors["translation_mm"]).mean()
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when alone."""
+def start_process(config: RunConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this training process, from torchrun's environment
+    ((0, 1, config.device) when alone); under torchrun it joins the process group (NCCL on
+    its local GPU, else gloo). Sets the torch CPU threads when ``config.threads`` is given."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(config.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return rank, world, device
 
 
 def check_run(config: TrainConfig) -> dict | None:
@@ -235,17 +248,7 @@ def train(sources: Sequence[TrainingCT], config: TrainConfig, progress: bool = T
 
     Raises KeyboardInterrupt after saving a checkpoint when interrupted.
     """
-    rank, world, local_rank = _distributed()
-    device = torch.device(config.device)
-    if world > 1:
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    rank, world, device = start_process(config)
     payload = check_run(config) if rank == 0 else None
     if world > 1:  # the other ranks read what rank 0 checked
         torch.distributed.barrier()
