@@ -33,6 +33,7 @@ import numpy as np
 
 from ..core.labels import VERTEBRAE, canonical_name
 from ..errors import InputError
+from ..geometry.image_boxes import polygon_area
 from .atomic import write_text_atomic
 from .jsonfile import read_json
 
@@ -74,12 +75,6 @@ class XrayImageInfo:
 
     file_name: str
     size: tuple[int, int]
-
-
-def polygon_area(corners: np.ndarray) -> float:
-    """Signed area (shoelace) of an (N, 2) polygon, px^2; positive when counter-clockwise in (x, y)."""
-    x, y = corners[:, 0], corners[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
 def _checked_box(raw: Any, where: str, size: tuple[int, int] | None) -> XrayBox:
