@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull
 
 from ..core.labelmap import Labelmap, centroids_ras
 from ..geometry import XrayGeometry
@@ -57,35 +58,53 @@ def surface_corners_ras(labelmap: Labelmap, label: int, region: tuple[slice, ...
     return labelmap.volume.ijk_to_ras_points(ijk.reshape(-1, 3))
 
 
+class VertebraOutlines:
+    """The vertebrae of a labelmap, ready to be boxed on any view: per vertebra the vertices of the
+    convex hull of its surface-voxel corners (the projected hull has the same bounding rectangle
+    as the projected voxels: a pinhole projection keeps convex sets convex), its centroid and the
+    spine axis there, CT RAS mm. vertebrae: names to keep (default every vertebra of the labelmap)."""
+
+    def __init__(self, labelmap: Labelmap, vertebrae: Sequence[str] | None = None) -> None:
+        labels = labelmap.labels
+        self.names = [n for n in labels if vertebrae is None or n in vertebrae]
+        centroids = centroids_ras(labelmap)
+        axes = spine_axes_ras(centroids)
+        regions = ndimage.find_objects(labelmap.volume.array)
+        self.hulls, self.centers, self.axes = {}, {}, {}
+        for name in self.names:
+            corners = surface_corners_ras(labelmap, labels[name], regions[labels[name] - 1])
+            self.hulls[name] = corners[ConvexHull(corners).vertices]
+            self.centers[name], self.axes[name] = centroids[name], axes[name]
+
+    def boxes(self, geometry: XrayGeometry, poses: Mapping[str, np.ndarray] | np.ndarray | None = None
+              ) -> list[XrayBox]:
+        """The box of each vertebra whose box centre lies on the image, cranial -> caudal.
+
+        poses: one (4, 4) matrix_ras (CT RAS -> world) for all, or name -> matrix_ras (vertebrae
+        without one stay at the identity); None: the identity. Boxes have score 1, ``accepted``
+        False, source ``projection``.
+        """
+        columns, rows = geometry.size
+        boxes = []
+        for name in self.names:
+            matrix = np.asarray(poses if isinstance(poses, np.ndarray) else (poses or {}).get(name, np.eye(4)), float)
+            center = _apply(matrix, self.centers[name][None])[0]
+            tip = center + _AXIS_MM * (matrix[:3, :3] @ self.axes[name])
+            points, ends = geometry.project(_apply(matrix, self.hulls[name])), geometry.project(np.stack([center, tip]))
+            if not (np.all(np.isfinite(points)) and np.all(np.isfinite(ends))):
+                continue  # reaches the source's plane
+            axis = ends[1] - ends[0]
+            if np.linalg.norm(axis) < 1e-6:  # the spine runs along the beam: its own long axis
+                axis = np.linalg.svd(points - points.mean(0), full_matrices=False)[2][0]
+            box = bounding_rectangle(points, axis)
+            column, row = box.mean(axis=0)
+            if -0.5 <= column <= columns - 0.5 and -0.5 <= row <= rows - 0.5:
+                boxes.append(XrayBox(name, box, 1.0, False, "projection"))
+        return boxes
+
+
 def projected_boxes(labelmap: Labelmap, geometry: XrayGeometry,
                     poses: Mapping[str, np.ndarray] | np.ndarray | None = None,
                     vertebrae: Sequence[str] | None = None) -> list[XrayBox]:
-    """The box of each vertebra whose box centre lies on the image, cranial -> caudal.
-
-    poses: one (4, 4) matrix_ras (CT RAS -> world) for all, or name -> matrix_ras (vertebrae
-    without one stay at the identity); None: the identity. vertebrae: names to box (default
-    every vertebra of the labelmap). Boxes have score 1, ``accepted`` False, source ``projection``.
-    """
-    labels = labelmap.labels
-    names = [n for n in labels if vertebrae is None or n in vertebrae]
-    centroids = centroids_ras(labelmap)
-    axes = spine_axes_ras(centroids)
-    regions = ndimage.find_objects(labelmap.volume.array)
-    columns, rows = geometry.size
-    boxes = []
-    for name in names:
-        matrix = np.asarray(poses if isinstance(poses, np.ndarray) else (poses or {}).get(name, np.eye(4)), float)
-        corners = _apply(matrix, surface_corners_ras(labelmap, labels[name], regions[labels[name] - 1]))
-        center = _apply(matrix, centroids[name][None])[0]
-        tip = center + _AXIS_MM * (matrix[:3, :3] @ axes[name])
-        points, ends = geometry.project(corners), geometry.project(np.stack([center, tip]))
-        if not (np.all(np.isfinite(points)) and np.all(np.isfinite(ends))):
-            continue  # reaches the source's plane
-        axis = ends[1] - ends[0]
-        if np.linalg.norm(axis) < 1e-6:  # the spine runs along the beam: its own long axis
-            axis = np.linalg.svd(points - points.mean(0), full_matrices=False)[2][0]
-        box = bounding_rectangle(points, axis)
-        column, row = box.mean(axis=0)
-        if -0.5 <= column <= columns - 0.5 and -0.5 <= row <= rows - 0.5:
-            boxes.append(XrayBox(name, box, 1.0, False, "projection"))
-    return boxes
+    """:meth:`VertebraOutlines.boxes` of one view (build the outlines once for many views)."""
+    return VertebraOutlines(labelmap, vertebrae).boxes(geometry, poses)
