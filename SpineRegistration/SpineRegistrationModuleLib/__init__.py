@@ -17,6 +17,8 @@ Modules (each imports only those above it):
 - :mod:`.results`       a result folder read and put into the scene; reset
 - :mod:`.registration`  inputs checked by the library's validator, written for the CLI, run
 - :mod:`.views`         slice-view layout, DRR opacity, visibility
+- :mod:`.boxes`         vertebra boxes on the X-rays (markups planes): accepted state, JSON/COCO
+                        export and import, projected from the CT, detected (``spinereg detect``)
 - :mod:`.deformation`   the Deform step: ``spinereg deform`` from the scene's result and X-rays, or from
                         the CT to a second CT; its folder into the scene
 
@@ -34,6 +36,8 @@ Scene representation (DESIGN.md):
   holding the registered pose (``matrixTransformToParent`` = ``matrix_ras``, CT RAS ->
   world) and a surface model of the vertebra placed under that transform (the moved
   segmentation in 3D).
+- Per X-ray and vertebra: a box, a markups plane on the X-ray's detector plane named after the
+  vertebra, green when accepted, orange when not (:mod:`.boxes`).
 - Per view: the DRR of the registered vertebrae as a volume on the X-ray's plane (same
   IJKToRAS as the X-ray) for blending over it in a slice view.
 - A results table (vertebra, similarity, verdict, time).
@@ -103,6 +107,24 @@ from .registration import (
     xray_arguments,
     xray_inputs,
 )
+from .boxes import (
+    ROLE_BOX,
+    accept_all,
+    add_box,
+    box_nodes,
+    box_of,
+    box_rows,
+    boxes_from_scene,
+    boxes_to_scene,
+    detect_boxes,
+    export_boxes,
+    import_boxes,
+    is_accepted,
+    project_boxes,
+    projection_warnings,
+    set_accepted,
+    write_accepted_boxes,
+)
 from .results import (
     DRR_COLOR_NAME,
     RegistrationResult,
@@ -171,6 +193,7 @@ __all__ = [
     "REF_SOURCE",
     "RESULT_ROLES",
     "ROI_MARGIN_MM",
+    "ROLE_BOX",
     "ROLE_DEFORMATION",
     "ROLE_DEFORMED_DRR",
     "ROLE_DEFORMED_SEGMENTATION",
@@ -193,12 +216,19 @@ __all__ = [
     "RegistrationResult",
     "RegistrationRun",
     "SceneChange",
+    "accept_all",
+    "add_box",
     "add_segmentation_node",
     "add_volume_node",
     "apply_deformation_result",
     "apply_registration_result",
     "attach_geometry",
     "available_commands",
+    "box_nodes",
+    "box_of",
+    "box_rows",
+    "boxes_from_scene",
+    "boxes_to_scene",
     "check_inputs",
     "check_view",
     "check_xray_size",
@@ -207,11 +237,15 @@ __all__ = [
     "deform_progress",
     "deformation_summary",
     "deformed_drr_node_of",
+    "detect_boxes",
     "drr_node_of",
+    "export_boxes",
     "fill_volume_node",
     "first_node",
     "geometry_of",
     "ijk_to_ras_of",
+    "import_boxes",
+    "is_accepted",
     "load_ct",
     "load_segmentation",
     "load_xray",
@@ -219,6 +253,8 @@ __all__ = [
     "nodes_with",
     "parse_progress_line",
     "prepare_registration",
+    "project_boxes",
+    "projection_warnings",
     "python_command",
     "read_deform_document",
     "read_deformation_result",
@@ -233,6 +269,7 @@ __all__ = [
     "results_table_rows",
     "roi_box_ijk",
     "scene_result_vertebrae",
+    "set_accepted",
     "set_drr_opacity",
     "set_results_visibility",
     "show_xray_in_slice_view",
@@ -244,6 +281,7 @@ __all__ = [
     "vertebra_names",
     "vertebra_surface",
     "volume_of",
+    "write_accepted_boxes",
     "write_deformation_inputs",
     "write_registration_inputs",
     "write_xray_inputs",
