@@ -211,6 +211,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.latXraySelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showGeometryPath("LAT", node))
         self.ui.vertebraListWidget.connect("itemChanged(QListWidgetItem*)", self.onVertebraChecked)
         self.ui.progressBar.setVisible(False)
+        self.setupBoxes()
 
         self.initializeParameterNode()
 
@@ -223,6 +224,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.updateBoxesTable()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -425,6 +427,102 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.logic.reset()
             self.ui.resultsTableView.setMRMLTableNode(None)
             self.ui.statusLabel.text = _("Results removed.")
+
+    # ------------------------------------------------------------------ vertebra boxes
+    def setupBoxes(self) -> None:
+        self._boxNodeIds = []  # table row -> box node ID
+        self._updatingBoxes = False
+        for button, handler in (
+            (self.ui.detectBoxesButton, self.onDetectBoxes),
+            (self.ui.projectBoxesButton, self.onProjectBoxes),
+            (self.ui.acceptSelectedBoxesButton, lambda: self.onAcceptBoxes(True)),
+            (self.ui.unacceptSelectedBoxesButton, lambda: self.onAcceptBoxes(False)),
+            (self.ui.acceptAllBoxesButton, self.onAcceptAllBoxes),
+            (self.ui.addBoxButton, self.onAddBox),
+            (self.ui.deleteBoxesButton, self.onDeleteBoxes),
+            (self.ui.importBoxesButton, self.onImportBoxes),
+            (self.ui.exportBoxesButton, self.onExportBoxes),
+        ):
+            button.connect("clicked(bool)", lambda checked=False, handler=handler: handler())
+        self.ui.boxesTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.ui.boxesTableWidget.connect("itemChanged(QTableWidgetItem*)", self.onBoxRenamed)
+
+    def updateBoxesTable(self, message: str | None = None) -> None:
+        """Fill the table (view, vertebra, score, accepted) from the box nodes; show ``message``."""
+        if message is not None:
+            self.ui.boxesStatusLabel.text = message
+        rows = self.logic.boxRows()
+        table = self.ui.boxesTableWidget
+        self._updatingBoxes = True
+        try:
+            table.setRowCount(len(rows))
+            self._boxNodeIds = [row[-1].GetID() for row in rows]
+            for row, (view, name, score, accepted, _node) in enumerate(rows):
+                for column, text in enumerate((view, name, f"{score:.2f}", _("yes") if accepted else _("no"))):
+                    item = qt.QTableWidgetItem(text)
+                    if column != 1:  # only the vertebra is edited here (renames the box)
+                        item.setFlags(item.flags() & ~qt.Qt.ItemIsEditable)
+                    table.setItem(row, column, item)
+        finally:
+            self._updatingBoxes = False
+
+    def selectedBoxes(self) -> list:
+        rows = sorted({index.row() for index in self.ui.boxesTableWidget.selectionModel().selectedRows()})
+        nodes = [slicer.mrmlScene.GetNodeByID(self._boxNodeIds[row]) for row in rows if row < len(self._boxNodeIds)]
+        return [node for node in nodes if node is not None]
+
+    def _boxAction(self, errorText: str, action) -> None:
+        """Run ``action`` (returns the status message) showing errors; refresh the table."""
+        if not self.ensureDependencies(self.logic):
+            return
+        message = None
+        with slicer.util.tryWithErrorDisplay(errorText, waitCursor=True):
+            message = action()
+        self.updateBoxesTable(message)
+
+    def onDetectBoxes(self) -> None:
+        def progress(fraction, text):
+            self.ui.boxesStatusLabel.text = text
+            slicer.app.processEvents()
+
+        self._boxAction(_("Detection failed; the boxes are unchanged."),
+                        lambda: self.logic.detectBoxes(self._parameterNode, callback=progress))
+
+    def onProjectBoxes(self) -> None:
+        self._boxAction(_("Could not project the vertebrae."), lambda: self.logic.projectBoxes(self._parameterNode))
+
+    def onAcceptBoxes(self, accepted: bool) -> None:
+        self._boxAction(_("Could not change the boxes."), lambda: self.logic.acceptBoxes(self._parameterNode, self.selectedBoxes(), accepted))
+
+    def onAcceptAllBoxes(self) -> None:
+        self._boxAction(_("Could not change the boxes."), lambda: self.logic.acceptBoxes(self._parameterNode, None, True))
+
+    def onAddBox(self) -> None:
+        self._boxAction(_("Could not add the box."), lambda: self.logic.addBox(
+            self._parameterNode, self.ui.addBoxViewComboBox.currentText, self.ui.addBoxNameLineEdit.text.strip() or "L1"))
+
+    def onDeleteBoxes(self) -> None:
+        self._boxAction(_("Could not delete the boxes."), lambda: self.logic.deleteBoxes(self.selectedBoxes()))
+
+    def onBoxRenamed(self, item) -> None:
+        if self._updatingBoxes or item.column() != 1 or item.row() >= len(self._boxNodeIds):
+            return
+        node = slicer.mrmlScene.GetNodeByID(self._boxNodeIds[item.row()])
+        if node is not None:
+            node.SetName(item.text().strip())
+        self.updateBoxesTable()
+
+    def onImportBoxes(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Import vertebra boxes"), "",
+                                              _("Vertebra boxes (*.json);;All files (*)"))
+        if path:
+            self._boxAction(_("Import failed; the boxes are unchanged."), lambda: self.logic.importBoxes(self._parameterNode, path))
+
+    def onExportBoxes(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(self.parent, _("Export vertebra boxes"), "boxes.json",
+                                              _("Vertebra boxes (*.json)"))
+        if path:
+            self._boxAction(_("Export failed; nothing was written."), lambda: self.logic.exportBoxes(self._parameterNode, path))
 
     # ------------------------------------------------------------------ dependencies
     @staticmethod
@@ -675,6 +773,73 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def reset(self) -> int:
         return self.scene().reset_results(slicer.mrmlScene)
+
+    # ------------------------------------------------------------------ vertebra boxes
+    def boxXrays(self, parameterNode) -> dict:
+        """The selected X-rays that have a geometry, by view; ValueError when there is none."""
+        xrays = {view: node for view, node in (("AP", parameterNode.apXray), ("LAT", parameterNode.latXray))
+                 if node is not None and self.scene().geometry_of(node) is not None}
+        if not xrays:
+            raise ValueError("select the X-rays and load their geometry first (Inputs)")
+        return xrays
+
+    def boxRows(self) -> list[tuple]:
+        return [] if self.missingDependencies() else self.scene().box_rows(slicer.mrmlScene)
+
+    def boxMessage(self, parameterNode, done: str) -> str:
+        """``done``, then a warning per box that does not hold its registered vertebra's projection."""
+        warnings = []
+        if parameterNode.ctVolume and parameterNode.segmentation:
+            warnings = self.scene().projection_warnings(
+                slicer.mrmlScene, parameterNode.ctVolume, parameterNode.segmentation, self.boxXrays(parameterNode))
+        return "\n".join([done, *(_("Warning: {text}").format(text=text) for text in warnings)])
+
+    def detectBoxes(self, parameterNode, callback=None) -> str:
+        """Boxes from ``spinereg detect`` on the selected X-rays (accepted boxes stay); the status message."""
+        scene = self.scene()
+        if "detect" not in scene.available_commands():
+            raise ValueError("the installed SpineRegistration library has no 'spinereg detect' command yet")
+        made = scene.detect_boxes(
+            slicer.mrmlScene, self.boxXrays(parameterNode), parameterNode.ctVolume, parameterNode.segmentation,
+            python=self.pythonExecutable(), work_dir=slicer.app.temporaryPath, callback=callback)
+        return self.boxMessage(parameterNode, _("Detected {count} boxes.").format(count=sum(map(len, made.values()))))
+
+    def projectBoxes(self, parameterNode) -> str:
+        """Boxes of the segmentation's vertebrae at their registered poses (accepted boxes stay)."""
+        made = self.scene().project_boxes(
+            slicer.mrmlScene, parameterNode.ctVolume, parameterNode.segmentation, self.boxXrays(parameterNode))
+        return self.boxMessage(parameterNode, _("Projected {count} boxes from the CT.").format(count=sum(map(len, made.values()))))
+
+    def acceptBoxes(self, parameterNode, nodes, accepted: bool) -> str:
+        """Accept (or not) the given box nodes; None: every box."""
+        if nodes is None:
+            count = self.scene().accept_all(slicer.mrmlScene, accepted=accepted)
+        else:
+            for node in nodes:
+                self.scene().set_accepted(node, accepted)
+            count = len(nodes)
+        done = _("{count} boxes accepted.") if accepted else _("{count} boxes no longer accepted.")
+        return self.boxMessage(parameterNode, done.format(count=count))
+
+    def addBox(self, parameterNode, view: str, vertebra: str) -> str:
+        xray = self.boxXrays(parameterNode).get(view)
+        if xray is None:
+            raise ValueError(f"no {view} X-ray with a geometry is selected")
+        node = self.scene().add_box(slicer.mrmlScene, xray, vertebra)
+        return _("Added {name} on the {view} X-ray: drag it into place.").format(name=node.GetName(), view=view)
+
+    def deleteBoxes(self, nodes) -> str:
+        for node in nodes:
+            self.scene().remove_node(slicer.mrmlScene, node)
+        return _("Deleted {count} boxes.").format(count=len(nodes))
+
+    def importBoxes(self, parameterNode, path: str) -> str:
+        made = self.scene().import_boxes(slicer.mrmlScene, path, self.boxXrays(parameterNode))
+        return self.boxMessage(parameterNode, _("Imported {count} boxes.").format(count=sum(map(len, made.values()))))
+
+    def exportBoxes(self, parameterNode, path: str) -> str:
+        jsonPath, cocoPath = self.scene().export_boxes(slicer.mrmlScene, path, self.boxXrays(parameterNode))
+        return self.boxMessage(parameterNode, _("Wrote {json} and {coco}.").format(json=jsonPath, coco=cocoPath))
 
     # ------------------------------------------------------------------ display
     def showXrays(self, apNode, latNode, opacity: float = 0.5) -> None:

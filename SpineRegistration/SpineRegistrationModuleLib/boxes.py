@@ -304,11 +304,12 @@ def collect_boxes(scene, xrays: dict | None = None, accepted_only: bool = False)
     return boxes, images
 
 
-def export_boxes(scene, path: str | os.PathLike, accepted_only: bool = False) -> tuple[Path, Path]:
-    """Write the scene's boxes as ``spinereg-xray-boxes`` JSON at ``path`` and COCO beside it
-    (:func:`coco_path_of`). Returns both paths; InputError (nothing written) when there is no
-    box or a box is bad (e.g. not named after a vertebra)."""
-    boxes, images = collect_boxes(scene, accepted_only=accepted_only)
+def export_boxes(scene, path: str | os.PathLike, xrays: dict | None = None, accepted_only: bool = False) -> tuple[Path, Path]:
+    """Write the boxes of the X-rays (view -> node; default :func:`scene_xrays`) as
+    ``spinereg-xray-boxes`` JSON at ``path`` and COCO beside it (:func:`coco_path_of`). Returns
+    both paths; InputError (nothing written) when there is no box or a box is bad (e.g. not
+    named after a vertebra)."""
+    boxes, images = collect_boxes(scene, xrays, accepted_only)
     if not boxes:
         raise InputError("no accepted vertebra boxes to export" if accepted_only else "no vertebra boxes to export")
     return write_xray_boxes(path, boxes, images), write_coco(coco_path_of(path), boxes, images)
@@ -331,11 +332,12 @@ def read_boxes_file(path: str | os.PathLike, sizes: dict) -> dict:
     return read_xray_boxes(path, sizes)
 
 
-def import_boxes(scene, path: str | os.PathLike) -> dict:
-    """Read a box file (JSON or COCO) onto the scene's X-rays: each view in the file keeps only
-    the file's boxes. Returns {view: [box nodes]}. InputError (one line, scene unchanged) for a
-    malformed file, an unknown vertebra, a box off its image or a view with no X-ray in the scene."""
-    xrays = scene_xrays(scene)
+def import_boxes(scene, path: str | os.PathLike, xrays: dict | None = None) -> dict:
+    """Read a box file (JSON or COCO) onto the X-rays (view -> node; default :func:`scene_xrays`):
+    each view in the file keeps only the file's boxes. Returns {view: [box nodes]}. InputError
+    (one line, scene unchanged) for a malformed file, an unknown vertebra, a box off its image
+    or a view with no X-ray."""
+    xrays = scene_xrays(scene) if xrays is None else xrays
     boxes = read_boxes_file(path, {view: xray_size(node) for view, node in xrays.items()})
     missing = sorted(view for view in boxes if view not in xrays)
     if missing:
