@@ -481,8 +481,8 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.updateBoxesTable(message)
 
     def onDetectBoxes(self) -> None:
-        def progress(fraction, text):
-            self.ui.boxesStatusLabel.text = text
+        def progress(event):
+            self.ui.boxesStatusLabel.text = event.message
             slicer.app.processEvents()
 
         self._boxAction(_("Detection failed; the boxes are unchanged."),
@@ -800,8 +800,8 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
         if "detect" not in scene.available_commands():
             raise ValueError("the installed SpineRegistration library has no 'spinereg detect' command yet")
         made = scene.detect_boxes(
-            slicer.mrmlScene, self.boxXrays(parameterNode), parameterNode.ctVolume, parameterNode.segmentation,
-            python=self.pythonExecutable(), work_dir=slicer.app.temporaryPath, callback=callback)
+            slicer.mrmlScene, self.boxXrays(parameterNode), python=self.pythonExecutable(), device=parameterNode.device,
+            work_dir=slicer.app.temporaryPath, callback=callback)
         return self.boxMessage(parameterNode, _("Detected {count} boxes.").format(count=sum(map(len, made.values()))))
 
     def projectBoxes(self, parameterNode) -> str:

@@ -33,16 +33,15 @@ import slicer
 from SpineRegistrationLib.core.labels import VERTEBRAE, canonical_name
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.geometry.image_boxes import convex_intersection_area, polygon_area
-from SpineRegistrationLib.io import write_labelmap, write_volume
 from SpineRegistrationLib.io.xray_boxes import XrayBox, XrayImageInfo, check_boxes, read_coco, read_xray_boxes
 from SpineRegistrationLib.io.xray_boxes import write_coco, write_xray_boxes
 
 from SpineRegistrationLib.render.projected_boxes import VertebraOutlines
 
 from .nodes import ATTR_VERTEBRA, ATTR_VIEW, ROLE_TRANSFORM, ROLE_XRAY, SceneChange, ijk_to_ras_of, nodes_with
-from .nodes import remove_node, tag_node, transform_to_parent_of, vertebra_labelmap, volume_of
+from .nodes import remove_node, tag_node, transform_to_parent_of, vertebra_labelmap
 from .process import CliProcess
-from .registration import write_xray_inputs, xray_inputs
+from .registration import write_xray_inputs, xray_arguments, xray_inputs
 from .xrays import check_view, geometry_of, xray_size
 
 #: ATTR_ROLE of box nodes (not a result: Reset keeps them).
@@ -395,59 +394,50 @@ def projection_warnings(scene, ct_node, segmentation_node, xrays: dict | None = 
 
 
 # ---------------------------------------------------------------------- detection
-def detect_arguments(paths: dict, view: str, out_path: Path) -> list[str]:
-    """``spinereg detect`` arguments (no program name) for one view's files of :func:`write_xray_inputs`
-    (with ``paths["ct"]`` / ``paths["seg"]`` when written)."""
-    args = ["detect", "--xray", str(paths[view]), "--geometry", str(paths[f"{view}_geometry"])]
-    if "ct" in paths:
-        args += ["--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
-    return args + ["--out", str(out_path)]
+def detect_arguments(paths: dict, views, out_path: Path, device: str = "cpu") -> list[str]:
+    """``spinereg detect`` arguments (no program name) for the files of :func:`write_xray_inputs`
+    (the geometry file stems name the views)."""
+    return ["detect", *xray_arguments(paths, views), "--device", device, "--out", str(out_path)]
 
 
-def detect_boxes(scene, xrays: dict | None = None, ct_node=None, segmentation_node=None, python: str | None = None,
-                 work_dir=None, callback=None, timeout_s: float | None = None) -> dict:
-    """Run ``spinereg detect`` on each X-ray (out of process, one after the other; with the CT
-    and its segmentation when both are given) and put the detected boxes into the scene as by
-    :func:`boxes_to_scene` (accepted boxes kept), once every view succeeded.
+def best_per_vertebra(boxes: list[XrayBox]) -> list[XrayBox]:
+    """The highest-scoring box of each vertebra, in first-seen order (one box per vertebra and view)."""
+    best: dict[str, XrayBox] = {}
+    for box in boxes:
+        if box.vertebra not in best or box.score > best[box.vertebra].score:
+            best[box.vertebra] = box
+    return list(best.values())
 
-    callback(fraction in [0, 1], message) per progress line. Returns {view: [new box nodes]}.
-    InputError (one line, scene unchanged) for bad inputs or a failed run; the work folder
-    is always removed.
-    """
+
+def detect_boxes(scene, xrays: dict | None = None, python: str | None = None, device: str = "cpu", work_dir=None,
+                 callback=None, timeout_s: float | None = None) -> dict:
+    """Run the detector on the X-rays (``spinereg detect``, out of process, blocking) and put its
+    boxes (the best of each vertebra) into the scene as by :func:`boxes_to_scene` (accepted
+    boxes kept). callback(ProgressEvent) per output line. Returns {view: [new box nodes]}.
+    InputError (one line, scene unchanged) for bad inputs or a failed run; the work folder is
+    always removed."""
     xrays = scene_xrays(scene) if xrays is None else xrays
     if not xrays:
-        raise InputError("no X-ray with a geometry in the scene: load the X-rays first")
+        raise InputError("no X-ray with a geometry: load the X-rays first")
     geometries, arrays = xray_inputs(xrays)
-    labelmap = vertebra_labelmap(segmentation_node, ct_node) if segmentation_node is not None and ct_node else None
     work = Path(tempfile.mkdtemp(prefix="spinereg-detect-", dir=work_dir))
     try:
         paths = write_xray_inputs(arrays, geometries, work / "input")
-        if labelmap is not None:
-            paths["ct"], paths["seg"] = work / "input" / "ct.nii.gz", work / "input" / "seg.nii.gz"
-            write_volume(volume_of(ct_node), paths["ct"])
-            write_labelmap(labelmap, paths["seg"])
-        found = {}
-        for index, view in enumerate(xrays):
-            out_path = work / f"boxes_{view}.json"
-            process = CliProcess(detect_arguments(paths, view, out_path), python=python).start()
-
-            def report(event, index=index, view=view):
-                if callback is not None:
-                    callback((index + (event.fraction or 0.0)) / len(xrays), f"{view}: {event.message}")
-
-            try:
-                process.wait(timeout_s=timeout_s, callback=report)
-            except BaseException:
-                process.cancel()
-                raise
-            if process.returncode != 0:
-                raise InputError(f"detection on the {view} X-ray failed: {process.failure_message()}")
-            detected = read_xray_boxes(out_path, {view: xray_size(xrays[view])})
-            found[view] = _checked(xrays[view], detected.get(view, next(iter(detected.values()), [])))
+        out_path = work / "boxes.json"
+        process = CliProcess(detect_arguments(paths, list(xrays), out_path, device), python=python).start()
+        try:
+            process.wait(timeout_s=timeout_s, callback=callback)
+        except BaseException:
+            process.cancel()
+            raise
+        if process.returncode != 0:
+            raise InputError(f"detection failed: {process.failure_message()}")
+        detected = read_xray_boxes(out_path, {view: xray_size(node) for view, node in xrays.items()})
     except OSError as error:
         raise InputError(f"cannot run spinereg detect: {error}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    found = {view: _checked(node, best_per_vertebra(detected.get(view, []))) for view, node in xrays.items()}
     with SceneChange(scene) as change:
         return {view: _put(change, scene, xrays[view], boxes, replace=False) for view, boxes in found.items()}
 

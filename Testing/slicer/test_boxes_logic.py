@@ -245,28 +245,28 @@ def test_projected_boxes_hold_the_vertebra_projections(scene, xrays, phantom_dir
 
 # ---------------------------------------------------------------------- detection (out of process)
 FAKE_DETECT = '''#!{python}
-"""Stands in for 'python -m SpineRegistrationLib detect ...': one L1 box per X-ray, or an error."""
+"""Stands in for 'python -m SpineRegistrationLib detect --xray X --geometry G ... --out OUT': per view
+two L1 boxes (the better one is kept), or an error."""
 import json, sys
 args = sys.argv[sys.argv.index("detect") + 1:]
-value = {{name: args[i + 1] for i, name in enumerate(args) if name.startswith("--")}}
-view = value["--xray"].rsplit("/", 1)[-1].split(".")[0]
-if view in {failing!r}:
+if {failing!r}:
     print("spinereg: error: no vertebra found on the X-ray", file=sys.stderr)
     sys.exit(2)
 print("progress 0.5 detecting", flush=True)
-box = {{"vertebra": "L1", "corners_px": [[100, 60], [140, 60], [140, 90], [100, 90]], "score": 0.7,
-        "accepted": False, "source": "detector"}}
-with open(value["--out"], "w") as out:
-    json.dump({{"format": "spinereg-xray-boxes", "version": 1, "xrays": {{view: [box]}}}}, out)
+views = [args[i + 1].rsplit("/", 1)[-1][: -len(".json")] for i, name in enumerate(args) if name == "--geometry"]
+boxes = [{{"vertebra": "L1", "corners_px": [[100, 60], [140, 60], [140, 90], [100, 90]], "score": 0.7, "source": "detector"}},
+         {{"vertebra": "L1", "corners_px": [[10, 60], [40, 60], [40, 90], [10, 90]], "score": 0.2, "source": "detector"}}]
+with open(args[args.index("--out") + 1], "w") as out:
+    json.dump({{"format": "spinereg-xray-boxes", "version": 1, "xrays": {{view: boxes for view in views}}}}, out)
 '''
 
 
-def fake_detector(folder, failing=()) -> str:
+def fake_detector(folder, failing=False) -> str:
     import stat
     import sys
 
     path = folder / "fake_python"
-    path.write_text(FAKE_DETECT.format(python=sys.executable, failing=tuple(failing)))
+    path.write_text(FAKE_DETECT.format(python=sys.executable, failing=failing))
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return str(path)
 
@@ -275,19 +275,28 @@ def test_detected_boxes_come_from_spinereg_detect_and_keep_accepted_boxes(scene,
     (kept,) = logic.boxes_to_scene(scene, xrays["LAT"], [XrayBox("L1", rectangle_px((50, 50), 20, 20, 0), 1.0, True)])
     progress = []
     made = logic.detect_boxes(scene, xrays, python=fake_detector(tmp_path), work_dir=tmp_path,
-                              callback=lambda fraction, message: progress.append((fraction, message)))
+                              callback=lambda event: progress.append((event.fraction, event.message)))
     assert [node.GetName() for node in made["AP"]] == ["L1"] and made["LAT"] == []  # the accepted LAT L1 stays
     (box,) = logic.boxes_from_scene(scene, xrays["AP"])
     np.testing.assert_allclose(box.corners_px, [[100, 60], [140, 60], [140, 90], [100, 90]], atol=1e-9)
     assert (box.score, box.source, box.accepted) == (0.7, "detector", False)
     assert logic.box_nodes(scene, xrays["LAT"]) == [kept]
-    assert (0.25, "AP: detecting") in progress and (0.75, "LAT: detecting") in progress
+    assert (0.5, "detecting") in progress
     assert [p.name for p in tmp_path.iterdir()] == ["fake_python"]  # the work folder is gone
 
 
 def test_a_failed_detection_changes_nothing(scene, xrays, tmp_path):
     before = scene_state(scene)
-    with pytest.raises(InputError, match="detection on the LAT X-ray failed: no vertebra found on the X-ray"):
-        logic.detect_boxes(scene, xrays, python=fake_detector(tmp_path, failing=["LAT"]), work_dir=tmp_path)
+    with pytest.raises(InputError, match="^detection failed: no vertebra found on the X-ray$"):
+        logic.detect_boxes(scene, xrays, python=fake_detector(tmp_path, failing=True), work_dir=tmp_path)
     assert scene_state(scene) == before
     assert [p.name for p in tmp_path.iterdir()] == ["fake_python"]
+
+
+@pytest.mark.skipif("detect" not in logic.available_commands(), reason="no spinereg detect in this library yet")
+def test_detect_help_lists_the_options_the_module_uses():
+    run = logic.CliProcess(["detect", "--help"]).start()
+    assert run.wait(timeout_s=60) == 0
+    text = "\n".join(run.lines)
+    for option in ("--xray", "--geometry", "--device", "--out"):
+        assert option in text, f"spinereg detect --help does not mention {option}"
