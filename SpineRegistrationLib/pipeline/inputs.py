@@ -279,6 +279,22 @@ def _requested_vertebrae(config: RegisterConfig, labelmap: Labelmap) -> dict[str
     return chosen
 
 
+def vertebra_centers_world(labelmap: Labelmap, vertebrae: dict, init: np.ndarray) -> dict[str, np.ndarray]:
+    """Centroids (world RAS mm) of ``vertebrae`` (name -> label; empty: every vertebra of
+    ``labelmap``) with the CT at ``init`` (4x4, world <- CT RAS)."""
+    if vertebrae:
+        centers_ct = {name: centroid_ras(labelmap, label) for name, label in vertebrae.items()}
+    else:
+        centers_ct = centroids_ras(labelmap)  # one pass over the labelmap for all of them
+    return {name: init[:3, :3] @ center + init[:3, 3] for name, center in centers_ct.items()}
+
+
+def dicom_isocenter_ras(centers_world: dict) -> np.ndarray:
+    """(3,) isocentre (world RAS mm) of an X-ray geometry read from DICOM tags, which do not
+    place the patient: the mean of :func:`vertebra_centers_world` of the vertebrae to register."""
+    return np.mean(list(centers_world.values()), axis=0)
+
+
 def load_case(config: RegisterConfig) -> CaseInputs:
     """Read and check every input of ``config``; InputError (one line) for the first bad one.
 
@@ -330,17 +346,12 @@ def load_case(config: RegisterConfig) -> CaseInputs:
     labelmap = _read_labelmap(config.seg, config.label_scheme)
     check_same_grid(labelmap, ct, f"segmentation {config.seg}" if is_path(config.seg) else "the labelmap")
     requested = _requested_vertebrae(config, labelmap)
-    if requested:
-        candidates = requested
-        centers_ct = {name: centroid_ras(labelmap, label) for name, label in requested.items()}
-    else:
-        candidates = dict(labelmap.labels)
-        centers_ct = centroids_ras(labelmap)  # one pass over the labelmap for all of them
-    centers_world = {name: init[:3, :3] @ centers_ct[name] + init[:3, 3] for name in candidates}
+    candidates = requested or dict(labelmap.labels)
+    centers_world = vertebra_centers_world(labelmap, requested, init)
 
     for index, (xray, geometry) in enumerate(zip(xrays, geometries)):
-        if loaded_geometries[index] is None:  # "dicom": centred on the vertebrae to register
-            isocenter = np.mean(list(centers_world.values()), axis=0)
+        if loaded_geometries[index] is None:
+            isocenter = dicom_isocenter_ras(centers_world)
             loaded_geometries[index] = geometry_from_dicom(xray, isocenter_ras=isocenter)
             loaded_xrays[index] = _xray_from(xray, loaded_geometries[index], config.invert, str(xray))
 
