@@ -2,8 +2,9 @@
 
 Frames: every matrix is a (4, 4) float64 numpy array in RAS millimetres. A volume node's
 voxels are read as a library :class:`~SpineRegistrationLib.core.volume.Volume` (array
-(K, J, I), IJKToRAS of the node); a parent transform is never applied silently
-(:func:`require_untransformed`). Vertebra segmentations come back as a library
+(K, J, I), IJKToRAS of the node); a parent transform is never applied silently: it is
+refused (:func:`require_untransformed`) or read as a pose (:func:`pose_of`, world <- node
+RAS). Vertebra segmentations come back as a library
 :class:`~SpineRegistrationLib.io.Labelmap` (VerSe numbering for segmentation nodes).
 """
 
@@ -20,7 +21,7 @@ from vtk.util import numpy_support
 from SpineRegistrationLib.core.labels import SCHEMES, canonical_name, guess_scheme_from_labels, sort_vertebrae
 from SpineRegistrationLib.core.volume import Volume, bounding_box_ijk
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.io import Labelmap, read_labelmap, read_volume
+from SpineRegistrationLib.io import Labelmap, check_rigid, read_labelmap, read_volume
 
 # ---------------------------------------------------------------------- node tagging
 #: Node attribute names (all nodes this module makes carry ATTR_ROLE).
@@ -118,6 +119,23 @@ def require_untransformed(node, what: str) -> None:
             f"the {what} {node.GetName()!r} is under the transform {node.GetParentTransformNode().GetName()!r}; "
             "harden or remove that transform first"
         )
+
+
+def pose_of(node, what: str) -> np.ndarray:
+    """(4, 4) world <- node RAS of ``node``'s parent transforms (identity when it has none).
+
+    InputError (one line) when that transform is not linear or not rigid (scaling, shear):
+    a registration pose is a rotation and a translation.
+    """
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(f"the {what} {node.GetName()!r} is under the non-linear transform {parent.GetName()!r}; "
+                         "only a rigid linear transform can serve as its starting pose: harden or remove it")
+    matrix = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(matrix)
+    return check_rigid(matrix_of(matrix), f"the transform {parent.GetName()!r} above the {what} {node.GetName()!r}")
 
 
 def region_color(name: str) -> tuple[float, float, float]:
@@ -253,15 +271,20 @@ def vertebra_labelmap(segmentation_node, reference_node=None) -> Labelmap:
     """The vertebra labelmap a segmentation or labelmap node holds (library Labelmap, VerSe numbering
     for segmentation nodes; the node's own numbering, auto-detected, for labelmap nodes).
 
-    reference_node: a volume whose grid a segmentation node is rasterised on (the CT);
-    default: the segmentation's own labelmap geometry.
+    reference_node: a volume whose grid a segmentation node is rasterised on (the CT),
+    under the same transform as the segmentation; default: the segmentation's own
+    labelmap geometry. The labelmap is in the node's own RAS (the CT's, with a reference).
     Raises InputError when the node holds no vertebra (no segment named like L1, or no
-    label value of a known scheme).
+    label value of a known scheme), or when it and ``reference_node`` sit under different transforms.
     """
     if segmentation_node is None:
         raise InputError("no segmentation selected: choose a segmentation or a labelmap of the vertebrae")
     name = segmentation_node.GetName()
-    require_untransformed(segmentation_node, "segmentation")
+    if reference_node is not None and not np.allclose(
+        pose_of(segmentation_node, "segmentation"), pose_of(reference_node, "CT"), atol=1e-6
+    ):
+        raise InputError(f"the segmentation {name!r} and the CT {reference_node.GetName()!r} are under different "
+                         "transforms: put both under the same one")
     if segmentation_node.IsA("vtkMRMLLabelMapVolumeNode"):
         volume = volume_of(segmentation_node)
         if not np.issubdtype(volume.array.dtype, np.integer):
@@ -300,7 +323,6 @@ def _labelmap_from_segments(segmentation_node, reference_node) -> Labelmap:
     merged = slicer.vtkOrientedImageData()
     reference = None
     if reference_node is not None:
-        require_untransformed(reference_node, "CT")
         reference = slicer.vtkOrientedImageData()
         reference.SetImageToWorldMatrix(vtkMatrixFromArray(ijk_to_ras_of(reference_node)))
         reference.SetExtent(reference_node.GetImageData().GetExtent())
@@ -339,3 +361,11 @@ def vertebra_names(segmentation_node) -> list[str]:
         return list(vertebra_labelmap(segmentation_node).labels)
     except InputError:
         return []
+
+
+def vertebra_checklist(segmentation_node, chosen=()) -> list[tuple[str, bool]]:
+    """(name, checked) per vertebra of the segmentation (:func:`vertebra_names`): checked when
+    in ``chosen``, every one when ``chosen`` is empty (the module's "all")."""
+    names = vertebra_names(segmentation_node)
+    chosen = set(chosen) or set(names)
+    return [(name, name in chosen) for name in names]

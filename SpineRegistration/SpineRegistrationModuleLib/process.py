@@ -23,6 +23,7 @@ Progress lines understood (everything else becomes a message-only event):
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import re
@@ -80,10 +81,33 @@ def python_command(python: str | None = None) -> list[str]:
     """``[python, "-m", "SpineRegistrationLib"]``: how to start the CLI.
 
     python: the interpreter that has SpineRegistrationLib installed; default: this one
-    (``sys.executable``). Inside Slicer pass PythonSlicer (``shutil.which("PythonSlicer")``):
-    Slicer's ``sys.executable`` is the application itself.
+    (``sys.executable``). Inside Slicer pass :func:`find_python_slicer`: Slicer's
+    ``sys.executable`` is the application itself.
     """
     return [python or sys.executable, "-m", "SpineRegistrationLib"]
+
+
+def find_python_slicer(path: str | None = None) -> str:
+    """The PythonSlicer interpreter on ``path`` (a PATH string; default: PATH), which runs the
+    CLI inside Slicer. ValueError (one line) when there is none: there, ``sys.executable`` is
+    the Slicer application itself, so it is no fallback."""
+    found = shutil.which("PythonSlicer", path=path)
+    if not found:
+        raise ValueError("PythonSlicer (Slicer's Python, beside the Slicer executable) is not on PATH: "
+                         "start Slicer through its launcher")
+    return found
+
+
+def library_environment(environment: dict[str, str]) -> dict[str, str]:
+    """``environment`` with PYTHONPATH led by the folder of this interpreter's SpineRegistrationLib,
+    so the command runs the same library (a built extension ships it beside the module, where
+    PythonSlicer alone would not look)."""
+    spec = importlib.util.find_spec("SpineRegistrationLib")
+    if spec is None or spec.origin is None:
+        return environment
+    folder = str(Path(spec.origin).resolve().parent.parent)
+    rest = [entry for entry in environment.get("PYTHONPATH", "").split(os.pathsep) if entry and entry != folder]
+    return {**environment, "PYTHONPATH": os.pathsep.join([folder] + rest)}
 
 
 class CliProcess:
@@ -101,7 +125,8 @@ class CliProcess:
 
     args: the subcommand and its options (no program name).
     python: interpreter for :func:`python_command`.
-    env: extra environment variables (merged over the current environment).
+    env: extra environment variables (merged over the current environment; PYTHONPATH then
+    leads with the library's folder, :func:`library_environment`).
     program: the command ``args`` follow; default :func:`python_command` (``spinereg``).
 
     Progress: ``[i/n]`` step lines set the overall fraction; a tqdm bar inside step i of n
@@ -117,7 +142,7 @@ class CliProcess:
     ) -> None:
         self.command = (list(program) if program else python_command(python)) + [str(a) for a in args]
         self._step: tuple[int, int] | None = None
-        self._env = {**os.environ, **(env or {})}
+        self._env = library_environment({**os.environ, **(env or {})})
         # The CLI must not colour or buffer its output: we read it line by line.
         self._env.setdefault("PYTHONUNBUFFERED", "1")
         self._env.setdefault("TQDM_MININTERVAL", "0.5")

@@ -3,8 +3,9 @@
 :func:`check_inputs` turns the nodes into library objects (CT Volume in HU, Labelmap on the
 CT grid, (rows, columns) X-ray arrays, XrayGeometry in world RAS mm) and validates them
 with the library's one validator, :func:`SpineRegistrationLib.pipeline.inputs.load_case`;
-only what is about MRML nodes (nothing selected, a node under a transform, an X-ray with
-no geometry attached or of another size) is checked here. :func:`prepare_registration`
+only what is about MRML nodes (nothing selected, the CT's parent transform, which becomes
+the initial pose, an X-ray with no geometry attached, of another size or under a transform)
+is checked here. :func:`prepare_registration`
 writes the checked inputs to a work folder and builds the command line;
 :class:`RegistrationRun` runs it out of process (:mod:`.process`) and, only when it
 succeeds, puts the result into the scene (:mod:`.results`).
@@ -12,6 +13,7 @@ succeeds, puts the result into the scene (:mod:`.results`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -28,7 +30,7 @@ from SpineRegistrationLib.io import Labelmap, write_labelmap, write_volume, writ
 from SpineRegistrationLib.io.geometry_json import save_geometry
 from SpineRegistrationLib.pipeline.inputs import RegisterConfig, load_case
 
-from .nodes import require_untransformed, vertebra_labelmap, volume_of
+from .nodes import pose_of, require_untransformed, vertebra_labelmap, volume_of
 from .process import CliProcess
 from .results import apply_registration_result, read_registration_result
 from .xrays import VIEWS, check_xray_size, geometry_of, xray_size
@@ -40,7 +42,7 @@ class RegistrationInputs:
 
     xrays: view name ("AP", "LAT") -> X-ray volume node with attached geometry.
     vertebrae: names to register; empty: every vertebra both views see.
-    method, device: one of SpineRegistrationLib.methods.METHODS, DEVICES ("auto" device: the CLI chooses).
+    method, device: one of SpineRegistrationLib.methods.METHODS, DEVICES ("auto" device: the GPU when there is one).
     """
 
     ct_node: object
@@ -56,7 +58,8 @@ class CheckedInputs:
     """Inputs that passed :func:`check_inputs`: the library objects the CLI will get.
 
     vertebrae: names, cranial -> caudal; geometries, xray_arrays: by view; notes: the
-    validator's one-line remarks (e.g. method ``auto`` falls back to ``intensity``).
+    validator's one-line remarks (e.g. method ``auto`` falls back to ``intensity``);
+    init: (4, 4) initial pose, world <- CT RAS (the CT's parent transform; identity without one).
     """
 
     ct: Volume
@@ -65,20 +68,23 @@ class CheckedInputs:
     geometries: dict
     xray_arrays: dict
     notes: list = field(default_factory=list)
+    init: np.ndarray = field(default_factory=lambda: np.eye(4))
 
 
 def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
     """Validate the user's inputs; InputError (one line, naming what is wrong) otherwise.
 
-    Here: CT, segmentation and both X-rays chosen; the CT and the segmentation under no
-    transform; each X-ray has a geometry attached that matches its size. Then the
+    Here: CT, segmentation and both X-rays chosen; the CT under no transform or a rigid
+    linear one (its pose, world <- CT RAS, becomes the initial pose ``init``), the
+    segmentation under the same; each X-ray has a geometry attached that matches its size
+    and no transform. Then the
     library's :func:`load_case` checks the rest (method, device, contrast, vertebra labels
     and names, the segmentation on the CT's grid, every vertebra to register seen by both
     views); with no vertebra requested it takes those every view sees.
     """
     if inputs.ct_node is None:
         raise InputError("no CT selected")
-    require_untransformed(inputs.ct_node, "CT")
+    init = pose_of(inputs.ct_node, "CT")
     missing = [view for view in VIEWS if inputs.xrays.get(view) is None]
     if missing:
         raise InputError(f"no {' and '.join(missing)} X-ray selected")
@@ -90,6 +96,7 @@ def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
         xrays=[arrays[view] for view in VIEWS],
         geometries=[geometries[view] for view in VIEWS],
         vertebrae=list(inputs.vertebrae),
+        init=init,
         method=inputs.method,
         device=inputs.device,
         views=list(VIEWS),
@@ -101,6 +108,7 @@ def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
         geometries=dict(zip(case.views, case.geometries)),
         xray_arrays=dict(zip(case.views, case.xrays)),
         notes=list(case.notes),
+        init=case.init,
     )
 
 
@@ -116,6 +124,7 @@ def xray_inputs(xrays: dict) -> tuple[dict, dict]:
         geometry = geometry_of(node)
         if geometry is None:
             raise InputError(f"the {view} X-ray {node.GetName()!r} has no geometry: load its geometry file (JSON or DICOM)")
+        require_untransformed(node, f"{view} X-ray")
         check_xray_size(node, geometry, f"the {view} X-ray")
         geometries[view] = geometry
         arrays[view] = np.array(arrayFromVolume(node)[0], dtype=np.float32)
@@ -159,26 +168,31 @@ def _as_verse(labelmap: Labelmap) -> Labelmap:
 
 def write_registration_inputs(checked: CheckedInputs, folder: str | os.PathLike) -> dict[str, Path]:
     """Write the checked inputs as the files ``spinereg register`` reads: ct.nii.gz,
-    seg.nii.gz (VerSe numbering), <view>.nrrd (float32, values kept) and <view>.json."""
+    seg.nii.gz (VerSe numbering), <view>.nrrd (float32, values kept) and <view>.json, and
+    init.json (``{"matrix_ras": 4x4}``, world <- CT RAS) when the initial pose is not the identity."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"ct": folder / "ct.nii.gz", "seg": folder / "seg.nii.gz"}
     write_volume(checked.ct, paths["ct"])
     write_labelmap(_as_verse(checked.labelmap), paths["seg"])
+    if not np.array_equal(checked.init, np.eye(4)):
+        paths["init"] = folder / "init.json"
+        paths["init"].write_text(json.dumps({"matrix_ras": np.asarray(checked.init).tolist()}))
     paths.update(write_xray_inputs({view: checked.xray_arrays[view] for view in VIEWS}, checked.geometries, folder))
     return paths
 
 
 def register_arguments(paths: dict, vertebrae: list, method: str, device: str, out_dir) -> list[str]:
     """The ``spinereg register`` arguments (without the program name) for files from
-    :func:`write_registration_inputs`. Device ``auto`` is left to the CLI."""
+    :func:`write_registration_inputs` (``--init`` when it wrote init.json). ``--device``
+    always: the CLI's own default is the CPU, "auto" takes the GPU when there is one."""
     args = ["register", "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
     for name in vertebrae:
         args += ["--vertebra", name]
     args += xray_arguments(paths, VIEWS)
-    args += ["--method", method]
-    if device != "auto":
-        args += ["--device", device]
+    if "init" in paths:
+        args += ["--init", str(paths["init"])]
+    args += ["--method", method, "--device", device]
     args += ["--out", str(out_dir)]
     return args
 

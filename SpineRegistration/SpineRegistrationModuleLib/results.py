@@ -176,9 +176,10 @@ def vertebra_surface(labelmap: Labelmap, name: str, smoothing_iterations: int = 
 def apply_registration_result(scene, result: RegistrationResult, xrays: dict, labelmap: Labelmap | None = None) -> dict:
     """Put a read registration result into the scene (or update a previous one).
 
-    Per vertebra: a linear transform node ``<name> registration`` with
-    matrixTransformToParent = matrix_ras, and (with ``labelmap``) the vertebra's surface
-    model under it. Per view with a DRR: a volume ``<view> DRR`` with the X-ray's
+    Per vertebra: a linear transform node ``<name> registration`` at the scene's root with
+    matrixTransformToParent = matrix_ras (CT RAS -> world, a CT's parent transform included:
+    never put it under that transform), and (with ``labelmap``, in CT RAS) the vertebra's
+    surface model under it. Per view with a DRR: a volume ``<view> DRR`` with the X-ray's
     IJKToRAS, referenced from the X-ray node. Plus the results table. Nodes of an earlier
     run are updated in place; the nodes of an earlier Deform step (:mod:`.deformation`) are
     removed, since they were made from the poses this result replaces. Each transform
@@ -201,6 +202,7 @@ def apply_registration_result(scene, result: RegistrationResult, xrays: dict, la
             transform, _ = change.find_or_add(
                 ROLE_TRANSFORM, slicer.vtkMRMLLinearTransformNode, f"{name} registration", display=False, vertebra=name
             )
+            transform.SetAndObserveTransformNodeID(None)  # matrix_ras is to world already (the CT's pose is in it)
             transform.SetMatrixTransformToParent(vtkMatrixFromArray(vertebra.matrix_ras))
             transform.SetAttribute(ATTR_RESULT, json.dumps(vertebra.to_json()))
             created["transforms"][name] = transform

@@ -25,9 +25,10 @@ from SpineRegistrationLib.geometry import XrayGeometry
 from SpineRegistrationLib.io import read_xray
 from SpineRegistrationLib.io.dicom_geometry import geometry_from_dicom
 from SpineRegistrationLib.io.geometry_json import load_geometry
+from SpineRegistrationLib.pipeline.inputs import dicom_isocenter_ras, vertebra_centers_world
 
 from .nodes import ATTR_GEOMETRY, ATTR_GEOMETRY_FILE, ATTR_VIEW, ROLE_SOURCE, ROLE_XRAY, SceneChange, fill_volume_node
-from .nodes import require_untransformed, tag_node
+from .nodes import pose_of, require_untransformed, tag_node, vertebra_labelmap
 
 #: The two views of a biplanar registration (also the CLI's view and file names).
 VIEWS = ("AP", "LAT")
@@ -68,12 +69,28 @@ def xray_ijk_to_ras(geometry: XrayGeometry, slab_mm: float = XRAY_SLAB_MM) -> np
     return matrix
 
 
-def read_geometry_file(path: str | os.PathLike) -> XrayGeometry:
-    """A geometry from a ``spinereg-xray-geometry`` JSON sidecar or from a DICOM X-ray's tags."""
+def read_geometry_file(path: str | os.PathLike, isocenter_ras=None) -> XrayGeometry:
+    """A geometry from a ``spinereg-xray-geometry`` JSON sidecar or from a DICOM X-ray's tags,
+    centred on ``isocenter_ras`` (world RAS mm, from :func:`dicom_isocenter`; required for DICOM)."""
     path = Path(path)
     if path.suffix.lower() == ".json":
         return load_geometry(path)
-    return geometry_from_dicom(path)
+    if isocenter_ras is None:
+        raise InputError(f"{path.name}: a DICOM X-ray is centred on the vertebrae to register; "
+                         "select the CT and its segmentation before loading it")
+    return geometry_from_dicom(path, isocenter_ras=isocenter_ras)
+
+
+def dicom_isocenter(segmentation_node, ct_node, vertebrae=()) -> np.ndarray:
+    """(3,) world RAS mm: where a DICOM X-ray's beam is centred, by the CLI's rule
+    (:func:`SpineRegistrationLib.pipeline.inputs.dicom_isocenter_ras`): the centroid of
+    ``vertebrae`` (empty: all of the segmentation's) with the CT at its parent transform."""
+    labelmap = vertebra_labelmap(segmentation_node, ct_node)
+    missing = [name for name in vertebrae if name not in labelmap.labels]
+    if missing:
+        raise InputError(f"{', '.join(missing)} not in the segmentation {segmentation_node.GetName()!r}")
+    chosen = {name: labelmap.labels[name] for name in vertebrae}
+    return dicom_isocenter_ras(vertebra_centers_world(labelmap, chosen, pose_of(ct_node, "CT")))
 
 
 def geometry_of(xray_node) -> XrayGeometry | None:
@@ -190,19 +207,21 @@ def attach_geometry(scene, xray_node, geometry: XrayGeometry, view: str, geometr
     return source
 
 
-def load_xray(scene, image_path, geometry_path=None, view: str = "AP", invert: bool = False, name: str | None = None):
+def load_xray(scene, image_path, geometry_path=None, view: str = "AP", invert: bool = False, name: str | None = None,
+              isocenter_ras=None):
     """Read an X-ray and its geometry into a single-slice volume on the detector plane.
 
     geometry_path: the JSON sidecar, or a DICOM file to read the geometry tags from;
-    default: the image itself when it is DICOM. Raises InputError (scene unchanged) for
-    an unreadable file, a missing geometry or a size mismatch. Returns the volume node.
+    default: the image itself when it is DICOM; isocenter_ras: see :func:`read_geometry_file`.
+    Raises InputError (scene unchanged) for an unreadable file, a missing geometry or a
+    size mismatch. Returns the volume node.
     """
     view = check_view(view)
     if geometry_path is None:
         if str(image_path).lower().endswith((".png", ".tif", ".tiff", ".jpg", ".jpeg", ".nrrd", ".mha", ".nii", ".nii.gz")):
             raise InputError(f"X-ray {image_path} has no geometry: give its geometry JSON (or load a DICOM X-ray)")
         geometry_path = image_path
-    geometry = read_geometry_file(geometry_path)
+    geometry = read_geometry_file(geometry_path, isocenter_ras)
     image = read_xray(image_path, geometry, invert=invert)
     node = slicer.vtkMRMLScalarVolumeNode()
     fill_volume_node(node, image.array[None], xray_ijk_to_ras(geometry))
