@@ -5,12 +5,14 @@ only moves values between the .ui and the parameter node and calls the Logic; th
 turns nodes into library calls through the helper package SpineRegistrationModuleLib (MRML
 only, tested headless with slicer-core) and runs long work out of process through its
 ``process`` module (the ``spinereg`` command in PythonSlicer), as SlicerMONAIAuto3DSeg
-does. The algorithms live in the SpineRegistrationLib Python package, installed into
-Slicer's Python on first use.
+does. The algorithms live in the SpineRegistrationLib Python package, which the built
+extension carries beside this file (a source checkout: ../SpineRegistrationLib) with its
+model files; only its third-party packages are installed on first use, after asking.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -35,9 +37,32 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: The Python package that holds the algorithms (distribution name, import name).
-LIBRARY_DISTRIBUTION = "SpineRegistration"
+#: The Python package that holds the algorithms (shipped with the extension, not on a package index).
 LIBRARY_PACKAGE = "SpineRegistrationLib"
+
+#: The third-party packages the library needs, as (pip requirement, import name): pyproject's
+#: dependencies and its dicom extra (a test keeps them equal). Slicer has numpy and SimpleITK.
+PYTHON_REQUIREMENTS = (
+    ("torch>=2.2", "torch"),
+    ("numpy>=1.24", "numpy"),
+    ("SimpleITK>=2.3", "SimpleITK"),
+    ("tqdm>=4.60", "tqdm"),
+    ("cmaes>=0.10", "cmaes"),
+    ("monai>=1.4", "monai"),
+    ("scipy>=1.10", "scipy"),
+    ("pydicom>=3.0", "pydicom"),
+)
+
+
+def libraryFolder() -> Path | None:
+    """The folder holding SpineRegistrationLib: this file's folder in a built extension (CMake
+    installs the library beside the module), the repository root in a source checkout."""
+    here = Path(__file__).resolve().parent
+    return next((folder for folder in (here, here.parent) if (folder / LIBRARY_PACKAGE / "__init__.py").is_file()), None)
+
+
+if libraryFolder() is not None and str(libraryFolder()) not in sys.path:
+    sys.path.insert(0, str(libraryFolder()))  # before any SpineRegistrationLib in site-packages
 
 #: Small sample: the phantom the SampleData entry and the self-test generate.
 SAMPLE_NAME = "SpineRegistrationPhantom"
@@ -70,8 +95,11 @@ class SpineRegistration(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Registers a spine CT and its vertebra segmentation to intraoperative AP and LAT X-rays,
 one vertebra at a time: a learned dual-view pose estimate refined by matching digitally
-reconstructed radiographs (DRRs). Each X-ray is shown on its detector plane, the DRR of
-the registered vertebrae is blended over it, and the moved vertebrae are shown in 3D.
+reconstructed radiographs (DRRs), in one background run (progress bar, Cancel). A rigid
+transform above the CT and its segmentation (e.g. a rough manual alignment) is the starting
+pose. Each X-ray is shown on its detector plane (a DICOM X-ray, whose tags do not place the
+patient, centred on the vertebrae to register), the DRR of the registered vertebrae is
+blended over it, and the moved vertebrae are shown in 3D.
 Deform then turns the registration into one smooth spine-wide deformation, in one
 background run (progress bar, Cancel). From the vertebra poses: the registered vertebrae's
 poses are first refined jointly against the AP and LAT X-rays (uncheck "Refine poses
@@ -143,7 +171,7 @@ class SpineRegistrationParameterNode:
     apXray, latXray - the intraoperative X-rays (single-slice volumes with attached geometry).
     vertebrae - vertebrae to register; empty: every vertebra both X-rays see.
     method - auto (learned, then intensity refinement), learned or intensity.
-    device - auto (the command's default), cpu or cuda.
+    device - auto (the GPU when there is one), cpu or cuda.
     drrOpacity - opacity of the DRR blended over each X-ray.
     showSegmentation3D - show the moved segmentation in 3D (the warped one once Deform ran).
     showXrayPlanes3D - show the X-ray planes and their sources in 3D.
@@ -184,6 +212,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._run = None
         self._runKind = None  # "register" or "deform"
         self._updatingVertebrae = False
+        self._shownVertebrae = None  # the names the check list shows
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
         self._pollTimer.connect("timeout()", self.onPollRun)
@@ -206,7 +235,6 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.deformButton.connect("clicked(bool)", self.onDeform)
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateVertebraList)
         self.ui.apXraySelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showGeometryPath("AP", node))
         self.ui.latXraySelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showGeometryPath("LAT", node))
         self.ui.vertebraListWidget.connect("itemChanged(QListWidgetItem*)", self.onVertebraChecked)
@@ -260,14 +288,16 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             # Widgets with the "SlicerParameterName" dynamic property in the .ui are bound here.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
-            self.updateVertebraList()
+            self._shownVertebrae = None
             self.onParameterNodeModified()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
-        """Enable the actions that make sense now and apply the display settings."""
+        """Enable the actions that make sense now, show the chosen segmentation's vertebrae and
+        apply the display settings (the parameter node holds the selectors' new values here)."""
         p = self._parameterNode
         if p is None:
             return
+        self.updateVertebraList()
         running = self._run is not None
         ready = bool(p.ctVolume and p.segmentation and p.apXray and p.latXray)
         self.ui.registerButton.enabled = ready and not running
@@ -303,7 +333,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             ):
                 imagePath, geometryPath = imageEdit.currentPath, geometryEdit.currentPath
                 selected = self._parameterNode.apXray if view == "AP" else self._parameterNode.latXray
-                node = self.logic.loadOrAttachXray(view, imagePath or None, geometryPath or None, selected)
+                node = self.logic.loadOrAttachXray(view, imagePath or None, geometryPath or None, selected, self._parameterNode)
                 if node is None:
                     continue
                 if view == "AP":
@@ -314,20 +344,21 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             if self._parameterNode.apXray and self._parameterNode.latXray:
                 self.logic.showXrays(self._parameterNode.apXray, self._parameterNode.latXray, self._parameterNode.drrOpacity)
 
-    def updateVertebraList(self, *args) -> None:
-        """Fill the check list with the segmentation's vertebrae (checked: to register)."""
-        if self._parameterNode is None:
+    def updateVertebraList(self) -> None:
+        """Refill the check list (checked: to register) when the parameter node's segmentation
+        has other vertebrae than the list shows."""
+        rows = self.logic.vertebraChecklist(self._parameterNode)
+        if [name for name, _ in rows] == self._shownVertebrae:
             return
         self._updatingVertebrae = True
         try:
             self.ui.vertebraListWidget.clear()
-            names = self.logic.vertebraNames(self._parameterNode.segmentation)
-            chosen = set(self._parameterNode.vertebrae) or set(names)
-            for name in names:
+            for name, checked in rows:
                 item = qt.QListWidgetItem(name)
                 item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
-                item.setCheckState(qt.Qt.Checked if name in chosen else qt.Qt.Unchecked)
+                item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
                 self.ui.vertebraListWidget.addItem(item)
+            self._shownVertebrae = [name for name, _ in rows]
         finally:
             self._updatingVertebrae = False
 
@@ -527,19 +558,16 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     # ------------------------------------------------------------------ dependencies
     @staticmethod
     def ensureDependencies(logic) -> bool:
-        """Install the SpineRegistration library (and its torch) on first use, after asking."""
-        if not logic.missingDependencies():
+        """Install the library's missing third-party packages on first use, after asking."""
+        if libraryFolder() is None:
+            raise RuntimeError(f"{LIBRARY_PACKAGE} is missing beside the module: reinstall the extension")
+        missing = logic.missingDependencies()
+        if not missing:
             return True
         if slicer.app.testingEnabled():
-            raise RuntimeError(f"{LIBRARY_PACKAGE} is not installed in Slicer's Python (needed by the test)")
-        text = _(
-            "Spine Registration needs Python packages that are not installed yet: {missing}.\n\n"
-            "Install them now? This downloads several hundred MB (PyTorch) and may take a few minutes."
-        ).format(missing=", ".join(logic.missingDependencies()))
-        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install dependencies")):
-            return False
+            raise RuntimeError(f"Python packages missing in Slicer (needed by the test): {', '.join(missing)}")
         with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
-            logic.installDependencies()
+            logic.installDependencies(missing)
             return not logic.missingDependencies()
         return False
 
@@ -570,42 +598,43 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ dependencies
     @staticmethod
     def missingDependencies() -> list[str]:
-        import importlib.util
+        """The pip requirements of PYTHON_REQUIREMENTS whose package Slicer's Python lacks."""
+        return [requirement for requirement, name in PYTHON_REQUIREMENTS if importlib.util.find_spec(name) is None]
 
-        return [name for name in ("torch", LIBRARY_PACKAGE) if importlib.util.find_spec(name) is None]
-
-    @staticmethod
-    def libraryInstallSource() -> str:
-        """Where pip gets the library: this source tree when the module runs from a checkout
-        (its pyproject.toml is two levels up), else the package index."""
-        root = Path(__file__).resolve().parent.parent
-        if (root / "pyproject.toml").is_file() and (root / LIBRARY_PACKAGE).is_dir():
-            return str(root)
-        return LIBRARY_DISTRIBUTION
-
-    def installDependencies(self) -> None:
-        """torch through the PyTorch extension when it is there (it picks the CUDA build that
-        fits the GPU), then the library (which brings SimpleITK, numpy, tqdm)."""
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
+    def installDependencies(self, requirements: list[str]) -> None:
+        """Install ``requirements`` (pip strings), each step asking the user first: torch
+        through the SlicerPyTorch extension when it is there (it picks the build that fits the
+        GPU), the rest with ``slicer.packaging.pip_ensure`` where this Slicer has it, else
+        ``slicer.util.pip_install`` after a confirmation."""
+        rest = [r for r in requirements if not r.startswith("torch")]
+        torch = [r for r in requirements if r.startswith("torch")]
+        if torch:
             try:
                 import PyTorchUtils  # the SlicerPyTorch extension
-
-                PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
             except ImportError:
-                logging.info("SlicerPyTorch is not installed: torch comes from the package index")
-        source = self.libraryInstallSource()
-        if source == LIBRARY_DISTRIBUTION and hasattr(getattr(slicer, "packaging", None), "pip_ensure"):
-            slicer.packaging.pip_ensure([LIBRARY_DISTRIBUTION], requester="SpineRegistration", prompt_install=False)
-        else:
-            slicer.util.pip_install([source])
+                rest = torch + rest
+            else:
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=True, torchVersionRequirement=torch[0][len("torch"):]
+                ) is None:
+                    return  # declined
+        if not rest:
+            return
+        if hasattr(getattr(slicer, "packaging", None), "pip_ensure"):
+            from packaging.requirements import Requirement
+
+            slicer.packaging.pip_ensure([Requirement(r) for r in rest], prompt_install=True, requester="Spine Registration")
+        elif slicer.util.confirmOkCancelDisplay(
+            _("Spine Registration needs Python packages that are not installed yet: {missing}.\n\n"
+              "Install them now? PyTorch alone is several hundred MB.").format(missing=", ".join(rest)),
+            windowTitle=_("Install dependencies"),
+        ):
+            slicer.util.pip_install(rest)
         importlib.invalidate_caches()
 
-    @staticmethod
-    def pythonExecutable() -> str:
-        """The interpreter that runs ``spinereg`` (Slicer's own Python, where the library is)."""
-        return shutil.which("PythonSlicer") or sys.executable
+    def pythonExecutable(self) -> str:
+        """PythonSlicer, which runs ``spinereg``; ValueError (one line) when it is not found."""
+        return self.scene().find_python_slicer()
 
     # ------------------------------------------------------------------ inputs
     def guessNode(self, kind: str):
@@ -626,21 +655,26 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
                 return node
         return None
 
-    def vertebraNames(self, segmentationNode) -> list[str]:
-        if segmentationNode is None or self.missingDependencies():
+    def vertebraChecklist(self, parameterNode) -> list[tuple[str, bool]]:
+        """(vertebra, checked) rows of the parameter node's segmentation (see vertebra_checklist)."""
+        if parameterNode is None or self.missingDependencies():
             return []
-        return self.scene().vertebra_names(segmentationNode)
+        return self.scene().vertebra_checklist(parameterNode.segmentation, parameterNode.vertebrae)
 
-    def loadOrAttachXray(self, view: str, imagePath: str | None, geometryPath: str | None, selectedNode):
+    def loadOrAttachXray(self, view: str, imagePath: str | None, geometryPath: str | None, selectedNode, parameterNode):
         """Load an X-ray file with its geometry, or attach a geometry file to the selected
-        X-ray volume. Returns the X-ray node, or None when there was nothing to do."""
+        X-ray volume (a DICOM one centred on the parameter node's vertebrae, as the CLI
+        centres it). Returns the X-ray node, or None when there was nothing to do."""
         scene = self.scene()
+        isocenter = None
+        if not str(geometryPath or imagePath or ".json").lower().endswith(".json") and parameterNode.segmentation:
+            isocenter = scene.dicom_isocenter(parameterNode.segmentation, parameterNode.ctVolume, list(parameterNode.vertebrae))
         if imagePath:
-            return scene.load_xray(slicer.mrmlScene, imagePath, geometryPath, view)
+            return scene.load_xray(slicer.mrmlScene, imagePath, geometryPath, view, isocenter_ras=isocenter)
         if geometryPath:
             if selectedNode is None:
                 raise ValueError(f"select the {view} X-ray volume, or give its image file, before its geometry")
-            geometry = scene.read_geometry_file(geometryPath)
+            geometry = scene.read_geometry_file(geometryPath, isocenter)
             scene.attach_geometry(slicer.mrmlScene, selectedNode, geometry, view, geometryPath)
             return selectedNode
         return None

@@ -1,8 +1,10 @@
-"""Where the shipped pose-network model file is: the package data, or the source checkout.
+"""Where the shipped model files are: the package data, or the Resources/Models beside the package.
 
-The model trained by the project ships in the repository's ``Resources/Models`` and is
-installed as the package data ``SpineRegistrationLib/learned/weights/*.pt`` (pyproject maps
-the one folder onto the other), so an editable checkout and a wheel find the same file.
+The models trained by the project ship in the repository's ``Resources/Models``. A wheel
+installs them as the package data ``SpineRegistrationLib/learned/weights/*.pt`` (pyproject
+maps the one folder onto the other); the Slicer extension (SpineRegistration/CMakeLists.txt)
+and a source checkout keep them in ``Resources/Models`` beside the ``SpineRegistrationLib``
+folder. All three find the same files.
 No torch import here: the CLI asks for the shipped model before anything heavy loads.
 """
 
@@ -12,14 +14,15 @@ from pathlib import Path
 
 #: The shipped model's folder when installed from a wheel: the package data beside this file.
 INSTALLED_MODEL_DIR = Path(__file__).resolve().parent / "weights"
-#: The shipped model's folder in a source checkout (the repository's Resources/Models).
-CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+#: The shipped model's folder beside the package: a source checkout's or the Slicer extension's
+#: module folder's Resources/Models.
+BESIDE_MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def model_dirs() -> list[Path]:
     """Folders searched for the shipped model, first match wins: the installed package data,
-    then the source checkout's Resources/Models."""
-    return [folder for folder in (INSTALLED_MODEL_DIR, CHECKOUT_MODEL_DIR) if folder.is_dir()]
+    then the Resources/Models beside the package."""
+    return [folder for folder in (INSTALLED_MODEL_DIR, BESIDE_MODEL_DIR) if folder.is_dir()]
 
 
 def shipped_model() -> Path | None:

@@ -1,6 +1,6 @@
-"""A non-editable install finds the shipped model: the wheel, installed into a fresh venv, runs
-``spinereg register --method auto`` on the phantom with the model it carries (not the checkout's,
-and not silently ``intensity``).
+"""A non-editable install finds the shipped model: the wheel holds every library file and every
+model of the tree and, installed into a fresh venv, runs ``spinereg register --method auto`` on
+the phantom with the model it carries (not the checkout's, and not silently ``intensity``).
 
 The fresh venv gets the third-party packages of the test venv through a ``.pth`` line (no
 download, no torch reinstall); the wheel's own SpineRegistrationLib comes first on its path.
@@ -14,6 +14,7 @@ import site
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +26,11 @@ def test_wheel_in_a_fresh_venv_registers_with_its_shipped_model(phantom_dir, tmp
                             "-w", str(wheels), str(ROOT)], capture_output=True, encoding="utf-8", errors="replace", cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(wheels.glob("*.whl"))
+    held = set(zipfile.ZipFile(wheel).namelist())
+    library = {path.relative_to(ROOT).as_posix() for path in (ROOT / "SpineRegistrationLib").rglob("*.py")
+               if "__pycache__" not in path.parts}
+    models = {f"SpineRegistrationLib/learned/weights/{path.name}" for path in (ROOT / "Resources" / "Models").glob("*.pt")}
+    assert models and library | models <= held, sorted((library | models) - held)
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
