@@ -111,6 +111,9 @@ appears as a grid transform, the warped segmentation is shown in 3D and, from th
 the DRR of every vertebra at its final pose over the X-rays; the status line reports the
 Jacobian folding and the rigid residual and how far the refinement moved the poses (or,
 CT to CT, the stages and the Dice deform.json has).
+Vertebra boxes: a box per vertebra around it in the CT, and, for annotators, a box per
+vertebra on each X-ray (detected, projected from the CT at the registered poses, or drawn;
+accepted one by one; imported and exported as JSON with COCO beside it).
 See <a href="https://github.com/SpineRegistration/SpineRegistration">the documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
