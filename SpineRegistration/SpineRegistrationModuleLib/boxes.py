@@ -293,10 +293,14 @@ def coco_path_of(path: str | os.PathLike) -> Path:
 
 
 def collect_boxes(scene, xrays: dict | None = None, accepted_only: bool = False) -> tuple[dict, dict]:
-    """({view: [XrayBox]}, {view: XrayImageInfo}) of every X-ray with boxes (see :func:`boxes_from_scene`)."""
+    """({view: [XrayBox]}, {view: XrayImageInfo}) of the X-rays (view -> node or None; default
+    :func:`scene_xrays`) that have boxes (see :func:`boxes_from_scene`); the accepted ones only
+    with ``accepted_only`` (what ``spinereg register --boxes`` gets)."""
     xrays = scene_xrays(scene) if xrays is None else xrays
     boxes, images = {}, {}
     for view, node in xrays.items():
+        if node is None or not box_nodes(scene, node):
+            continue
         view_boxes = boxes_from_scene(scene, node, accepted_only)
         if view_boxes:
             boxes[view], images[view] = view_boxes, image_info(node)
@@ -440,13 +444,3 @@ def detect_boxes(scene, xrays: dict | None = None, python: str | None = None, de
     found = {view: _checked(node, best_per_vertebra(detected.get(view, []))) for view, node in xrays.items()}
     with SceneChange(scene) as change:
         return {view: _put(change, scene, xrays[view], boxes, replace=False) for view, boxes in found.items()}
-
-
-# ---------------------------------------------------------------------- registration
-def write_accepted_boxes(scene, folder: str | os.PathLike, xrays: dict | None = None) -> Path | None:
-    """Write the accepted boxes as ``<folder>/boxes.json`` (for ``spinereg register --boxes``);
-    None when no box is accepted."""
-    boxes, images = collect_boxes(scene, xrays, accepted_only=True)
-    if not boxes:
-        return None
-    return write_xray_boxes(Path(folder) / "boxes.json", boxes, images)

@@ -133,8 +133,8 @@ def test_rename_delete_add_and_accepted_state(scene, xrays, tmp_path):
     logic.set_accepted(added, False)
     assert not logic.is_accepted(added)
     assert logic.accept_all(scene) == 2 and all(row[3] for row in logic.box_rows(scene))
-    path = logic.write_accepted_boxes(scene, tmp_path)
-    assert sorted(b.vertebra for b in read_xray_boxes(path)["LAT"]) == ["L3", "T12"]
+    accepted, images = logic.collect_boxes(scene, accepted_only=True)
+    assert sorted(b.vertebra for b in accepted["LAT"]) == ["L3", "T12"] and images["LAT"].size == (256, 256)
     # An unknown name is a clear error at export; nothing is written.
     nodes[0].SetName("lumbar thing")
     with pytest.raises(InputError, match="'lumbar thing' on the LAT X-ray is not named after a vertebra"):
@@ -300,3 +300,4 @@ def test_detect_help_lists_the_options_the_module_uses():
     text = "\n".join(run.lines)
     for option in ("--xray", "--geometry", "--device", "--out"):
         assert option in text, f"spinereg detect --help does not mention {option}"
+
