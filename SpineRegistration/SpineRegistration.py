@@ -933,7 +933,7 @@ class SpineRegistrationTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         logic = SpineRegistrationLogic()
-        self.assertEqual(logic.missingDependencies(), [], "install the SpineRegistration library into Slicer first")
+        self.assertEqual(logic.missingDependencies(), [], "install the Python packages the module asks for first")
         scene = logic.scene()
 
         self.delayDisplay("Generating the phantom")

@@ -84,13 +84,15 @@ def read_geometry_file(path: str | os.PathLike, isocenter_ras=None) -> XrayGeome
 def dicom_isocenter(segmentation_node, ct_node, vertebrae=()) -> np.ndarray:
     """(3,) world RAS mm: where a DICOM X-ray's beam is centred, by the CLI's rule
     (:func:`SpineRegistrationLib.pipeline.inputs.dicom_isocenter_ras`): the centroid of
-    ``vertebrae`` (empty: all of the segmentation's) with the CT at its parent transform."""
+    ``vertebrae`` (empty: all of the segmentation's) with the CT (None: the segmentation) at
+    its parent transform."""
     labelmap = vertebra_labelmap(segmentation_node, ct_node)
     missing = [name for name in vertebrae if name not in labelmap.labels]
     if missing:
         raise InputError(f"{', '.join(missing)} not in the segmentation {segmentation_node.GetName()!r}")
     chosen = {name: labelmap.labels[name] for name in vertebrae}
-    return dicom_isocenter_ras(vertebra_centers_world(labelmap, chosen, pose_of(ct_node, "CT")))
+    pose = pose_of(ct_node, "CT") if ct_node is not None else pose_of(segmentation_node, "segmentation")
+    return dicom_isocenter_ras(vertebra_centers_world(labelmap, chosen, pose))
 
 
 def geometry_of(xray_node) -> XrayGeometry | None:

@@ -152,6 +152,7 @@ def test_dicom_xrays_are_centred_by_the_clis_rule(scene, loaded, phantom_dir):
     moved = {name: ROUGH[:3, :3] @ centre + ROUGH[:3, 3] for name, centre in centres.items()}
     np.testing.assert_allclose(logic.dicom_isocenter(loaded["seg"], loaded["ct"], ["L2"]), moved["L2"], atol=0.3)
     np.testing.assert_allclose(logic.dicom_isocenter(loaded["seg"], loaded["ct"]), np.mean(list(moved.values()), 0), atol=0.3)
+    np.testing.assert_allclose(logic.dicom_isocenter(loaded["seg"], None, ["L2"]), moved["L2"], atol=0.3)  # no CT chosen
     with pytest.raises(InputError, match="T4"):
         logic.dicom_isocenter(loaded["seg"], loaded["ct"], ["T4"])
 
