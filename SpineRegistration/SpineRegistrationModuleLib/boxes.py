@@ -32,10 +32,9 @@ import slicer
 
 from SpineRegistrationLib.core.labels import VERTEBRAE, canonical_name
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.geometry.image_boxes import convex_intersection_area, polygon_area
+from SpineRegistrationLib.geometry.image_boxes import convex_intersection_area, polygon_area, rectangle_corners
 from SpineRegistrationLib.io.xray_boxes import XrayBox, XrayImageInfo, check_boxes, read_coco, read_xray_boxes
 from SpineRegistrationLib.io.xray_boxes import write_coco, write_xray_boxes
-
 from SpineRegistrationLib.render.projected_boxes import VertebraOutlines
 
 from .nodes import ATTR_VERTEBRA, ATTR_VIEW, ROLE_TRANSFORM, ROLE_XRAY, SceneChange, ijk_to_ras_of, nodes_with
@@ -223,8 +222,8 @@ def add_box(scene, xray_node, vertebra: str, corners_px=None):
         _xray_view(xray_node)
         geometry = geometry_of(xray_node)
         cols, rows = xray_size(xray_node)
-        half = np.array(NEW_BOX_SIZE_MM) / np.array(geometry.pixel_spacing) / 2
-        corners_px = np.array([(cols - 1) / 2, (rows - 1) / 2]) + _CORNER_SIGNS * half
+        (width_px, height_px) = np.array(NEW_BOX_SIZE_MM) / np.array(geometry.pixel_spacing)
+        corners_px = rectangle_corners(((cols - 1) / 2, (rows - 1) / 2), width_px, height_px, axis=(0.0, 1.0))
     (box,) = _checked(xray_node, [XrayBox(vertebra, corners_px, 1.0, False, "manual")])
     with SceneChange(scene) as change:
         return _add_box_node(change, xray_node, box)
