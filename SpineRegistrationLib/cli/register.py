@@ -66,6 +66,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     method.add_argument("--init", metavar="INIT.json|INIT.h5", default=suppress,
                         help="initial pose of the CT (CT RAS -> world RAS): JSON {\"matrix_ras\": 4x4} or an ITK "
                         "transform (.h5/.tfm); must be rigid (default: identity, the CT as scanned)")
+    method.add_argument("--roi", metavar="ROI.json", default=suppress,
+                        help="vertebra boxes in CT RAS (format spinereg-roi v1, as the Slicer module writes its ROI "
+                        "nodes): a vertebra's registration compares only the CT inside its box, and starts moved by "
+                        "the box's shift from its default place (centre of the vertebra's voxel bounding box), after "
+                        "--init")
+    method.add_argument("--boxes", metavar="BOXES.json", default=suppress,
+                        help="vertebra boxes on the X-rays (format spinereg-xray-boxes v1, by view name = the "
+                        "geometry file stem, e.g. from 'spinereg detect'); only accepted boxes count: a vertebra "
+                        "with boxes in two views or more starts where their centres triangulate, and its "
+                        "translation search keeps its projected centre inside each of its boxes")
     method.add_argument("--method", default="auto", choices=METHODS,
                         help="intensity: DRR similarity (gradient and patch NCC) with a global search and "
                         "multi-resolution gradient refinement; learned: the pose network's answer alone (well "
@@ -148,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         rigid=RigidConfig(),
         threads=args.threads,
         model=getattr(args, "model", None),
+        roi=getattr(args, "roi", None),
+        boxes=getattr(args, "boxes", None),
     )
     with staged_output_dir(args.out, args.overwrite) as staging:
         case = load_case(config)  # every bad-input check, before any line of progress

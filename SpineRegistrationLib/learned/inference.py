@@ -30,6 +30,8 @@ import torch
 
 from ..render.drr import Detectors, DRRRenderer
 from ..geometry import XrayGeometry
+from ..geometry.triangulation import DetectorBox
+from ..core.box import OrientedBox
 from ..rigid.verdict import NETWORK_ONLY
 from ..rigid import Progress, RigidConfig, register_vertebra
 from ..io.results import VertebraResult
@@ -110,11 +112,14 @@ def register_vertebra_learned(
     refine: bool = True,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
+    region: OrientedBox | None = None,
+    boxes: Sequence[DetectorBox] = (),
 ) -> VertebraResult:
     """The ``learned`` (``refine=False``) or ``auto`` (``refine=True``) registration of one vertebra.
 
-    Same inputs and result as :func:`..registration.register_vertebra`; its ``stages`` start
-    with the network's, and say when the full intensity search had to take over.
+    Same inputs (``region`` and ``boxes`` go to the intensity stages) and result as
+    :func:`..registration.register_vertebra`; its ``stages`` start with the network's, and say
+    when the full intensity search had to take over.
     """
     started = time.perf_counter()
     config = RigidConfig() if config is None else config
@@ -128,7 +133,7 @@ def register_vertebra_learned(
     else:  # score the network's pose at every level without moving it
         local = replace(config, global_search="none", iterations=(0,) * len(config.iterations))
     result = register_vertebra(name, mu, mask, xrays, geometries, init=start, config=local, device=device,
-                               progress=progress)
+                               progress=progress, region=region, boxes=boxes)
     stages = [{"stage": "network", "time_s": round(network_s, 3)}] + result.stages
     if not refine and result.verdict != "pass":
         result = replace(result, verdict_reason=f"{NETWORK_ONLY}: {result.verdict_reason}")
@@ -136,7 +141,7 @@ def register_vertebra_learned(
         if progress is not None:
             progress(f"{name}: network result in doubt, full search", 0.5)
         full = register_vertebra(name, mu, mask, xrays, geometries, init=init, config=config, device=device,
-                                 progress=progress)
+                                 progress=progress, region=region, boxes=boxes)
         stages += [{"stage": "fallback:intensity", "similarity": round(full.similarity, 4)}] + full.stages
         if full.similarity > result.similarity:
             result = replace(full, evaluations=full.evaluations + result.evaluations)

@@ -20,11 +20,13 @@ from typing import Sequence
 
 import numpy as np
 
+from ..core.box import OrientedBox, mask_box_center_ras
 from ..core.labelmap import check_same_grid
 from ..core.labels import get_scheme
 from ..core.volume import Volume, bounding_box_ijk
 from ..errors import InputError
 from ..geometry import XrayGeometry
+from ..geometry.triangulation import DetectorBox, triangulate_boxes
 from ..io import (
     Labelmap,
     centroid_ras,
@@ -37,6 +39,8 @@ from ..io import (
 )
 from ..io.dicom_geometry import geometry_from_dicom
 from ..io.geometry_json import load_geometry
+from ..io.roi import read_roi
+from ..io.xray_boxes import check_boxes, read_xray_boxes
 from ..io.xray import checked_xray_array
 from ..methods import resolve_device, resolve_method
 from ..rigid import RigidConfig
@@ -75,6 +79,10 @@ class RegisterConfig:
     threads: torch CPU threads while registering (None: leave torch's setting alone).
     model: the pose network's model file for ``learned``/``auto`` (default: the one shipped
         in Resources/Models).
+    roi: vertebra boxes (``spinereg-roi`` file or name -> :class:`.core.box.OrientedBox`, CT
+        RAS): see :meth:`CaseInputs.start` and :class:`..rigid.problem.VertebraDRR`.
+    boxes: vertebra boxes on the X-rays (``spinereg-xray-boxes`` file or view -> list of
+        :class:`..io.xray_boxes.XrayBox`); only accepted ones count (:meth:`CaseInputs.start`).
     """
 
     ct: str | os.PathLike | Volume
@@ -91,6 +99,8 @@ class RegisterConfig:
     views: Sequence[str] | None = None
     threads: int | None = None
     model: str | os.PathLike | None = None
+    roi: str | os.PathLike | dict | None = None
+    boxes: str | os.PathLike | dict | None = None
 
 
 @dataclass
@@ -103,7 +113,9 @@ class CaseInputs:
     registration order. init: (4, 4) matrix_ras. method: the method that will run (never
     ``auto``). device: torch device name. notes: one-line remarks for the user (e.g. the
     method ``auto`` fell back to ``intensity``). model / model_path: the loaded pose network
-    and its file (learned and auto only).
+    and its file (learned and auto only). rois: name -> the user's box (CT RAS) of the
+    vertebrae to register that have one; boxes: name -> its accepted X-ray boxes (two views or
+    more); starts: name -> (4, 4) matrix_ras the vertebra's registration starts from.
     """
 
     config: RegisterConfig
@@ -119,6 +131,9 @@ class CaseInputs:
     notes: list[str] = field(default_factory=list)
     model: object | None = None
     model_path: Path | None = None
+    rois: dict[str, OrientedBox] = field(default_factory=dict)
+    boxes: dict[str, list[DetectorBox]] = field(default_factory=dict)
+    starts: dict[str, np.ndarray] = field(default_factory=dict)
 
     @cached_property
     def mu(self) -> Volume:
@@ -130,6 +145,27 @@ class CaseInputs:
     def mask(self, name: str) -> np.ndarray:
         """(K, J, I) bool mask of one vertebra to register."""
         return self.labelmap.volume.array == self.vertebrae[name]
+
+    def start(self, name: str) -> np.ndarray:
+        """(4, 4) matrix_ras the registration of vertebra ``name`` starts from (see :func:`start_pose`)."""
+        return self.starts.get(name, self.init)
+
+
+def start_pose(init: np.ndarray, center_ct: np.ndarray, roi_shift_ct: np.ndarray | None = None,
+               center_world: np.ndarray | None = None) -> np.ndarray:
+    """Where a vertebra's registration starts: ``init`` (CT RAS -> world), then moved by the user's box.
+
+    roi_shift_ct: its ROI box centre minus its default box centre (:func:`.core.box.mask_box_center_ras`),
+    CT RAS mm: the start is ``init @ T(shift)`` (the box was moved where the vertebra is).
+    center_world: where its accepted X-ray boxes triangulate its centre (world RAS mm): the start
+    is then translated so that ``center_ct`` lands there (the X-rays' evidence wins over the ROI's).
+    """
+    start = np.array(init, dtype=np.float64)
+    if roi_shift_ct is not None:
+        start[:3, 3] += start[:3, :3] @ roi_shift_ct
+    if center_world is not None:
+        start[:3, 3] += center_world - (start[:3, :3] @ center_ct + start[:3, 3])
+    return start
 
 
 def is_path(value) -> bool:
@@ -270,6 +306,86 @@ def check_volume_seen(geometry: XrayGeometry, volume: Volume, mask: np.ndarray |
     raise InputError(f"the X-ray geometry does not see {what}: {where}")
 
 
+#: Accepted X-ray boxes of one vertebra whose centres' rays pass farther than this (RMS, mm) from
+#: their best meeting point disagree: one of them is taken as another level (about half a
+#: vertebra's height from the other views'), or it belongs to another case.
+MAX_RAY_DISTANCE_MM = 7.5
+
+
+def _read_rois(value, labelmap: Labelmap, ct: Volume, vertebrae: dict[str, int]) -> dict[str, OrientedBox]:
+    """The user's boxes of the vertebrae to register, checked: every name in the labelmap, each box
+    overlapping the CT and holding its vertebra's centroid."""
+    if value is None:
+        return {}
+    where = str(value) if is_path(value) else "the ROI boxes"
+    boxes = read_roi(value) if is_path(value) else dict(value)
+    chosen = {}
+    for key, box in boxes.items():
+        try:
+            name, label = labelmap.resolve(key)
+        except InputError as error:
+            raise InputError(f"{where}: {error}") from None
+        if name not in vertebrae:
+            continue
+        ijk = ct.ras_to_ijk_points(box.corners())
+        if np.any(ijk.max(0) < -0.5) or np.any(ijk.min(0) > np.array(ct.shape_ijk) - 0.5):
+            raise InputError(f"{where}: the box of {name} lies outside the CT (is it in CT RAS mm?)")
+        center = centroid_ras(labelmap, label)
+        if not box.contains(center):
+            raise InputError(f"{where}: the box of {name} does not hold its centroid "
+                             f"({', '.join(f'{x:.1f}' for x in center)}) mm")
+        chosen[name] = box
+    return chosen
+
+
+def _read_boxes(value, views: list[str], geometries: list[XrayGeometry], labelmap: Labelmap,
+                vertebrae: dict[str, int]) -> dict[str, list[DetectorBox]]:
+    """The accepted X-ray boxes of the vertebrae to register, by vertebra (one per view at most);
+    InputError for an unknown view, a box off its image, a name not in the labelmap."""
+    if value is None:
+        return {}
+    sizes = {view: geometry.size for view, geometry in zip(views, geometries)}
+    where = str(value) if is_path(value) else "the X-ray boxes"
+    boxes = read_xray_boxes(value, sizes) if is_path(value) else check_boxes(value, sizes, where)
+    unknown = [view for view in boxes if view not in sizes]
+    if unknown:
+        raise InputError(f"{where}: boxes for view(s) {', '.join(unknown)}, but the X-rays are {', '.join(views)}")
+    by_vertebra: dict[str, list[DetectorBox]] = {}
+    for view, view_boxes in boxes.items():
+        seen = set()
+        for box in view_boxes:
+            if not box.accepted:
+                continue
+            try:
+                name, _ = labelmap.resolve(box.vertebra)
+            except InputError as error:
+                raise InputError(f"{where}: {view} box: {error}") from None
+            if name in seen:
+                raise InputError(f"{where}: two accepted {view} boxes of {name}")
+            seen.add(name)
+            if name in vertebrae:
+                by_vertebra.setdefault(name, []).append(DetectorBox(geometries[views.index(view)], box.corners_px, view))
+    return by_vertebra
+
+
+def _starts(init: np.ndarray, labelmap: Labelmap, ct: Volume, vertebrae: dict[str, int],
+            rois: dict[str, OrientedBox], boxes: dict[str, list[DetectorBox]], where: str) -> dict[str, np.ndarray]:
+    """name -> :func:`start_pose` of each vertebra with a ROI box or accepted boxes in two views or more."""
+    starts = {}
+    for name, label in vertebrae.items():
+        shift = triangulated = None
+        if name in rois:
+            shift = rois[name].center_ras - mask_box_center_ras(labelmap.volume.array == label, ct)
+        if len(boxes.get(name, ())) >= 2:
+            triangulated, distance_mm = triangulate_boxes(boxes[name])
+            if distance_mm > MAX_RAY_DISTANCE_MM:
+                raise InputError(f"{where}: the accepted boxes of {name} do not meet: their rays pass {distance_mm:.0f} mm "
+                                 f"(RMS) from their nearest point, over {MAX_RAY_DISTANCE_MM:g} mm (a box of another level?)")
+        if shift is not None or triangulated is not None:
+            starts[name] = start_pose(init, centroid_ras(labelmap, label), shift, triangulated)
+    return starts
+
+
 def _requested_vertebrae(config: RegisterConfig, labelmap: Labelmap) -> dict[str, int]:
     """The vertebrae asked for (name -> label), checked present; {} when none were asked for."""
     chosen: dict[str, int] = {}
@@ -368,6 +484,14 @@ def load_case(config: RegisterConfig) -> CaseInputs:
                 "no vertebra of the segmentation is seen by every X-ray at the initial pose (their centres project "
                 "outside a detector): the CT and the X-rays do not overlap; check the geometries and the initial pose"
             )
+    rois = _read_rois(config.roi, labelmap, ct, vertebrae)
+    boxes = _read_boxes(config.boxes, views, loaded_geometries, labelmap, vertebrae)
+    starts = _starts(init, labelmap, ct, vertebrae, rois, boxes,
+                     str(config.boxes) if is_path(config.boxes) else "the X-ray boxes")
+    for name, start in starts.items():
+        moved = start @ np.linalg.inv(init)  # world -> world: where the start puts the centre at init
+        for view, geometry in zip(views, loaded_geometries):
+            check_seen(geometry, moved[:3, :3] @ centers_world[name] + moved[:3, 3], f"{name} at its start", view)
     return CaseInputs(
         config=config,
         ct=ct,
@@ -382,6 +506,9 @@ def load_case(config: RegisterConfig) -> CaseInputs:
         notes=[note] if note else [],
         model=model,
         model_path=model_path,
+        rois=rois,
+        boxes=boxes,
+        starts=starts,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .. import __version__
+from ..io.roi import roi_entry
 from ..io.results import VertebraResult, drr_name, write_result_folder
 from ..rigid import register_vertebra
 from .inputs import DICOM_GEOMETRY, CaseInputs, RegisterConfig, is_dicom_keyword, is_path, load_case
@@ -42,7 +43,8 @@ def register_case(
     case: CaseInputs | RegisterConfig, progress: Callable[[CaseProgress], None] | None = None
 ) -> list[VertebraResult]:
     """Register every vertebra of ``case`` (a :class:`RegisterConfig` is loaded first), one
-    after the other, each from the initial pose; returns one result per vertebra, in order.
+    after the other, each from its start (:meth:`CaseInputs.start`: the initial pose, moved by
+    its ROI or X-ray boxes); returns one result per vertebra, in order.
 
     progress: called with a :class:`CaseProgress` at each stage of each vertebra.
     """
@@ -78,13 +80,15 @@ def iter_register_case(
             report("start", 0.0)
             if predictor is not None:
                 yield register_vertebra_learned(
-                    name, case.mu, case.mask(name), case.xrays, case.geometries, predictor, init=case.init,
+                    name, case.mu, case.mask(name), case.xrays, case.geometries, predictor, init=case.start(name),
                     config=case.config.rigid, refine=case.method == "auto", device=case.device, progress=report,
+                    region=case.rois.get(name), boxes=case.boxes.get(name, ()),
                 )
                 continue
             yield register_vertebra(
-                name, case.mu, case.mask(name), case.xrays, case.geometries, init=case.init,
+                name, case.mu, case.mask(name), case.xrays, case.geometries, init=case.start(name),
                 config=case.config.rigid, device=case.device, progress=report,
+                region=case.rois.get(name), boxes=case.boxes.get(name, ()),
             )
     finally:
         if threads is not None:
@@ -131,7 +135,13 @@ def result_document(case: CaseInputs, results: Sequence[VertebraResult], total_t
             "geometries": [_input_path(g) for g in config.geometries],
             "invert": bool(config.invert),
             "init": _input_path(config.init) if config.init is not None else None,
+            "roi": _input_path(config.roi) if config.roi is not None else None,
+            "boxes": _input_path(config.boxes) if config.boxes is not None else None,
         },
+        "roi": {name: roi_entry(box) for name, box in case.rois.items()},
+        "xray_boxes": {name: {box.view: np.asarray(box.corners_px).tolist() for box in boxes}
+                       for name, boxes in case.boxes.items()},
+        "start_matrix_ras": {name: start.tolist() for name, start in case.starts.items()},
         "views": {
             view: {"drr": drr_name(view), "geometry": geometry.to_json_dict()}
             for view, geometry in zip(case.views, case.geometries)

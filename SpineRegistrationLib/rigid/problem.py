@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.box import OrientedBox
 from ..core.pose import pose_matrix, rotvec_to_matrix
 from ..core.volume import Volume, bounding_box_ijk, mask_center_ras
 from ..errors import InputError
@@ -62,21 +63,36 @@ class VertebraDRR:
     neighbours cannot decide the match. Renderers are made per volume resolution (no finer
     than the detector pixels need) and kept. center_ras / corners_ras: the vertebra's
     centroid and the corners of its box grown by ``margin_mm`` (CT RAS mm).
+
+    ``region`` (a user's ROI box, CT RAS) replaces both boxes: the context is the CT whose
+    voxel centres lie in it, above soft tissue (``context_mm`` and ``full_depth`` then do not apply), the
+    vertebra is its label inside it, and the X-ray window is the projection of its corners.
+    The centroid stays the whole vertebra's (the pose's centre).
     """
 
     def __init__(self, mu: Volume, mask: np.ndarray, margin_mm: float, device, context_mm: float = 0.0,
-                 full_depth: bool = False) -> None:
+                 full_depth: bool = False, region: OrientedBox | None = None) -> None:
         margin_vox = np.ceil(margin_mm / mu.spacing_mm).astype(int)
+        self.center_ras = mask_center_ras(mask, mu)
+        self.inside = None  # (K, J, I) bool over context_roi: the voxels of ``region``
+        if region is not None:
+            start, stop, self.inside = region.voxels(mu)
+            crop = (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))
+            whole, mask = mask, np.zeros(mask.shape, bool)
+            mask[crop] = self.inside & whole[crop]
+            if not mask.any():
+                raise InputError("the vertebra's box holds none of its voxels")
+            self.context_roi, full_depth = (start, stop), False
+        else:
+            self.context_roi = (bounding_box_ijk(mask, np.ceil(context_mm / mu.spacing_mm).astype(int))
+                                if context_mm > 0 else None)
         self.roi = bounding_box_ijk(mask, margin_vox)
-        self.context_roi = (bounding_box_ijk(mask, np.ceil(context_mm / mu.spacing_mm).astype(int))
-                            if context_mm > 0 else None)
         self.mu, self.mask, self.device, self.full_depth = mu, mask, device, full_depth
         self._renderers: dict[tuple[str, int, int], DRRRenderer] = {}
-        self.center_ras = mask_center_ras(mask, mu)
         start, stop = self.roi
         box = np.array([[a, b, c] for a in (start[0], stop[0] - 1) for b in (start[1], stop[1] - 1)
                         for c in (start[2], stop[2] - 1)], float)
-        self.corners_ras = mu.ijk_to_ras_points(box)
+        self.corners_ras = region.corners() if region is not None else mu.ijk_to_ras_points(box)
         self.evaluations = 0
 
     def _draw(self, what: str, poses: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
@@ -115,10 +131,14 @@ class VertebraDRR:
         """
         box = self.mu.cropped(start_ijk, stop_ijk)
         mask = self.mu.with_array(self.mask).cropped(start_ijk, stop_ijk).array
-        if what in ("context", "vertebra"):
-            return box, mask
-        background, excess = tissue_split(box.array, [mask], float(hu_to_mu(np.float32(SOFT_TISSUE_HU))))
-        return box.with_array(background if what == "background" else excess), mask
+        soft = float(hu_to_mu(np.float32(SOFT_TISSUE_HU)))
+        if what not in ("context", "vertebra"):
+            background, excess = tissue_split(box.array, [mask], soft)
+            box = box.with_array(background if what == "background" else excess)
+        if what in ("context", "background") and self.inside is not None:
+            # Inside the user's box only, and above soft tissue, so that the box's faces draw no edge.
+            box = box.with_array(np.clip(box.array - soft, 0.0, None) * self.inside)
+        return box, mask
 
     def background(self, pose: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
         """(1, 4, 4) -> (rows, columns): the context without the vertebra (soft tissue in its place), fixed."""

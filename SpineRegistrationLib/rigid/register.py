@@ -26,10 +26,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..core.box import OrientedBox
 from ..core.pose import matrix_to_params
 from ..core.volume import Volume
 from ..errors import InputError
 from ..geometry import XrayGeometry
+from ..geometry.triangulation import DetectorBox
 from ..io.results import VertebraResult
 from .config import Progress, RigidConfig
 from .problem import VertebraDRR, prepare_xray, pyramid
@@ -48,11 +50,15 @@ def register_vertebra(
     config: RigidConfig | None = None,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
+    region: OrientedBox | None = None,
+    boxes: Sequence[DetectorBox] = (),
 ) -> VertebraResult:
     """Register one vertebra (``mask`` (K, J, I) in the CT ``mu``, 1/mm) to biplanar X-rays.
 
     ``xrays``: (rows, columns) arrays, bone bright, one per geometry. ``init``: (4, 4)
-    starting matrix_ras (default identity).
+    starting matrix_ras (default identity). ``region``: the user's box (CT RAS) bounding what
+    is compared (:class:`.problem.VertebraDRR`); ``boxes``: the vertebra's accepted boxes on
+    the X-rays, which the translation grid does not leave (:func:`.search.grid_search`).
     """
     started = time.perf_counter()
     config = RigidConfig() if config is None else config
@@ -65,7 +71,7 @@ def register_vertebra(
                 f"but its geometry says {geometry.columns}x{geometry.rows}"
             )
     device = torch.device(device)
-    vertebra = VertebraDRR(mu, mask, config.roi_margin_mm, device, config.context_mm, config.full_depth)
+    vertebra = VertebraDRR(mu, mask, config.roi_margin_mm, device, config.context_mm, config.full_depth, region)
     pose = np.eye(4) if init is None else np.asarray(init, dtype=np.float64)
     for geometry in geometries:
         if not geometry.sees((pose[:3, :3] @ vertebra.center_ras + pose[:3, 3])[None])[0]:
@@ -80,7 +86,7 @@ def register_vertebra(
 
     report("global search", 0.0)
     coarse = [views[0] for views in levels]
-    candidates = global_search(vertebra, coarse, pose, config, device)
+    candidates = global_search(vertebra, coarse, pose, config, device, boxes)
     stages.append({"stage": f"global:{config.global_search}", "evaluations": vertebra.evaluations,
                    "scores": [round(float(score), 4) for _, score in candidates],
                    "time_s": round(time.perf_counter() - started, 3)})

@@ -4,6 +4,7 @@ in all views at once, trial rotations, and CMA-ES (the ``cmaes`` package)."""
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -11,13 +12,15 @@ import torch.nn.functional as F
 
 from ..core.pose import params_to_matrix, params_to_matrix_torch
 from ..errors import InputError
+from ..geometry.triangulation import DetectorBox
 from ..similarity import image_gradients
 from .config import RigidConfig
 from .problem import LevelProblem, VertebraDRR, View, crop_view, projected_window
 
 
 def grid_search(
-    vertebra: VertebraDRR, views: list[View], start: np.ndarray, config: RigidConfig, device
+    vertebra: VertebraDRR, views: list[View], start: np.ndarray, config: RigidConfig, device,
+    boxes: Sequence[DetectorBox] = (),
 ) -> list[np.ndarray]:
     """The best poses near ``start`` on a grid of translations x a few rotations.
 
@@ -28,6 +31,10 @@ def grid_search(
     ``config.candidates`` poses, best first, with translations at least
     ``candidate_gap_mm`` apart: before the rotation is known a neighbouring vertebra can
     score nearly as well as the right one, so the next stages choose among them.
+
+    ``boxes``: the vertebra's accepted boxes on the X-rays; a translation that puts its centre's
+    projection outside one of them loses more than any score can win, so the candidates are
+    the translations inside all of them (when there are any) and the neighbours are out.
     """
     center_world = start[:3, :3] @ vertebra.center_ras + start[:3, 3]
     axis = np.arange(-config.search_mm, config.search_mm + 1e-6, config.search_step_mm)
@@ -50,6 +57,7 @@ def grid_search(
             ncc_map = gradient_ncc_map(template, weight, search.image.to(device))
             shift = view.geometry.project(center_world + grid) - view.geometry.project(center_world)[None]
             score += bilinear(ncc_map, shift[:, 1] + reach_px, shift[:, 0] + reach_px)
+        score -= (2 * len(views) + 1) * sum(~box.holds(center_world + grid) for box in boxes)
         best = np.argsort(-score)[: 50 * config.candidates]
         scored += [(score[index], grid[index], rotated) for index in best]
     scored.sort(key=lambda item: -item[0])
@@ -137,12 +145,14 @@ def cmaes_search(problem: LevelProblem, start: np.ndarray, center_world: np.ndar
 
 
 def global_search(
-    vertebra: VertebraDRR, coarse: list[View], pose: np.ndarray, config: RigidConfig, device
+    vertebra: VertebraDRR, coarse: list[View], pose: np.ndarray, config: RigidConfig, device,
+    boxes: Sequence[DetectorBox] = (),
 ) -> list[tuple[np.ndarray, float]]:
-    """Candidate poses with their coarse-level scores (-inf where none was computed)."""
+    """Candidate poses with their coarse-level scores (-inf where none was computed); ``boxes``: see
+    :func:`grid_search`."""
     candidates = [pose]
     if config.global_search.startswith("grid"):
-        candidates = grid_search(vertebra, coarse, pose, config, device)
+        candidates = grid_search(vertebra, coarse, pose, config, device, boxes)
     if "cmaes" not in config.global_search:
         return [(candidate, -np.inf) for candidate in candidates]
     wide = config.global_search == "cmaes"
