@@ -248,6 +248,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def cleanup(self) -> None:
         self._pollTimer.stop()
+        self._boxesRefresh.stop()
         if self._run is not None:
             self._run.cancel()
             self._run = None
@@ -480,6 +481,12 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             button.connect("clicked(bool)", lambda checked=False, handler=handler: handler())
         self.ui.boxesTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
         self.ui.boxesTableWidget.connect("itemChanged(QTableWidgetItem*)", self.onBoxRenamed)
+        # Boxes added or deleted elsewhere (Data module, scene loading): refresh once the event burst is over.
+        self._boxesRefresh = qt.QTimer()
+        self._boxesRefresh.setSingleShot(True)
+        self._boxesRefresh.connect("timeout()", self.updateBoxesTable)
+        for event in (slicer.mrmlScene.NodeAddedEvent, slicer.mrmlScene.NodeRemovedEvent):
+            self.addObserver(slicer.mrmlScene, event, lambda caller, event: self._boxesRefresh.start(0))
 
     def updateBoxesTable(self, message: str | None = None) -> None:
         """Fill the table (view, vertebra, score, accepted) from the box nodes; show ``message``."""
