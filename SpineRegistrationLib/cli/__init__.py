@@ -25,6 +25,8 @@ COMMANDS = {
     "train": "train",
     "deform": "deform",
     "train-deform": "train_deform",
+    "detect": "detect",
+    "train-detect": "train_detect",
 }
 
 

@@ -172,18 +172,15 @@ def start_process(config: RunConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def check_run(config: TrainConfig) -> dict | None:
-    """The checkpoint to resume from (None for a fresh run); InputError when ``out`` or the
-    starting weights (``init_model``) do not fit the run."""
+def resume_payload(config: RunConfig, checkpoint_formats: tuple[str, ...]) -> dict | None:
+    """What every run checks first: with ``resume``, the checkpoint in ``out`` (read, of one of
+    ``checkpoint_formats``, for ``config.steps`` steps, unfinished); without, that ``out`` is new or
+    empty (None then). InputError when not."""
     checkpoint = config.out / CHECKPOINT_FILE
     if config.resume:
         if not checkpoint.is_file():
             raise InputError(f"nothing to resume: {checkpoint} does not exist")
-        payload = read_payload(checkpoint, (CHECKPOINT_FORMAT,))
-        saved = ModelConfig.from_dict(payload["config"])
-        if (saved.size_px, saved.mm_per_px) != (config.model.size_px, config.model.mm_per_px):
-            raise InputError(f"{checkpoint} was trained for {saved.size_px}-pixel patches of {saved.mm_per_px:g} mm, "
-                             f"not {config.model.size_px} of {config.model.mm_per_px:g}: resume with its own input")
+        payload = read_payload(checkpoint, checkpoint_formats)
         planned = int(payload["train_config"]["steps"])
         if planned != config.steps:
             raise InputError(f"{checkpoint} belongs to a run of {planned} steps: resume it with --steps {planned}")
@@ -192,28 +189,42 @@ def check_run(config: TrainConfig) -> dict | None:
         return payload
     if config.out.exists() and any(config.out.iterdir()):
         raise InputError(f"{config.out} is not empty: pass --resume to continue the run in it, or choose a new --out")
+    return None
+
+
+def check_run(config: TrainConfig) -> dict | None:
+    """The checkpoint to resume from (None for a fresh run); InputError when ``out`` or the
+    starting weights (``init_model``) do not fit the run."""
+    payload = resume_payload(config, (CHECKPOINT_FORMAT,))
+    if payload is not None:
+        saved = ModelConfig.from_dict(payload["config"])
+        if (saved.size_px, saved.mm_per_px) != (config.model.size_px, config.model.mm_per_px):
+            raise InputError(f"{config.out / CHECKPOINT_FILE} was trained for {saved.size_px}-pixel patches of "
+                             f"{saved.mm_per_px:g} mm, not {config.model.size_px} of {config.model.mm_per_px:g}: "
+                             "resume with its own input")
+        return payload
     if config.init_model is not None:
         model_from_payload(read_payload(config.init_model), config.init_model, expect=config.model)
     return None
 
 
-class _Log:
-    """log.csv (appending on resume) and optional TensorBoard events; rank 0 only."""
+class RunLog:
+    """A run's log.csv of ``fields`` (appended to when resuming), and TensorBoard events in
+    ``tensorboard_dir`` when given (needs the tensorboard package); rank 0 only."""
 
-    def __init__(self, config: TrainConfig, resumed: bool) -> None:
-        path = config.out / LOG_FILE
+    def __init__(self, path: Path, fields: Sequence[str], resumed: bool, tensorboard_dir: Path | None = None) -> None:
         fresh = not (resumed and path.is_file())
         self.file = open(path, "a" if not fresh else "w", newline="")
-        self.writer = csv.DictWriter(self.file, LOG_FIELDS)
+        self.writer = csv.DictWriter(self.file, fields)
         if fresh:
             self.writer.writeheader()
         self.board = None
-        if config.tensorboard:
+        if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise InputError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
-            self.board = SummaryWriter(str(config.out / "tensorboard"))
+            self.board = SummaryWriter(str(tensorboard_dir))
 
     def write(self, row: dict) -> None:
         self.writer.writerow({key: (f"{value:.5g}" if isinstance(value, float) else value)
@@ -275,7 +286,8 @@ def train(sources: Sequence[TrainingCT], config: TrainConfig, progress: bool = T
         (config.out / "config.json").write_text(json.dumps(config.to_json(), indent=2, default=str))
         validation = [SampleStream(sources, config.synthesis, config.batch_size, config.seed, 0, 0,
                                    VALIDATION_RANK).batch(i) for i in range(config.validation_batches)]
-        log = _Log(config, resumed=payload is not None)
+        log = RunLog(config.out / LOG_FILE, LOG_FIELDS, resumed=payload is not None,
+                     tensorboard_dir=config.out / "tensorboard" if config.tensorboard else None)
 
     def checkpoint(step: int) -> None:
         if rank == 0:

@@ -1,0 +1,295 @@
+"""The vertebra detector: one X-ray in, an oriented box and a level name per vertebra out.
+
+A small CenterNet (Zhou et al. 2019, "Objects as points"): a fully convolutional encoder-decoder
+on the X-ray resampled to ``mm_per_px`` at the detector (:func:`prepare_xray`), predicting at
+stride 4 a centre heatmap, the sub-pixel offset of each centre, the box's width (across the
+spine) and height (along it) as log pixels, its orientation as (sin 2a, cos 2a) of the spine
+axis angle a (a box is the same turned by 180 degrees), and per-pixel level logits over
+:data:`..core.labels.VERTEBRAE`. Plain torch layers, as the pose network (:mod:`.network`).
+
+Levels (:func:`name_levels`): the detected centres are ordered along the spine and given
+consecutive names of the standard chain C1..S1 (gaps allowed at a cost) that best agree with
+the level logits, so one confused vertebra cannot break the sequence.
+
+Model file: ``{"format": "spinereg-vertebra-detector", "version": 1, "config": DetectorConfig
+dict, "state_dict", "info"}`` (read through :func:`.checkpoint.read_payload`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.labels import VERTEBRAE
+from ..errors import InputError
+from ..geometry import XrayGeometry
+from ..geometry.image_boxes import box_iou, rectangle_corners
+from ..io.xray_boxes import XrayBox
+from .checkpoint import read_payload, save_atomic
+from .network import _Residual
+from .patches import normalize_xray
+
+DETECTOR_FORMAT = "spinereg-vertebra-detector"
+DETECTOR_CHECKPOINT_FORMAT = "spinereg-vertebra-detector-checkpoint"
+#: The name the shipped detector has in Resources/Models.
+SHIPPED_DETECTOR = "vertebra_detector_phantoms.pt"
+#: The usual vertebrae, cranial -> caudal, that level naming counts along (no T13, L6).
+CHAIN = tuple(name for name in VERTEBRAE if name not in ("T13", "L6"))
+#: Output stride of the heads, input pixels.
+STRIDE = 4
+#: Channels of the head outputs: heatmap, offset (2), log size (2), orientation (2), then levels.
+HEAT, OFFSET, SIZE, ORIENT, LEVEL = 0, slice(1, 3), slice(3, 5), slice(5, 7), slice(7, None)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Architecture and input of :class:`VertebraDetector` (saved with the weights).
+
+    mm_per_px: input pixel at the detector, mm. high_pass_px: the X-ray minus its Gaussian blur
+    of this sigma (input pixels) is what the network sees (:func:`.patches.normalize_xray`).
+    channels: encoder widths, each stage halving the resolution (the first at stride 2).
+    decoder: width of the stride-4 features the heads read.
+    """
+
+    mm_per_px: float = 2.0
+    high_pass_px: float = 8.0
+    channels: tuple[int, ...] = (16, 32, 64, 96, 128)
+    decoder: int = 32
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DetectorConfig":
+        values = dict(values)
+        values["channels"] = tuple(int(c) for c in values.get("channels", cls.channels))
+        return cls(**values)
+
+    @property
+    def multiple(self) -> int:
+        """Input sides are padded to a multiple of this (one halving per stage)."""
+        return 2 ** len(self.channels)
+
+
+class VertebraDetector(nn.Module):
+    """(B, 1, H, W) prepared X-rays (H, W multiples of ``config.multiple``) -> (B, 7 + levels, H/4, W/4):
+    heatmap logit, centre offset (px at stride 4), log width and height (stride-4 px), sin 2a, cos 2a,
+    level logits (:data:`VERTEBRAE`)."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = DetectorConfig() if config is None else config
+        stages, c_in = [], 1
+        for c_out in config.channels:
+            stages.append(_Residual(c_in, c_out))
+            c_in = c_out
+        self.stages = nn.ModuleList(stages)
+        # Top-down path (feature pyramid): each stage from stride 4 down adds its lateral projection.
+        self.lateral = nn.ModuleList(nn.Conv2d(c, config.decoder, 1) for c in config.channels[1:])
+        self.smooth = nn.Sequential(nn.Conv2d(config.decoder, config.decoder, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(config.decoder), nn.ReLU(inplace=True))
+        outputs = 7 + len(VERTEBRAE)
+        self.head = nn.Sequential(nn.Conv2d(config.decoder, config.decoder, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(config.decoder, outputs, 1))
+        with torch.no_grad():  # CenterNet's prior: few centres
+            self.head[-1].bias.zero_()
+            self.head[-1].bias[HEAT] = -2.19
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features, x = [], images
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        top = self.lateral[-1](features[-1])
+        for n in range(len(self.lateral) - 2, -1, -1):
+            top = F.interpolate(top, size=features[n + 1].shape[-2:], mode="nearest") + self.lateral[n](features[n + 1])
+        return self.head(self.smooth(top))
+
+
+# --------------------------------------------------------------------------- input
+@dataclass
+class PreparedXray:
+    """An X-ray as the network takes it. image: (1, 1, H, W) float32; scale: (2,) original pixels per
+    input pixel (columns, rows); the original pixel (c, r) is input pixel ((c + 0.5) / s - 0.5)."""
+
+    image: torch.Tensor
+    scale: np.ndarray
+
+    def to_original(self, points_px: np.ndarray) -> np.ndarray:
+        """(..., 2) input pixels (column, row) -> the original X-ray's pixels."""
+        return (np.asarray(points_px) + 0.5) * self.scale - 0.5
+
+
+def network_input(images: torch.Tensor, config: DetectorConfig) -> torch.Tensor:
+    """(..., H, W) bone-bright X-rays at the input resolution -> what the network sees (high-pass, standardised)."""
+    return normalize_xray(images, config.high_pass_px)
+
+
+def prepare_xray(array: np.ndarray, geometry: XrayGeometry, config: DetectorConfig) -> PreparedXray:
+    """A (rows, columns) bone-bright X-ray -> ``mm_per_px`` at the detector (area-averaged when shrinking),
+    padded at the bottom and right to a multiple of ``config.multiple`` by edge values."""
+    rows, columns = array.shape
+    du, dv = geometry.pixel_spacing
+    size = (max(1, round(rows * dv / config.mm_per_px)), max(1, round(columns * du / config.mm_per_px)))
+    image = torch.as_tensor(np.asarray(array, np.float32))[None, None]
+    image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
+    pad_rows, pad_columns = (-size[0]) % config.multiple, (-size[1]) % config.multiple
+    image = F.pad(image, (0, pad_columns, 0, pad_rows), mode="replicate")
+    return PreparedXray(network_input(image, config), np.array([columns / size[1], rows / size[0]]))
+
+
+# --------------------------------------------------------------------------- decoding
+@dataclass
+class Detection:
+    """A decoded box on the input grid: centre (2,), width, height px; axis (2,) unit along the spine;
+    score in [0, 1]; level_log_probs (len(VERTEBRAE),)."""
+
+    center: np.ndarray
+    width: float
+    height: float
+    axis: np.ndarray
+    score: float
+    level_log_probs: np.ndarray
+
+    def corners(self) -> np.ndarray:
+        return rectangle_corners(self.center, self.width, self.height, self.axis)
+
+
+def decode(output: torch.Tensor, threshold: float = 0.3, max_boxes: int = 40, iou_nms: float = 0.3) -> list[Detection]:
+    """(7 + levels, h, w) network output of one image -> detections (input pixels), best first:
+    heatmap peaks (3x3 local maxima) above ``threshold``, then oriented-box NMS at ``iou_nms``."""
+    heat = torch.sigmoid(output[HEAT])
+    peaks = (heat == F.max_pool2d(heat[None, None], 3, 1, 1)[0, 0]) & (heat >= threshold)
+    rows, columns = torch.nonzero(peaks, as_tuple=True)
+    order = torch.argsort(heat[rows, columns], descending=True)[:max_boxes]
+    levels = torch.log_softmax(output[LEVEL], dim=0)
+    found: list[Detection] = []
+    for n in order.tolist():
+        r, c = int(rows[n]), int(columns[n])
+        offset = output[OFFSET, r, c].detach().numpy()
+        width, height = np.exp(output[SIZE, r, c].detach().numpy().clip(-5, 8)) * STRIDE
+        sin2, cos2 = output[ORIENT, r, c].detach().numpy()
+        angle = 0.5 * math.atan2(sin2, cos2)
+        detection = Detection(center=(np.array([c, r]) + offset + 0.5) * STRIDE - 0.5, width=float(width),
+                              height=float(height), axis=np.array([math.cos(angle), math.sin(angle)]),
+                              score=float(heat[r, c]), level_log_probs=levels[:, r, c].detach().numpy())
+        if all(box_iou(detection.corners(), kept.corners()) < iou_nms for kept in found):
+            found.append(detection)
+    return found
+
+
+def name_levels(detections: list[Detection], gap_cost: float = 3.0) -> list[str]:
+    """Level names of detections: ordered along the spine (the first principal axis of the centres),
+    consecutive in :data:`CHAIN` up or down it, each skipped level costing ``gap_cost`` (nats), the
+    assignment maximising the level log-probabilities (dynamic programming)."""
+    if not detections:
+        return []
+    chain = [VERTEBRAE.index(name) for name in CHAIN]
+    scores = np.stack([d.level_log_probs[chain] for d in detections])  # (N, L)
+    centers = np.stack([d.center for d in detections])
+    if len(detections) == 1:
+        return [CHAIN[int(np.argmax(scores[0]))]]
+    direction = np.linalg.svd(centers - centers.mean(0), full_matrices=False)[2][0]
+    order = list(np.argsort(centers @ direction))
+    best, names = -np.inf, None
+    for sequence in (order, order[::-1]):
+        total, levels = _increasing_levels(scores[sequence], gap_cost)
+        if total > best:
+            best, names = total, {int(i): CHAIN[level] for i, level in zip(sequence, levels)}
+    return [names[i] for i in range(len(detections))]
+
+
+def _increasing_levels(scores: np.ndarray, gap_cost: float) -> tuple[float, list[int]]:
+    """Best strictly increasing levels for rows of (N, L) scores: (total, levels)."""
+    count, chain = scores.shape
+    total = scores[0].copy()
+    back = np.zeros((count, chain), dtype=int)
+    steps = np.arange(chain)
+    for n in range(1, count):
+        # from level p to level l > p: total[p] - gap_cost * (l - p - 1)
+        candidates = total[None, :] - gap_cost * (steps[:, None] - steps[None, :] - 1)
+        candidates[steps[:, None] <= steps[None, :]] = -np.inf
+        back[n] = np.argmax(candidates, axis=1)
+        total = candidates[steps, back[n]] + scores[n]
+    levels = [int(np.argmax(total))]
+    for n in range(count - 1, 0, -1):
+        levels.append(int(back[n, levels[-1]]))
+    return float(np.max(total)), levels[::-1]
+
+
+def _cranial_first(corners: np.ndarray, center: np.ndarray, cranial: np.ndarray | None) -> np.ndarray:
+    """Corners reordered so that 1 -> 2 points toward ``cranial`` (a point cranial of the box), if given."""
+    if cranial is not None and np.dot(corners[2] - corners[1], cranial - center) < 0:
+        return corners[[2, 3, 0, 1]]
+    return corners
+
+
+# --------------------------------------------------------------------------- inference
+class DetectorPredictor:
+    """A detector model file, loaded once, to box the vertebrae of many X-rays."""
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        self.path = Path(path)
+        self.model = load_detector(path, device)
+        self.device = torch.device(device)
+
+    def detect(self, array: np.ndarray, geometry: XrayGeometry, threshold: float = 0.3) -> list[XrayBox]:
+        """(rows, columns) bone-bright X-ray and its geometry -> one named box per detected vertebra
+        (original pixels, source ``detector``, score = heatmap peak), cranial -> caudal."""
+        prepared = prepare_xray(array, geometry, self.model.config)
+        with torch.no_grad():
+            output = self.model(prepared.image.to(self.device))[0].cpu()
+        detections = decode(output, threshold)
+        names = name_levels(detections)
+        by_name = dict(zip(names, detections))
+        boxes = []
+        for name, detection in sorted(zip(names, detections), key=lambda pair: CHAIN.index(pair[0])):
+            index = CHAIN.index(name)
+            neighbour = by_name.get(CHAIN[index - 1]) if index > 0 else None
+            corners = _cranial_first(detection.corners(), detection.center,
+                                     None if neighbour is None else neighbour.center)
+            boxes.append(XrayBox(name, prepared.to_original(corners), round(detection.score, 4), False, "detector"))
+        return boxes
+
+
+# --------------------------------------------------------------------------- model files
+def detector_payload(model: VertebraDetector, info: dict | None = None) -> dict:
+    """What a detector model file holds (weights on the CPU)."""
+    return {"format": DETECTOR_FORMAT, "version": 1, "config": model.config.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "info": dict(info or {})}
+
+
+def save_detector(model: VertebraDetector, path: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write a detector model file, atomically."""
+    return save_atomic(detector_payload(model, info), path)
+
+
+def detector_from_payload(payload: dict, path: str | os.PathLike) -> VertebraDetector:
+    """The network a payload describes, with its weights; InputError when they disagree."""
+    try:
+        model = VertebraDetector(DetectorConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        first = " ".join(str(error).split())[:200]
+        raise InputError(f"{path}: not a usable vertebra detector ({type(error).__name__}: {first})") from None
+    return model
+
+
+def shipped_detector() -> Path | None:
+    """Resources/Models/vertebra_detector_phantoms.pt (or its installed copy), or None."""
+    from .models import model_dirs
+
+    return next((folder / SHIPPED_DETECTOR for folder in model_dirs() if (folder / SHIPPED_DETECTOR).is_file()), None)
+
+
+def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu") -> VertebraDetector:
+    """A detector model file (or training checkpoint) -> VertebraDetector in eval mode on ``device``."""
+    payload = read_payload(path, (DETECTOR_FORMAT, DETECTOR_CHECKPOINT_FORMAT))
+    return detector_from_payload(payload, path).to(device).eval()
