@@ -33,6 +33,7 @@ from SpineRegistrationLib.pipeline.inputs import RegisterConfig, load_case
 from .nodes import pose_of, require_untransformed, vertebra_labelmap, volume_of
 from .process import CliProcess
 from .results import apply_registration_result, read_registration_result
+from .rois import write_scene_rois
 from .xrays import VIEWS, check_xray_size, geometry_of, xray_size
 
 
@@ -184,7 +185,8 @@ def write_registration_inputs(checked: CheckedInputs, folder: str | os.PathLike)
 
 def register_arguments(paths: dict, vertebrae: list, method: str, device: str, out_dir) -> list[str]:
     """The ``spinereg register`` arguments (without the program name) for files from
-    :func:`write_registration_inputs` (``--init`` when it wrote init.json). ``--device``
+    :func:`write_registration_inputs` (``--init`` when it wrote init.json, ``--roi`` with the
+    scene's vertebra boxes, :func:`.rois.write_scene_rois`). ``--device``
     always: the CLI's own default is the CPU, "auto" takes the GPU when there is one."""
     args = ["register", "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
     for name in vertebrae:
@@ -192,6 +194,8 @@ def register_arguments(paths: dict, vertebrae: list, method: str, device: str, o
     args += xray_arguments(paths, VIEWS)
     if "init" in paths:
         args += ["--init", str(paths["init"])]
+    if "roi" in paths:
+        args += ["--roi", str(paths["roi"])]
     args += ["--method", method, "--device", device]
     args += ["--out", str(out_dir)]
     return args
@@ -209,6 +213,7 @@ def prepare_registration(inputs: RegistrationInputs, work_dir: str | os.PathLike
     work = Path(tempfile.mkdtemp(prefix="spinereg-", dir=work_dir))
     try:
         paths = write_registration_inputs(checked, work / "input")
+        paths.update(write_scene_rois(inputs.ct_node.GetScene(), work / "input", checked.init))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -1,21 +1,28 @@
-"""Vertebra ROI boxes: one markups ROI per vertebra, and an (edited) box read back as voxels.
+"""Vertebra ROI boxes: one markups ROI per vertebra, an (edited) box read back as voxels, and the
+scene's boxes written as the ``spinereg-roi`` file of ``spinereg register --roi``.
 
-A box is aligned with the segmentation's voxel axes (the CT's), centred and sized in world
-RAS mm (its ObjectToNode matrix and size); read back against a volume it becomes the voxel
-box (start_ijk, stop_ijk), stop exclusive, that
-:func:`SpineRegistrationLib.core.volume.bounding_box_ijk` also returns.
+A box is made aligned with the segmentation's voxel axes (the CT's), centred and sized in world
+RAS mm (its ObjectToNode matrix and size); the user may then move, resize and rotate it. Read
+back against a volume it becomes the voxel box (start_ijk, stop_ijk), stop exclusive, that
+:func:`SpineRegistrationLib.core.volume.bounding_box_ijk` also returns; written for the CLI
+it is the oriented box as the user left it (:func:`roi_boxes`), in CT RAS.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import slicer
 from slicer.util import vtkMatrixFromArray
 
+from SpineRegistrationLib.core.box import OrientedBox
 from SpineRegistrationLib.core.volume import bounding_box_ijk
 from SpineRegistrationLib.errors import InputError
+from SpineRegistrationLib.io.roi import write_roi
 
-from .nodes import ROLE_ROI, SceneChange, ijk_to_ras_of, matrix_of, region_color, require_untransformed, vertebra_labelmap
+from .nodes import (ATTR_VERTEBRA, ROLE_ROI, SceneChange, ijk_to_ras_of, matrix_of, nodes_with, region_color,
+                    require_untransformed, vertebra_labelmap)
 
 #: Margin added around each vertebra's voxels for its ROI box (mm).
 ROI_MARGIN_MM = 2.0
@@ -87,3 +94,27 @@ def roi_box_ijk(roi_node, volume_node) -> tuple[np.ndarray, np.ndarray]:
     if np.any(stop <= start):
         raise InputError(f"ROI {roi_node.GetName()!r} does not overlap the volume {volume_node.GetName()!r}")
     return start, stop
+
+
+def roi_boxes(scene, ct_pose: np.ndarray | None = None) -> dict:
+    """Vertebra name -> :class:`OrientedBox` in CT RAS mm of every vertebra ROI node of ``scene``, as
+    the user left it (moved, resized, rotated; parent transforms of the ROI included).
+
+    ct_pose: (4, 4) world <- CT RAS, the CT's parent transform (default identity): a box is
+    taken back to the CT as scanned by its inverse.
+    """
+    world_to_ct = np.linalg.inv(np.eye(4) if ct_pose is None else np.asarray(ct_pose, float))
+    boxes = {}
+    for roi in nodes_with(scene, ROLE_ROI):
+        object_to_ct = world_to_ct @ matrix_of(roi.GetObjectToWorldMatrix())
+        scale = np.linalg.norm(object_to_ct[:3, :3], axis=0)  # a scaling parent transform stretches the box
+        boxes[roi.GetAttribute(ATTR_VERTEBRA)] = OrientedBox(object_to_ct[:3, 3], object_to_ct[:3, :3] / scale,
+                                                             np.array(roi.GetSize(), float) * scale)
+    return boxes
+
+
+def write_scene_rois(scene, folder, ct_pose: np.ndarray | None = None) -> dict:
+    """Write :func:`roi_boxes` as ``folder``/roi.json (``spinereg-roi``); returns ``{"roi": path}``, or
+    {} when the scene has no vertebra box."""
+    boxes = roi_boxes(scene, ct_pose)
+    return {"roi": write_roi(Path(folder) / "roi.json", boxes)} if boxes else {}
