@@ -38,7 +38,7 @@ from SpineRegistrationLib.io.xray_boxes import write_coco, write_xray_boxes
 from SpineRegistrationLib.render.projected_boxes import VertebraOutlines
 
 from .nodes import ATTR_VERTEBRA, ATTR_VIEW, ROLE_TRANSFORM, ROLE_XRAY, SceneChange, ijk_to_ras_of, nodes_with
-from .nodes import remove_node, tag_node, transform_to_parent_of, vertebra_labelmap
+from .nodes import pose_of, remove_node, tag_node, transform_to_parent_of, vertebra_labelmap
 from .process import CliProcess
 from .registration import write_xray_inputs, xray_arguments, xray_inputs
 from .xrays import check_view, geometry_of, xray_size
@@ -362,11 +362,13 @@ def registered_poses(scene) -> dict[str, np.ndarray]:
 
 def project_boxes(scene, ct_node, segmentation_node, xrays: dict | None = None) -> dict:
     """Boxes of the CT's vertebrae projected onto each X-ray (library projection) at their
-    registered poses (unregistered vertebrae at the identity: the CT as loaded), put into the
-    scene as by :func:`boxes_to_scene` (accepted boxes kept). Returns {view: [new box nodes]}."""
+    registered poses (unregistered vertebrae at the CT's pose: its parent transform, if any),
+    put into the scene as by :func:`boxes_to_scene` (accepted boxes kept). Returns {view: [new box nodes]}."""
     xrays = scene_xrays(scene) if xrays is None else xrays
-    outlines = VertebraOutlines(vertebra_labelmap(segmentation_node, ct_node))
-    poses = registered_poses(scene)
+    labelmap = vertebra_labelmap(segmentation_node, ct_node)
+    registered, ct_pose = registered_poses(scene), pose_of(ct_node, "CT")
+    poses = {name: registered.get(name, ct_pose) for name in labelmap.labels}
+    outlines = VertebraOutlines(labelmap)
     boxes = {view: _checked(node, outlines.boxes(geometry_of(node), poses)) for view, node in xrays.items()}
     with SceneChange(scene) as change:
         return {view: _put(change, scene, xrays[view], boxes[view], replace=False) for view in boxes}

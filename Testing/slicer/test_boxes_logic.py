@@ -234,11 +234,36 @@ def test_projected_boxes_hold_the_vertebra_projections(scene, xrays, phantom_dir
             moved = points @ poses[box.vertebra][:3, :3].T + poses[box.vertebra][:3, 3]
             assert inside_convex(geometry.project(moved), box.corners_px).all(), (view, box.vertebra)
     assert logic.projection_warnings(scene, ct, segmentation) == []
+    # An unregistered vertebra projects at the CT's pose: moved with the CT's parent transform.
+    ap = xrays["AP"]
+    unregistered = logic.boxes_from_scene(scene, ap)[0].vertebra
+    logic.remove_node(scene, logic.first_node(scene, logic.ROLE_TRANSFORM, vertebra=unregistered))
+
+    def center_of_unregistered():
+        logic.project_boxes(scene, ct, segmentation, {"AP": ap})
+        return next(b for b in logic.boxes_from_scene(scene, ap) if b.vertebra == unregistered).center_px
+
+    at_identity = center_of_unregistered()
+    shift = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(shift)
+    offset = 12.0 * logic.geometry_of(ap).detector_u  # mm, along the AP detector's columns
+    shift.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.block([[np.eye(3), offset[:, None]], [0, 0, 0, 1]])))
+    for node in (ct, segmentation):
+        node.SetAndObserveTransformNodeID(shift.GetID())
+    moved_mm = (center_of_unregistered() - at_identity) * logic.geometry_of(ap).pixel_spacing
+    assert 12.0 < moved_mm[0] < 24.0 and abs(moved_mm[1]) < 1.0  # magnified between 1 and 2
+    for node in (ct, segmentation):
+        node.SetAndObserveTransformNodeID(None)
+    add_truth_poses(scene, phantom_dir)
+    logic.project_boxes(scene, ct, segmentation)
+    assert logic.projection_warnings(scene, ct, segmentation) == []
     # A box moved off its vertebra (and one renamed to a vertebra not registered) -> one warning.
     node = logic.box_nodes(scene, xrays["LAT"])[0]
     name = node.GetName()
     node.SetCenterWorld(*(np.array(node.GetCenterWorld()) + 20 * logic.geometry_of(xrays["LAT"]).detector_v))
-    logic.box_nodes(scene, xrays["AP"])[0].SetName("C1")
+    renamed = next(n for n in logic.box_nodes(scene, xrays["AP"]) if n.GetName() == name)
+    renamed.SetCenterWorld(*(np.array(renamed.GetCenterWorld()) + 20 * logic.geometry_of(xrays["AP"]).detector_v))
+    renamed.SetName("C1")
     (warning,) = logic.projection_warnings(scene, ct, segmentation)
     assert warning.startswith(f"the LAT box {name} holds only") and "registered pose" in warning
 
