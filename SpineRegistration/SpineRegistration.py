@@ -215,7 +215,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._run = None
         self._runKind = None  # "register" or "deform"
         self._updatingVertebrae = False
-        self._shownVertebrae = None  # the names the check list shows
+        self._shownSegmentation = None  # (node ID, packages there) the check list was made for; None: none yet
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
         self._pollTimer.connect("timeout()", self.onPollRun)
@@ -292,7 +292,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             # Widgets with the "SlicerParameterName" dynamic property in the .ui are bound here.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
-            self._shownVertebrae = None
+            self._shownSegmentation = None
             self.onParameterNodeModified()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -349,11 +349,13 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self.logic.showXrays(self._parameterNode.apXray, self._parameterNode.latXray, self._parameterNode.drrOpacity)
 
     def updateVertebraList(self) -> None:
-        """Refill the check list (checked: to register) when the parameter node's segmentation
-        has other vertebrae than the list shows."""
-        rows = self.logic.vertebraChecklist(self._parameterNode)
-        if [name for name, _ in rows] == self._shownVertebrae:
+        """Refill the check list (checked: to register) when the parameter node holds another
+        segmentation than the list shows (a labelmap's names cost a pass over its voxels)."""
+        segmentation = self._parameterNode.segmentation
+        shown = (segmentation.GetID() if segmentation else "", not self.logic.missingDependencies())
+        if shown == self._shownSegmentation:
             return
+        rows = self.logic.vertebraChecklist(self._parameterNode)
         self._updatingVertebrae = True
         try:
             self.ui.vertebraListWidget.clear()
@@ -362,7 +364,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
                 item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
                 self.ui.vertebraListWidget.addItem(item)
-            self._shownVertebrae = [name for name, _ in rows]
+            self._shownSegmentation = shown
         finally:
             self._updatingVertebrae = False
 
