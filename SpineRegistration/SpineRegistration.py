@@ -726,13 +726,16 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ registration
     def registrationInputs(self, parameterNode):
+        """What Register sends: the selected nodes and choices, and the accepted vertebra boxes on the X-rays."""
+        xrays = {"AP": parameterNode.apXray, "LAT": parameterNode.latXray}
         return self.scene().RegistrationInputs(
             ct_node=parameterNode.ctVolume,
             segmentation_node=parameterNode.segmentation,
-            xrays={"AP": parameterNode.apXray, "LAT": parameterNode.latXray},
+            xrays=xrays,
             vertebrae=list(parameterNode.vertebrae),
             method=parameterNode.method,
             device=parameterNode.device,
+            boxes=self.scene().collect_boxes(slicer.mrmlScene, xrays, accepted_only=True)[0],
         )
 
     def startRegistration(self, parameterNode):

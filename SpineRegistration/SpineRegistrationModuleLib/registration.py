@@ -28,6 +28,7 @@ from SpineRegistrationLib.core.volume import Volume
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.io import Labelmap, write_labelmap, write_volume, write_xray
 from SpineRegistrationLib.io.geometry_json import save_geometry
+from SpineRegistrationLib.io.xray_boxes import write_xray_boxes
 from SpineRegistrationLib.pipeline.inputs import RegisterConfig, load_case
 
 from .nodes import pose_of, require_untransformed, vertebra_labelmap, volume_of
@@ -44,6 +45,7 @@ class RegistrationInputs:
     xrays: view name ("AP", "LAT") -> X-ray volume node with attached geometry.
     vertebrae: names to register; empty: every vertebra both views see.
     method, device: one of SpineRegistrationLib.methods.METHODS, DEVICES ("auto" device: the GPU when there is one).
+    boxes: accepted vertebra boxes on the X-rays, view -> [XrayBox] (``--boxes``); empty: none.
     """
 
     ct_node: object
@@ -52,6 +54,7 @@ class RegistrationInputs:
     vertebrae: list = field(default_factory=list)
     method: str = "auto"
     device: str = "auto"
+    boxes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -197,6 +200,8 @@ def register_arguments(paths: dict, vertebrae: list, method: str, device: str, o
     if "roi" in paths:
         args += ["--roi", str(paths["roi"])]
     args += ["--method", method, "--device", device]
+    if "boxes" in paths:
+        args += ["--boxes", str(paths["boxes"])]
     args += ["--out", str(out_dir)]
     return args
 
@@ -213,6 +218,8 @@ def prepare_registration(inputs: RegistrationInputs, work_dir: str | os.PathLike
     work = Path(tempfile.mkdtemp(prefix="spinereg-", dir=work_dir))
     try:
         paths = write_registration_inputs(checked, work / "input")
+        if inputs.boxes:
+            paths["boxes"] = write_xray_boxes(work / "input" / "boxes.json", inputs.boxes)
         paths.update(write_scene_rois(inputs.ct_node.GetScene(), work / "input", checked.init))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -326,3 +326,38 @@ def test_detect_help_lists_the_options_the_module_uses():
     for option in ("--xray", "--geometry", "--device", "--out"):
         assert option in text, f"spinereg detect --help does not mention {option}"
 
+
+# ---------------------------------------------------------------------- registration
+def test_registration_gets_the_accepted_boxes(scene, xrays, phantom_dir, tmp_path):
+    ct = logic.load_ct(scene, phantom_dir / "ct.nii.gz")
+    segmentation = logic.load_segmentation(scene, phantom_dir / "seg.nii.gz")
+    logic.project_boxes(scene, ct, segmentation, xrays)
+    logic.set_accepted(logic.box_nodes(scene, xrays["AP"])[0])
+    accepted, _ = logic.collect_boxes(scene, xrays, accepted_only=True)
+    inputs = logic.RegistrationInputs(ct, segmentation, xrays, boxes=accepted)
+    _, args, _, _ = logic.prepare_registration(inputs, tmp_path)
+    written = read_xray_boxes(args[args.index("--boxes") + 1])
+    assert list(written) == ["AP"] and [(b.vertebra, b.accepted) for b in written["AP"]] == [("L1", True)]
+    np.testing.assert_allclose(written["AP"][0].corners_px, accepted["AP"][0].corners_px)
+    _, args, _, _ = logic.prepare_registration(logic.RegistrationInputs(ct, segmentation, xrays), tmp_path)
+    assert "--boxes" not in args  # no accepted box: no option
+
+
+def test_register_with_accepted_boxes_through_the_cli(scene, xrays, phantom_dir, tmp_path):
+    """The accepted boxes (projected at the true poses) go to spinereg register --boxes, which takes them."""
+    ct = logic.load_ct(scene, phantom_dir / "ct.nii.gz")
+    segmentation = logic.load_segmentation(scene, phantom_dir / "seg.nii.gz")
+    poses = add_truth_poses(scene, phantom_dir)
+    logic.project_boxes(scene, ct, segmentation, xrays)
+    logic.accept_all(scene)
+    logic.reset_results(scene)  # the truth transforms go: Register makes its own
+    accepted, _ = logic.collect_boxes(scene, xrays, accepted_only=True)
+    inputs = logic.RegistrationInputs(ct, segmentation, xrays, vertebrae=["L2"], method="intensity", boxes=accepted)
+    made = logic.RegistrationRun(inputs, work_dir=tmp_path).run(scene, timeout_s=600)
+    result = json.loads(made["transforms"]["L2"].GetAttribute(logic.ATTR_RESULT))
+    labelmap = read_labelmap(phantom_dir / "seg.nii.gz")
+    k, j, i = np.nonzero(labelmap.volume.array == labelmap.labels["L2"])
+    points = labelmap.volume.ijk_to_ras_points(np.stack([i, j, k], 1).astype(float))
+    difference = logic.transform_to_parent_of(made["transforms"]["L2"]) - poses["L2"]
+    assert np.linalg.norm(points @ difference[:3, :3].T + difference[:3, 3], axis=1).mean() < 2.0, result
+    assert list(tmp_path.iterdir()) == []  # the work folder is gone

@@ -530,7 +530,7 @@ def test_register_help_lists_the_options_the_module_uses():
     run = CliProcess(["register", "--help"]).start()
     assert run.wait(timeout_s=60) == 0
     text = "\n".join(run.lines)
-    for option in ("--ct", "--seg", "--vertebra", "--xray", "--geometry", "--method", "--device", "--out"):
+    for option in ("--ct", "--seg", "--vertebra", "--xray", "--geometry", "--boxes", "--method", "--device", "--out"):
         assert option in text, f"spinereg register --help does not mention {option}"
     for method in logic.METHODS:
         assert method in text
