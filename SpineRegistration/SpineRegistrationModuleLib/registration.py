@@ -189,7 +189,8 @@ def write_registration_inputs(checked: CheckedInputs, folder: str | os.PathLike)
 def register_arguments(paths: dict, vertebrae: list, method: str, device: str, out_dir) -> list[str]:
     """The ``spinereg register`` arguments (without the program name) for files from
     :func:`write_registration_inputs` (``--init`` when it wrote init.json, ``--roi`` with the
-    scene's vertebra boxes, :func:`.rois.write_scene_rois`). ``--device``
+    scene's vertebra boxes, :func:`.rois.write_scene_rois`; ``--boxes`` with the accepted X-ray
+    boxes, ``paths["boxes"]``). ``--device``
     always: the CLI's own default is the CPU, "auto" takes the GPU when there is one."""
     args = ["register", "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
     for name in vertebrae:
