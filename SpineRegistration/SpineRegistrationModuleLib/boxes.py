@@ -33,7 +33,7 @@ import slicer
 from SpineRegistrationLib.core.labels import VERTEBRAE, canonical_name
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.geometry.image_boxes import convex_intersection_area, polygon_area, rectangle_corners
-from SpineRegistrationLib.io.xray_boxes import XrayBox, XrayImageInfo, check_boxes, read_coco, read_xray_boxes
+from SpineRegistrationLib.io.xray_boxes import XrayBox, XrayImageInfo, check_boxes, coco_path, read_coco, read_xray_boxes
 from SpineRegistrationLib.io.xray_boxes import write_coco, write_xray_boxes
 from SpineRegistrationLib.render.projected_boxes import VertebraOutlines
 
@@ -284,13 +284,6 @@ def image_info(xray_node) -> XrayImageInfo:
     return XrayImageInfo(Path(path).name if path else f"{xray_node.GetAttribute(ATTR_VIEW)}.nrrd", xray_size(xray_node))
 
 
-def coco_path_of(path: str | os.PathLike) -> Path:
-    """Where :func:`export_boxes` writes the COCO file beside ``path``: ``boxes.json`` -> ``boxes.coco.json``."""
-    path = Path(path)
-    stem = path.name[: -len(".json")] if path.name.lower().endswith(".json") else path.name
-    return path.with_name(f"{stem}.coco.json")
-
-
 def collect_boxes(scene, xrays: dict | None = None, accepted_only: bool = False) -> tuple[dict, dict]:
     """({view: [XrayBox]}, {view: XrayImageInfo}) of the X-rays (view -> node or None; default
     :func:`scene_xrays`) that have boxes (see :func:`boxes_from_scene`); the accepted ones only
@@ -308,13 +301,13 @@ def collect_boxes(scene, xrays: dict | None = None, accepted_only: bool = False)
 
 def export_boxes(scene, path: str | os.PathLike, xrays: dict | None = None, accepted_only: bool = False) -> tuple[Path, Path]:
     """Write the boxes of the X-rays (view -> node; default :func:`scene_xrays`) as
-    ``spinereg-xray-boxes`` JSON at ``path`` and COCO beside it (:func:`coco_path_of`). Returns
+    ``spinereg-xray-boxes`` JSON at ``path`` and COCO beside it (the library's ``coco_path``). Returns
     both paths; InputError (nothing written) when there is no box or a box is bad (e.g. not
     named after a vertebra)."""
     boxes, images = collect_boxes(scene, xrays, accepted_only)
     if not boxes:
         raise InputError("no accepted vertebra boxes to export" if accepted_only else "no vertebra boxes to export")
-    return write_xray_boxes(path, boxes, images), write_coco(coco_path_of(path), boxes, images)
+    return write_xray_boxes(path, boxes, images), write_coco(coco_path(path), boxes, images)
 
 
 def read_boxes_file(path: str | os.PathLike, sizes: dict) -> dict:

@@ -58,12 +58,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def coco_path(out: Path) -> Path:
-    """BOXES.json -> BOXES.coco.json (any other name gets .coco.json appended)."""
-    name = out.name[: -len(".json")] if out.name.lower().endswith(".json") else out.name
-    return out.with_name(name + ".coco.json")
-
-
 def _views(args: argparse.Namespace) -> list[str]:
     from ..errors import InputError
 
@@ -85,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_labelmap, read_rigid_matrix, read_volume, read_xray
     from ..io.atomic import new_output_file
     from ..io.geometry_json import load_geometry
-    from ..io.xray_boxes import XrayImageInfo, write_coco, write_xray_boxes
+    from ..io.xray_boxes import XrayImageInfo, coco_path, write_coco, write_xray_boxes
     from ..methods import resolve_device
 
     out = new_output_file(args.out, args.overwrite)

@@ -176,6 +176,13 @@ def write_xray_boxes(path: str | os.PathLike, boxes: Mapping[str, list[XrayBox]]
     return write_text_atomic(json.dumps(d, indent=1) + "\n", path)
 
 
+def coco_path(path: str | os.PathLike) -> Path:
+    """Where a box file's COCO twin goes: BOXES.json -> BOXES.coco.json (any other name gets .coco.json appended)."""
+    path = Path(path)
+    name = path.name[: -len(".json")] if path.name.lower().endswith(".json") else path.name
+    return path.with_name(name + ".coco.json")
+
+
 def write_coco(path: str | os.PathLike, boxes: Mapping[str, list[XrayBox]],
                images: Mapping[str, XrayImageInfo]) -> Path:
     """Write {view: [XrayBox]} as a COCO detection file (every view needs its image); atomically."""
