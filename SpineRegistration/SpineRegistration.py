@@ -922,7 +922,8 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
 
 
 class SpineRegistrationTest(ScriptedLoadableModuleTest):
-    """End to end in Slicer: generate the phantom, load it through the module, register it
+    """End to end in Slicer: generate the phantom, load it through the module, box its vertebrae
+    on the X-rays (projected from the CT, exported, imported back from the COCO file), register it
     with ``spinereg register`` in the background and compare each vertebra's pose with
     truth.json (mean target registration error over the vertebra's voxels < 2 mm); then
     Deform (poses refined against the X-rays): a grid transform, the warped segmentation, a
@@ -955,8 +956,15 @@ class SpineRegistrationTest(ScriptedLoadableModuleTest):
             nodes = logic.loadSampleData(folder)
             self.assertEqual(scene.vertebra_names(nodes["segmentation"]), list(SAMPLE_VERTEBRAE))
 
-            self.delayDisplay("Registering")
+            self.delayDisplay("Vertebra boxes: projected from the CT, exported, imported from COCO")
             parameterNode = logic.getParameterNode()
+            logic.projectBoxes(parameterNode)
+            logic.exportBoxes(parameterNode, os.path.join(folder, "boxes.json"))
+            logic.importBoxes(parameterNode, os.path.join(folder, "boxes.coco.json"))
+            self.assertEqual(sorted(row[1] for row in logic.boxRows()), sorted(2 * list(SAMPLE_VERTEBRAE)))
+            self.assertFalse(any(row[3] for row in logic.boxRows()))  # none accepted: Register gets no --boxes
+
+            self.delayDisplay("Registering")
             parameterNode.vertebrae = []
             parameterNode.method = "auto"
             parameterNode.refinePoses = True
