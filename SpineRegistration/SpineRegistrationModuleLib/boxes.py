@@ -193,11 +193,11 @@ def _put(change: SceneChange, scene, xray_node, boxes: list[XrayBox], replace: b
     """Add checked boxes; then remove the X-ray's old boxes: all of them (``replace``), else
     the unaccepted ones of the same vertebrae (an accepted box is kept and the new one of its
     vertebra skipped)."""
-    old = {node.GetName(): node for node in box_nodes(scene, xray_node)}
-    kept = set() if replace else {name for name, node in old.items() if is_accepted(node)}
+    old = [(canonical_name(node.GetName()) or node.GetName(), node) for node in box_nodes(scene, xray_node)]
+    kept = set() if replace else {name for name, node in old if is_accepted(node)}
     made = [_add_box_node(change, xray_node, box) for box in boxes if box.vertebra not in kept]
     new_names = {box.vertebra for box in boxes}
-    for name, node in old.items():
+    for name, node in old:
         if replace or (name in new_names and name not in kept):
             remove_node(scene, node)
     return made

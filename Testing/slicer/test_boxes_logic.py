@@ -157,6 +157,10 @@ def test_new_boxes_replace_unaccepted_ones_and_keep_accepted_ones(scene, xrays):
     boxes = {b.vertebra: b for b in logic.boxes_from_scene(scene, xray)}
     assert boxes["L1"].accepted and boxes["L1"].center_px[0] == pytest.approx(100)  # kept
     assert boxes["L2"].center_px[0] == pytest.approx(110) and len(logic.box_nodes(scene, xray)) == 2  # replaced
+    # Two unaccepted boxes of one vertebra (one named the long way) both give way to the new one.
+    logic.add_box(scene, xray, "L2").SetName("lumbar vertebra 2")
+    logic.boxes_to_scene(scene, xray, [XrayBox("L2", rectangle_px((120, 120), 30, 20, 0))])
+    assert sorted(node.GetName() for node in logic.box_nodes(scene, xray)) == ["L1", "L2"]
 
 
 # ---------------------------------------------------------------------- export / import
