@@ -162,13 +162,14 @@ class Detection:
         return rectangle_corners(self.center, self.width, self.height, self.axis)
 
 
-def decode(output: torch.Tensor, threshold: float = 0.3, max_boxes: int = 40, iou_nms: float = 0.3) -> list[Detection]:
-    """(7 + levels, h, w) network output of one image -> detections (input pixels), best first:
-    heatmap peaks (3x3 local maxima) above ``threshold``, then oriented-box NMS at ``iou_nms``."""
+def decode(output: torch.Tensor, threshold: float = 0.3, max_boxes: int = len(CHAIN), iou_nms: float = 0.3
+           ) -> list[Detection]:
+    """(7 + levels, h, w) network output of one image -> at most ``max_boxes`` detections (input pixels),
+    best first: heatmap peaks (3x3 local maxima) above ``threshold``, then oriented-box NMS at ``iou_nms``."""
     heat = torch.sigmoid(output[HEAT])
     peaks = (heat == F.max_pool2d(heat[None, None], 3, 1, 1)[0, 0]) & (heat >= threshold)
     rows, columns = torch.nonzero(peaks, as_tuple=True)
-    order = torch.argsort(heat[rows, columns], descending=True)[:max_boxes]
+    order = torch.argsort(heat[rows, columns], descending=True)[: 4 * max_boxes]
     levels = torch.log_softmax(output[LEVEL], dim=0)
     found: list[Detection] = []
     for n in order.tolist():
@@ -182,6 +183,8 @@ def decode(output: torch.Tensor, threshold: float = 0.3, max_boxes: int = 40, io
                               score=float(heat[r, c]), level_log_probs=levels[:, r, c].detach().numpy())
         if all(box_iou(detection.corners(), kept.corners()) < iou_nms for kept in found):
             found.append(detection)
+        if len(found) == max_boxes:
+            break
     return found
 
 
@@ -191,6 +194,8 @@ def name_levels(detections: list[Detection], gap_cost: float = 3.0) -> list[str]
     assignment maximising the level log-probabilities (dynamic programming)."""
     if not detections:
         return []
+    if len(detections) > len(CHAIN):
+        raise ValueError(f"{len(detections)} detections cannot take {len(CHAIN)} different levels")
     chain = [VERTEBRAE.index(name) for name in CHAIN]
     scores = np.stack([d.level_log_probs[chain] for d in detections])  # (N, L)
     centers = np.stack([d.center for d in detections])
