@@ -221,6 +221,21 @@ def test_bad_box_files_leave_the_scene_unchanged(scene, xrays, tmp_path, content
     assert scene_state(scene) == before
 
 
+@pytest.mark.parametrize("box, message", [
+    (XrayBox("Q7", rectangle_px((100, 80), 30, 20, 0)), "unknown vertebra 'Q7'"),
+    (XrayBox("L1", rectangle_px((400, 80), 30, 20, 0)), "outside the 256x256 image"),
+    (XrayBox("L1", [[10, 10], [10, 10], [10, 10], [10, 10]]), "degenerate box"),
+    (XrayBox("L1", [[10, 10], [40, 10], [10, 30], [40, 30]]), "degenerate box"),  # corners not in order around it
+    (XrayBox("L1", rectangle_px((100, 80), 30, 20, 0), score=1.5), "score must be a number in"),
+])
+def test_bad_boxes_leave_the_scene_unchanged(scene, xrays, box, message):
+    logic.boxes_to_scene(scene, xrays["AP"], [XrayBox("L2", rectangle_px((100, 120), 30, 20, 0))])
+    before = scene_state(scene)
+    with pytest.raises(InputError, match=message) as error:
+        logic.boxes_to_scene(scene, xrays["AP"], [XrayBox("L3", rectangle_px((100, 160), 30, 20, 0)), box], replace=True)
+    assert "\n" not in str(error.value) and scene_state(scene) == before
+
+
 # ---------------------------------------------------------------------- from the CT
 def test_projected_boxes_hold_the_vertebra_projections(scene, xrays, phantom_dir):
     ct = logic.load_ct(scene, phantom_dir / "ct.nii.gz")
