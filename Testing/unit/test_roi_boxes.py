@@ -149,3 +149,32 @@ def test_detector_boxes_hold_the_points_that_project_inside_them():
     assert all(box.holds(point) for box in boxes)
     assert not boxes[0].holds(point + [0.0, 0.0, 30.0])  # a level higher: off the AP box
     assert inside_convex(boxes[0].corners_px[::-1], boxes[0].center_px)  # either winding
+
+
+def test_the_translation_grid_stays_inside_the_accepted_boxes():
+    """Boxes drawn around the neighbour block: every candidate of the grid projects inside them, the
+    best one on the neighbour (25 mm along R), though the start sits on the vertebra itself."""
+    import torch
+
+    from SpineRegistrationLib.render.drr import render_drr
+    from SpineRegistrationLib.rigid import RigidConfig
+    from SpineRegistrationLib.rigid.problem import prepare_xray, pyramid
+    from SpineRegistrationLib.rigid.search import grid_search
+
+    mu, mask = _block_ct()
+    vertebra = VertebraDRR(mu, mask, 2.0, "cpu")
+    neighbour = vertebra.center_ras + [25.0, 0.0, 0.0]
+    views, boxes = [], []
+    for name in ("AP", "LAT"):
+        geometry = preset_geometry(name, isocenter_ras=vertebra.center_ras + [12.0, 0.0, 0.0], size=(64, 64),
+                                   pixel_spacing=(1.5, 1.5))
+        image = render_drr(mu, geometry)
+        views.append(pyramid(prepare_xray(image), geometry, (1.5,))[0])
+        boxes.append(DetectorBox(geometry, geometry.project(neighbour) + np.array([[-5, -5], [5, -5], [5, 5], [-5, 5.0]]),
+                                 name))
+    config = RigidConfig(search_mm=30.0, search_step_mm=2.0, grid_rotation_deg=0.0, candidates=3, candidate_gap_mm=4.0)
+    with torch.no_grad():
+        candidates = grid_search(vertebra, views, np.eye(4), config, "cpu", boxes)
+    centres = np.stack([pose[:3, :3] @ vertebra.center_ras + pose[:3, 3] for pose in candidates])
+    assert all(box.holds(centres).all() for box in boxes)
+    assert abs(centres[0][0] - neighbour[0]) <= 2.0
