@@ -27,7 +27,8 @@ from .checkpoint import read_payload, save_atomic
 from .detector import (DETECTOR_CHECKPOINT_FORMAT, DETECTOR_FORMAT, DetectorConfig, VertebraDetector, decode,
                        detector_from_payload, detector_payload, name_levels, save_detector)
 from .detector_data import Bank, DetectorCT, DetectorSynthesis, detection_loss, make_batch, render_bank
-from .training import CHECKPOINT_FILE, MODEL_FILE, LOG_FILE, RunConfig, RunLog, optimiser_of, resume_payload, start_process
+from .training import (CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, RunConfig, RunLog, optimiser_of, restore_buffers,
+                       resume_payload, start_process)
 
 BANK_FILE = "bank.npz"
 LOG_FIELDS = ("step", "loss", "heat", "offset", "size", "orient", "level", "lr", "images_per_s",
@@ -160,10 +161,7 @@ def train_detector(sources: Sequence[DetectorCT], config: DetectTrainConfig, pro
             if step % config.checkpoint_every == 0:
                 checkpoint(step)
     except KeyboardInterrupt:
-        with torch.no_grad():  # an interrupt inside a step: its batch-norm statistics are put back
-            for name, value in model.named_buffers():
-                if name in buffers:
-                    value.copy_(buffers[name])
+        restore_buffers(model, buffers)
         checkpoint(step)
         raise
     finally:

@@ -329,10 +329,7 @@ def train(sources: Sequence[TrainingCT], config: TrainConfig, progress: bool = T
             if step % config.checkpoint_every == 0:
                 checkpoint(step)
     except KeyboardInterrupt:
-        with torch.no_grad():
-            for name, value in model.named_buffers():
-                if name in buffers:
-                    value.copy_(buffers[name])
+        restore_buffers(model, buffers)
         checkpoint(step)
         raise
     finally:
@@ -347,6 +344,15 @@ def train(sources: Sequence[TrainingCT], config: TrainConfig, progress: bool = T
     if world > 1:
         torch.distributed.destroy_process_group()
     return model_path
+
+
+def restore_buffers(model: torch.nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    """Put back the buffers (batch-norm statistics) saved before a step that an interrupt cut short,
+    so that the checkpoint is exactly the last completed step."""
+    with torch.no_grad():
+        for name, value in model.named_buffers():
+            if name in buffers:
+                value.copy_(buffers[name])
 
 
 def _one_thread(_worker: int) -> None:
