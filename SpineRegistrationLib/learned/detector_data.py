@@ -77,15 +77,16 @@ class DetectorCT:
         self.outlines = VertebraOutlines(labelmap)
         self.centroids = centroids_ras(labelmap)
 
-    def draw(self, synthesis: DetectorSynthesis, rng: np.random.Generator) -> list[tuple[np.ndarray, list]]:
-        """One pose and C-arm draw: per view (AP, LAT) the (rows, columns) float32 optical depth and its boxes."""
+    def draw(self, synthesis: DetectorSynthesis, rng: np.random.Generator) -> list[tuple]:
+        """One pose and C-arm draw: per view (AP, LAT) its XrayGeometry, (rows, columns) float32 optical
+        depth and boxes."""
         names = list(self.centroids)
         center = np.asarray(self.centroids[names[int(rng.integers(len(names)))]], dtype=np.float64)
         pose = params_to_matrix(draw_pose_offset(rng, synthesis.acquisition.rot_deg, synthesis.acquisition.trans_mm),
                                 center)
         isocenter = center + rng.uniform(-synthesis.isocenter_jitter_mm, synthesis.isocenter_jitter_mm, 3)
         geometries, _ = draw_geometries(rng, synthesis.acquisition, isocenter)
-        return [(self.spine.background_depth(pose, g), self.outlines.boxes(g, pose)) for g in geometries]
+        return [(g, self.spine.background_depth(pose, g), self.outlines.boxes(g, pose)) for g in geometries]
 
 
 @dataclass
@@ -124,7 +125,7 @@ def render_bank(sources: Sequence[DetectorCT], synthesis: DetectorSynthesis, see
     bar = tqdm(total=len(sources) * synthesis.draws_per_ct, desc="render views", unit="draw", disable=not progress)
     for s, source in enumerate(sources):
         for d in range(synthesis.draws_per_ct):
-            for depth, boxes in source.draw(synthesis, np.random.default_rng([seed, s, d])):
+            for _, depth, boxes in source.draw(synthesis, np.random.default_rng([seed, s, d])):
                 for box in boxes:
                     view_of.append(len(depths))
                     levels.append(VERTEBRAE.index(box.vertebra))

@@ -125,7 +125,8 @@ def test_training_views_carry_the_projected_boxes(small_source):
     synthesis = DetectorSynthesis(acquisition=detector_acquisition(TINY.mm_per_px, 64))
     views = small_source.draw(synthesis, np.random.default_rng(1))
     assert len(views) == 2
-    for depth, boxes in views:
+    for geometry, depth, boxes in views:
+        assert geometry.size == (64, 64)
         assert depth.shape == (64, 64) and depth.max() > 0
         assert {b.vertebra for b in boxes} <= {"T12", "L1", "L2"} and boxes
 
