@@ -46,7 +46,8 @@ def _box_from_voxels(ijk_to_ras: np.ndarray, start_ijk, stop_ijk, margin_mm: flo
 
 def create_vertebra_rois(scene, segmentation_node, reference_node=None, vertebrae=None, margin_mm: float = ROI_MARGIN_MM) -> dict:
     """One markups ROI box per vertebra, enclosing its voxels (+ ``margin_mm``), aligned with
-    the segmentation's voxel axes (the CT's). An existing box of the same vertebra is reset.
+    the segmentation's voxel axes (the CT's), with handles to move, resize and rotate it. An
+    existing box of the same vertebra is reset.
 
     vertebrae: names (any spelling) to make boxes for; default: every vertebra. An unknown
     or absent one raises InputError (the library's :meth:`Labelmap.resolve`).
@@ -68,6 +69,8 @@ def create_vertebra_rois(scene, segmentation_node, reference_node=None, vertebra
                 if display is not None:
                     display.SetSelectedColor(*region_color(name))
                     display.SetFillOpacity(0.05)
+                    display.SetHandlesInteractive(True)  # move, resize and rotate it in the views
+                    display.SetRotationHandleVisibility(True)
             roi.SetAndObserveObjectToNodeMatrix(vtkMatrixFromArray(object_to_node))
             roi.SetSize(*size_mm)
             rois[name] = roi

@@ -48,6 +48,7 @@ def test_a_moved_resized_rotated_box_becomes_that_box_in_ct_ras(scene, phantom_d
     ct = logic.load_ct(scene, phantom_dir / "ct.nii.gz")
     seg = logic.load_segmentation(scene, phantom_dir / "seg.nii.gz")
     roi = logic.create_vertebra_rois(scene, seg, ct, vertebrae=["L2"])["L2"]
+    assert roi.GetDisplayNode().GetHandlesInteractive() and roi.GetDisplayNode().GetRotationHandleVisibility()
     default = logic.matrix_of(roi.GetObjectToNodeMatrix())
     turn = _turn([1.0, 0.5, 0.2], 20.0)
     edited = np.eye(4)
