@@ -472,9 +472,6 @@ def load_case(config: RegisterConfig) -> CaseInputs:
             loaded_xrays[index] = _xray_from(xray, loaded_geometries[index], config.invert, str(xray))
 
     if requested:
-        for name, center in centers_world.items():
-            for view, geometry in zip(views, loaded_geometries):
-                check_seen(geometry, center, f"{name} at the initial pose", view)
         vertebrae = requested
     else:
         vertebrae = {name: label for name, label in candidates.items()
@@ -488,10 +485,11 @@ def load_case(config: RegisterConfig) -> CaseInputs:
     boxes = _read_boxes(config.boxes, views, loaded_geometries, labelmap, vertebrae)
     starts = _starts(init, labelmap, ct, vertebrae, rois, boxes,
                      str(config.boxes) if is_path(config.boxes) else "the X-ray boxes")
-    for name, start in starts.items():
-        moved = start @ np.linalg.inv(init)  # world -> world: where the start puts the centre at init
+    for name in vertebrae:  # seen where each registration starts (the boxes may bring it into view)
+        moved = starts[name] @ np.linalg.inv(init) if name in starts else np.eye(4)  # world -> world
+        what = f"{name} at its start" if name in starts else f"{name} at the initial pose"
         for view, geometry in zip(views, loaded_geometries):
-            check_seen(geometry, moved[:3, :3] @ centers_world[name] + moved[:3, 3], f"{name} at its start", view)
+            check_seen(geometry, moved[:3, :3] @ centers_world[name] + moved[:3, 3], what, view)
     return CaseInputs(
         config=config,
         ct=ct,

@@ -155,3 +155,20 @@ def test_accepted_xray_boxes_give_the_start_and_the_pose(phantom_dir, files, tmp
     start = np.asarray(document["start_matrix_ras"]["L2"])
     assert mtre_mm(start, files["poses"]["L2"], files["points"]) < 20.0  # box centres, not centroids
     assert _mtre(tmp_path / "out", files) < 2.0
+
+
+def test_boxes_bring_a_start_out_of_view_back(phantom_dir, files):
+    """400 mm up, L2 is off both X-rays: refused alone; with its accepted boxes it starts in view."""
+    from SpineRegistrationLib.errors import InputError
+    from SpineRegistrationLib.pipeline import RegisterConfig, load_case
+
+    init = np.eye(4)
+    init[2, 3] = 400.0
+    config = RegisterConfig(ct=files["ct"], seg=files["seg"], vertebrae=["L2"], init=init,
+                            xrays=[phantom_dir / f"{v}.png" for v in ("AP", "LAT")],
+                            geometries=[phantom_dir / f"{v}.json" for v in ("AP", "LAT")])
+    with pytest.raises(InputError, match="does not see L2 at the initial pose"):
+        load_case(config)
+    config.boxes = files["boxes"]
+    start = load_case(config).start("L2")
+    assert mtre_mm(start, files["poses"]["L2"], files["points"]) < 20.0
