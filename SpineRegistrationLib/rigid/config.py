@@ -27,7 +27,9 @@ class RigidConfig:
     global_search: "grid+cmaes" (default: the translation grid, then CMA-ES around its
         best pose with ``polish_sigma_*``), "grid", "cmaes" or "none".
     search_mm / search_step_mm: half-range and step of the translation grid, per axis.
-    grid_rotation_deg: trial rotations of the grid search (0: translations only).
+    grid_rotation_deg: trial rotations of the grid search (0: translations only). 10°, the
+        benchmarks' start range per axis: at 7° the real CT's T2 (case 14 of bench_real_ct)
+        kept only candidates 19° off and lost its level.
     candidates / candidate_gap_mm: how many of the grid's best translations (at least the
         gap apart) CMA-ES polishes before the best one is kept.
     cmaes_sigma_deg / cmaes_sigma_mm / cmaes_evaluations: CMA-ES initial spread and budget
@@ -63,7 +65,7 @@ class RigidConfig:
     global_search: str = "grid+cmaes"
     search_mm: float = 25.0
     search_step_mm: float = 1.0
-    grid_rotation_deg: float = 7.0
+    grid_rotation_deg: float = 10.0
     candidates: int = 3
     candidate_gap_mm: float = 12.0
     cmaes_sigma_deg: float = 5.0
