@@ -200,9 +200,9 @@ def write_deformation_inputs(scene, inputs: DeformationInputs, folder) -> dict:
     """
     if inputs.ct_node is None:
         raise InputError("no CT selected")
-    require_untransformed(inputs.ct_node, "CT")
     pair = inputs.mode == MODE_PAIR
-    if pair:
+    if pair:  # CT to CT registers the two files as scanned: a parent transform would be ignored
+        require_untransformed(inputs.ct_node, "CT")
         if inputs.second_ct_node is inputs.ct_node:
             raise InputError("the second CT is the CT itself: choose the CT taken in the operating room")
         require_untransformed(inputs.second_ct_node, "second CT")

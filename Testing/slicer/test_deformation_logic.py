@@ -211,6 +211,28 @@ def test_deform_inputs_and_command_line_come_from_the_scene(scene, registered, p
         assert tuple(geometry.size) == tuple(attached.size)
 
 
+def test_a_ct_under_a_transform_deforms_from_its_registered_poses(scene, registered, second_ct_path, tmp_path):
+    # Registered from a manual alignment: the poses (CT RAS -> world) already hold the CT's
+    # parent transform, so the files are the CT as scanned and the scene's poses as they are.
+    parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = np.eye(4)
+    shift[:3, 3] = [5.0, -3.0, 2.0]
+    parent.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+    for node in (registered["ct"], registered["seg"]):
+        node.SetAndObserveTransformNodeID(parent.GetID())
+    paths = logic.write_deformation_inputs(scene, inputs_of(registered), tmp_path / "work")
+    np.testing.assert_allclose(read_volume(paths["ct"]).ijk_to_ras, logic.ijk_to_ras_of(registered["ct"]), atol=1e-6)
+    l3 = registered["made"]["transforms"]["L3"]
+    np.testing.assert_allclose(read_result_folder(paths["result"]).vertebrae["L3"].matrix_ras,
+                               logic.transform_to_parent_of(l3), atol=1e-9)
+    # CT to CT registers the files as scanned and would ignore the parent: refused in one line.
+    second = logic.load_ct(scene, second_ct_path, "OR CT")
+    with pytest.raises(ValueError, match="CT") as error:
+        logic.write_deformation_inputs(scene, inputs_of(registered, second_ct=second), tmp_path / "pair")
+    assert_one_line(error)
+    assert not (tmp_path / "pair").exists()
+
+
 def test_deform_command_line_with_a_second_ct(scene, registered, second_ct_path, tmp_path):
     second = logic.load_ct(scene, second_ct_path, "OR CT")
     inputs = inputs_of(registered, second_ct=second, refine=False)
