@@ -287,15 +287,37 @@ def markdown(summaries: dict) -> str:
     return "\n".join(lines)
 
 
+def draw_view(ax, case, view: int, results, pad_px: int) -> tuple[int, int]:
+    """On ``ax``: the case's X-ray ``view`` around the vertebra's true projection and its DRR at each
+    of ``results`` ((matrix_ras, colour map) pairs) where on the image (+ ``pad_px``), those DRRs and
+    the truth's outline (cyan). Returns the crop's first (column, row)."""
+    from scipy import ndimage
+
+    from SpineRegistrationLib.render.drr import render_drr
+
+    geometry, image = case.geometries[view], case.images[view]
+    truth = render_drr(case.mu, geometry, case.matrix_true, mask=case.mask) > 1e-3
+    drrs = [(render_drr(case.mu, geometry, np.asarray(matrix), mask=case.mask), colours) for matrix, colours in results]
+    rows, cols = np.nonzero(np.logical_or.reduce([truth] + [drr > 1e-3 for drr, _ in drrs]))
+    r0, r1 = max(rows.min() - pad_px, 0), min(rows.max() + pad_px, image.shape[0])
+    c0, c1 = max(cols.min() - pad_px, 0), min(cols.max() + pad_px, image.shape[1])
+    crop = slice(r0, r1), slice(c0, c1)
+    ax.imshow(image[crop], cmap="gray")
+    for drr, colours in drrs:
+        drr = drr[crop]
+        ax.imshow(np.ma.masked_less(drr, 1e-3 * max(drr.max(), 1e-9)), cmap=colours, alpha=0.35)
+    outline = truth[crop] & ~ndimage.binary_erosion(truth[crop], iterations=1)
+    ax.contour(outline, levels=[0.5], colors="cyan", linewidths=0.6)
+    ax.set_axis_off()
+    return c0, r0
+
+
 def draw_cases(records: list, case_sets: dict, path: Path, count: int) -> None:
     """Per case (rows) and view: the X-ray, our DRR at the result blended over it, the truth's outline."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy import ndimage
-
-    from SpineRegistrationLib.render.drr import render_drr
 
     chosen = [r for r in records if r["base_method"] in ("auto", "intensity") and r["matrix_ras"] is not None]
     chosen = sorted(chosen, key=lambda r: (r["base_method"] != "auto", r["case"]))[:count]
@@ -306,19 +328,7 @@ def draw_cases(records: list, case_sets: dict, path: Path, count: int) -> None:
         renderer = record["renderer"]
         case = case_sets[record["variant"], renderer][record["case"]]
         for view, ax in enumerate(axes[row]):
-            geometry, image = case.geometries[view], case.images[view]
-            result = render_drr(case.mu, geometry, np.asarray(record["matrix_ras"]), mask=case.mask)
-            truth = render_drr(case.mu, geometry, case.matrix_true, mask=case.mask) > 1e-3
-            rows, cols = np.nonzero(truth)
-            pad = 30
-            r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad, image.shape[0])
-            c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad, image.shape[1])
-            crop = slice(r0, r1), slice(c0, c1)
-            ax.imshow(image[crop], cmap="gray")
-            ax.imshow(np.ma.masked_less(result[crop], 1e-3 * max(result.max(), 1e-9)), cmap="autumn", alpha=0.35)
-            outline = truth[crop] & ~ndimage.binary_erosion(truth[crop], iterations=1)
-            ax.contour(outline, levels=[0.5], colors="cyan", linewidths=0.6)
-            ax.set_axis_off()
+            draw_view(ax, case, view, [(record["matrix_ras"], "autumn")], pad_px=30)
             ax.set_title(f"case {record['case']} {case.vertebra} {'AP' if view == 0 else 'LAT'} ({record['variant']}, "
                          f"{renderer}): {record['base_method']} {record['mtre_mm']:.2f} mm", fontsize=7)
     figure.suptitle("X-ray, DRR at the result (orange), outline of the truth (cyan)", fontsize=9)
