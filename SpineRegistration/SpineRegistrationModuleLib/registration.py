@@ -34,7 +34,7 @@ from SpineRegistrationLib.pipeline.inputs import RegisterConfig, load_case
 from .nodes import pose_of, require_untransformed, vertebra_labelmap, volume_of
 from .process import CliProcess
 from .results import apply_registration_result, read_registration_result
-from .rois import write_scene_rois
+from .rois import roi_boxes, write_scene_rois
 from .xrays import VIEWS, check_xray_size, geometry_of, xray_size
 
 
@@ -83,8 +83,9 @@ def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
     segmentation under the same; each X-ray has a geometry attached that matches its size
     and no transform. Then the
     library's :func:`load_case` checks the rest (method, device, contrast, vertebra labels
-    and names, the segmentation on the CT's grid, every vertebra to register seen by both
-    views); with no vertebra requested it takes those every view sees.
+    and names, the segmentation on the CT's grid, the scene's vertebra ROI boxes and the
+    accepted X-ray boxes, every vertebra to register seen by both views where it starts);
+    with no vertebra requested it takes those every view sees.
     """
     if inputs.ct_node is None:
         raise InputError("no CT selected")
@@ -104,6 +105,8 @@ def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
         method=inputs.method,
         device=inputs.device,
         views=list(VIEWS),
+        roi=roi_boxes(inputs.ct_node.GetScene(), init) or None,
+        boxes=inputs.boxes or None,
     ))
     return CheckedInputs(
         ct=case.ct,

@@ -12,6 +12,7 @@ slicer = pytest.importorskip("slicer")
 import SpineRegistrationModuleLib as logic  # noqa: E402
 from slicer.util import vtkMatrixFromArray  # noqa: E402
 from SpineRegistrationLib.core.box import mask_box_center_ras  # noqa: E402
+from SpineRegistrationLib.errors import InputError  # noqa: E402
 from SpineRegistrationLib.io.roi import read_roi  # noqa: E402
 from SpineRegistrationLib.pipeline.inputs import RegisterConfig, load_case  # noqa: E402
 from SpineRegistrationModuleLib.registration import register_arguments  # noqa: E402
@@ -80,3 +81,16 @@ def test_a_moved_resized_rotated_box_becomes_that_box_in_ct_ras(scene, phantom_d
     args = register_arguments(paths | {"ct": "ct.nii.gz", "seg": "seg.nii.gz", "AP": "AP.nrrd", "AP_geometry": "AP.json",
                                        "LAT": "LAT.nrrd", "LAT_geometry": "LAT.json"}, ["L2"], "auto", "auto", "out")
     assert args[args.index("--roi") + 1] == str(paths["roi"])
+
+
+def test_a_bad_box_is_refused_before_the_run_starts(scene, phantom_dir):
+    ct = logic.load_ct(scene, phantom_dir / "ct.nii.gz")
+    seg = logic.load_segmentation(scene, phantom_dir / "seg.nii.gz")
+    xrays = {view: logic.load_xray(scene, phantom_dir / f"{view}.png", phantom_dir / f"{view}.json", view)
+             for view in logic.VIEWS}
+    roi = logic.create_vertebra_rois(scene, seg, ct, vertebrae=["L2"])["L2"]
+    inputs = logic.RegistrationInputs(ct, seg, xrays, vertebrae=["L2"])
+    assert logic.check_inputs(inputs).vertebrae == ["L2"]
+    roi.SetCenter(*(np.array(roi.GetCenter()) + [0.0, 0.0, 40.0]))  # dragged off its vertebra
+    with pytest.raises(InputError, match="the box of L2 does not hold its centroid"):
+        logic.check_inputs(inputs)
