@@ -162,10 +162,11 @@ class Detection:
         return rectangle_corners(self.center, self.width, self.height, self.axis)
 
 
-def decode(output: torch.Tensor, threshold: float = 0.3, max_boxes: int = len(CHAIN), iou_nms: float = 0.3
+def decode(output: torch.Tensor, threshold: float = 0.3, max_boxes: int = len(CHAIN), iou_nms: float = 0.7
            ) -> list[Detection]:
     """(7 + levels, h, w) network output of one image -> at most ``max_boxes`` detections (input pixels),
-    best first: heatmap peaks (3x3 local maxima) above ``threshold``, then oriented-box NMS at ``iou_nms``."""
+    best first: heatmap peaks (3x3 local maxima) above ``threshold``, then oriented-box NMS at ``iou_nms``
+    (high: neighbouring vertebrae's boxes overlap by up to IoU 0.6, so it removes duplicates only)."""
     heat = torch.sigmoid(output[HEAT])
     peaks = (heat == F.max_pool2d(heat[None, None], 3, 1, 1)[0, 0]) & (heat >= threshold)
     rows, columns = torch.nonzero(peaks, as_tuple=True)
