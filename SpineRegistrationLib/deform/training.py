@@ -31,7 +31,7 @@ import torch
 
 from ..errors import InputError
 from ..learned.checkpoint import read_payload, save_atomic
-from ..learned.training import RunConfig, distributed_net, optimiser_of, start_process
+from ..learned.training import RunConfig, distributed_net, optimiser_of, optimiser_step, start_process, window_row
 from ..synthetic.deformation_pairs import DeformationConfig, PairSource
 from .network import CHECKPOINT_FORMAT, MODEL_FORMAT, DeformModelConfig, build_network, model_payload, network_from_payload, save_model
 
@@ -213,20 +213,14 @@ def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progr
             batch = {k: v.to(device) for k, v in batch.items()}
             warped, ddf = net(batch["moving"], batch["fixed"])
             loss, terms = loss_fn(warped, ddf, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
+            optimiser_step(loss, network, optimizer, schedule)
             step += 1
             window.append({"loss": float(loss.detach()), **terms})
             bar.update(1)
             if rank == 0 and (step % config.log_every == 0 or step == config.steps):
                 now = time.perf_counter()
-                row = {"step": step, **{k: float(np.mean([w.get(k, np.nan) for w in window]))
-                                        for k in ("loss", "lncc", "dice", "bending", "truth_mm")},
-                       "lr": schedule.get_last_lr()[0],
-                       "pairs_per_s": len(window) * config.batch_size * world / max(now - tick, 1e-9)}
+                row = window_row(step, window, schedule, config.batch_size * world, now - tick, "pairs_per_s",
+                                 ("loss", "lncc", "dice", "bending", "truth_mm"))
                 writer.writerow({k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in row.items()})
                 log_file.flush()
                 bar.set_postfix(truth_mm=f"{row['truth_mm']:.2f}", lncc=f"{row['lncc']:.3f}")

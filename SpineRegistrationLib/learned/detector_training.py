@@ -27,8 +27,8 @@ from .checkpoint import read_payload, save_atomic
 from .detector import (DETECTOR_CHECKPOINT_FORMAT, DETECTOR_FORMAT, DetectorConfig, VertebraDetector, decode,
                        detector_from_payload, detector_payload, name_levels, save_detector)
 from .detector_data import Bank, DetectorCT, DetectorSynthesis, detection_loss, make_batch, render_bank
-from .training import (CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, RunConfig, RunLog, optimiser_of, restore_buffers,
-                       resume_payload, start_process)
+from .training import (CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, RunConfig, RunLog, optimiser_of, optimiser_step,
+                       restore_buffers, resume_payload, start_process, window_row)
 
 BANK_FILE = "bank.npz"
 LOG_FIELDS = ("step", "loss", "heat", "offset", "size", "orient", "level", "lr", "images_per_s",
@@ -139,20 +139,14 @@ def train_detector(sources: Sequence[DetectorCT], config: DetectTrainConfig, pro
             buffers = {name: value.clone() for name, value in model.named_buffers()}
             output = model(batch["images"].to(device))
             loss, terms = detection_loss(output, {k: v.to(device) for k, v in batch.items()}, config.level_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
+            optimiser_step(loss, model, optimizer, schedule)
             step += 1
             buffers = {}
             window.append({"loss": float(loss.detach()), **terms})
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 now = time.perf_counter()
-                row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
-                       "lr": schedule.get_last_lr()[0],
-                       "images_per_s": len(window) * config.batch_size / max(now - tick, 1e-9)}
+                row = window_row(step, window, schedule, config.batch_size, now - tick, "images_per_s")
                 if step % config.validate_every == 0 or step == config.steps:
                     row.update(evaluate_views(model, bank, validation, config.synthesis, config.seed))
                 log.write(row)

@@ -153,6 +153,26 @@ def pose_loss(errors: dict[str, torch.Tensor], config: TrainConfig) -> torch.Ten
             + config.translation_weight * errors["translation_mm"]).mean()
 
 
+def optimiser_step(loss: torch.Tensor, network: torch.nn.Module, optimizer, schedule, clip: float = 5.0) -> None:
+    """One step of a training run: gradients of ``loss``, clipped to norm ``clip``, then the
+    optimiser and its learning-rate schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
+    optimizer.step()
+    schedule.step()
+
+
+def window_row(step: int, window: list[dict], schedule, per_step: int, seconds: float, rate: str,
+               keys: Sequence[str] | None = None) -> dict:
+    """A log.csv row: the step, the mean of each term over the steps since the last row
+    (``keys``, default the first step's; a term a step lacks counts as NaN), the learning rate,
+    and ``rate`` = items per second (``per_step`` items a step over ``seconds``)."""
+    keys = list(window[0]) if keys is None else keys
+    return {"step": step, **{k: float(np.mean([w.get(k, np.nan) for w in window])) for k in keys},
+            "lr": schedule.get_last_lr()[0], rate: len(window) * per_step / max(seconds, 1e-9)}
+
+
 def start_process(config: RunConfig) -> tuple[int, int, torch.device]:
     """(rank, world size, device) of this training process, from torchrun's environment
     ((0, 1, config.device) when alone); under torchrun it joins the process group (NCCL on
@@ -308,19 +328,13 @@ def train(sources: Sequence[TrainingCT], config: TrainConfig, progress: bool = T
             errors = pose_errors(rotation, translation, batch["rotation"].to(device),
                                  batch["translation"].to(device), batch["points"].to(device))
             loss = pose_loss(errors, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
+            optimiser_step(loss, model, optimizer, schedule)
             step += 1
             window.append({"loss": float(loss.detach()), **{k: float(v.detach().median()) for k, v in errors.items()}})
             bar.update(1)
             if rank == 0 and (step % config.log_every == 0 or step == config.steps):
                 now = time.perf_counter()
-                row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
-                       "lr": schedule.get_last_lr()[0],
-                       "samples_per_s": len(window) * config.batch_size * world / max(now - tick, 1e-9)}
+                row = window_row(step, window, schedule, config.batch_size * world, now - tick, "samples_per_s")
                 if step % config.validate_every == 0 or step == config.steps:
                     row.update(_validate(model, validation, device))
                 log.write(row)
