@@ -23,7 +23,7 @@ from ..core.box import OrientedBox
 from ..core.labels import canonical_name
 from ..errors import InputError
 from .atomic import write_text_atomic
-from .jsonfile import read_json
+from .jsonfile import check_format, read_json
 
 ROI_FORMAT = "spinereg-roi"
 ROI_VERSION = 1
@@ -43,10 +43,7 @@ def read_roi(path: str | os.PathLike) -> dict[str, OrientedBox]:
 def _boxes_of(document) -> dict[str, OrientedBox]:
     if not isinstance(document, dict):
         raise InputError(f"expected a JSON object, got {type(document).__name__}")
-    if document.get("format") != ROI_FORMAT:
-        raise InputError(f"format is {document.get('format')!r}, expected {ROI_FORMAT!r}")
-    if document.get("version") != ROI_VERSION or isinstance(document.get("version"), bool):
-        raise InputError(f"version is {document.get('version')!r}, expected {ROI_VERSION}")
+    check_format(document, ROI_FORMAT, ROI_VERSION)
     if document.get("frame", "RAS") != "RAS":
         raise InputError(f"frame is {document.get('frame')!r}, expected 'RAS' (CT RAS mm)")
     entries = document.get("vertebrae")

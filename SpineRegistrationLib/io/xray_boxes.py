@@ -35,7 +35,7 @@ from ..core.labels import VERTEBRAE, canonical_name
 from ..errors import InputError
 from ..geometry.image_boxes import polygon_area
 from .atomic import write_text_atomic
-from .jsonfile import read_json
+from .jsonfile import check_format, read_json
 
 BOXES_FORMAT = "spinereg-xray-boxes"
 BOXES_VERSION = 1
@@ -142,11 +142,10 @@ def read_xray_boxes(path: str | os.PathLike, sizes: Mapping[str, tuple[int, int]
     ``sizes`` ({view: (columns, rows)}) overrides the sizes the file's ``images`` records.
     """
     d = read_json(path, BOXES_FORMAT)
-    if not isinstance(d, dict) or d.get("format") != BOXES_FORMAT:
-        found = d.get("format") if isinstance(d, dict) else type(d).__name__
-        raise InputError(f"{path}: format is {found!r}, expected {BOXES_FORMAT!r}")
-    if d.get("version") != BOXES_VERSION or isinstance(d.get("version"), bool):
-        raise InputError(f"{path}: version is {d.get('version')!r}, expected {BOXES_VERSION}")
+    try:
+        check_format(d, BOXES_FORMAT, BOXES_VERSION)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
     xrays = d.get("xrays")
     if not isinstance(xrays, dict) or not all(isinstance(v, list) for v in xrays.values()):
         raise InputError(f"{path}: 'xrays' must map each view name to a list of boxes")

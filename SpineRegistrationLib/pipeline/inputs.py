@@ -50,7 +50,6 @@ DICOM_GEOMETRY = "dicom"
 
 #: X-rays whose 1st and 99th intensity percentiles coincide have no usable contrast.
 _CONTRAST_PERCENTILES = (1.0, 99.0)
-#: CT and labelmap IJK->RAS matrices may differ by this (mm) and still share one grid.
 
 
 @dataclass
