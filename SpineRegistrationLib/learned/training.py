@@ -330,6 +330,7 @@ def train(sources: Sequence[TrainingCT], config: TrainConfig, progress: bool = T
             loss = pose_loss(errors, config)
             optimiser_step(loss, model, optimizer, schedule)
             step += 1
+            buffers = {}  # the step is complete: nothing to put back
             window.append({"loss": float(loss.detach()), **{k: float(v.detach().median()) for k, v in errors.items()}})
             bar.update(1)
             if rank == 0 and (step % config.log_every == 0 or step == config.steps):

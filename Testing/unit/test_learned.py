@@ -259,6 +259,30 @@ def test_resumed_training_ends_exactly_where_uninterrupted_training_does(small_c
     assert steps == [1, 2, 3, 4]
 
 
+def test_an_interrupt_between_steps_keeps_the_last_steps_statistics(small_ct, tmp_path, monkeypatch):
+    # Ctrl-C while the next batch is being made (where a run spends its time): step 2 is complete,
+    # so its batch-norm statistics stay in the checkpoint and the resumed run ends as a straight one.
+    straight = load_model(_train(small_ct, tmp_path / "straight", 4))
+    import SpineRegistrationLib.learned.data as data
+
+    calls = {"n": 0}
+    real_batch = data.SampleStream.batch
+
+    def interrupting(self, step):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the validation batch, steps 1 and 2, then the batch of step 3
+            raise KeyboardInterrupt
+        return real_batch(self, step)
+
+    monkeypatch.setattr(data.SampleStream, "batch", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        _train(small_ct, tmp_path / "resumed", 4)
+    monkeypatch.setattr(data.SampleStream, "batch", real_batch)
+    resumed = load_model(_train(small_ct, tmp_path / "resumed", 4, resume=True))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
 def test_training_refuses_to_clobber_or_resume_nothing(small_ct, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
