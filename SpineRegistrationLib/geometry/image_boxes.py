@@ -1,5 +1,5 @@
-"""Oriented boxes on an X-ray: four corners (column, row) px, built from points and an axis, and
-their overlap (IoU).
+"""Oriented boxes on an X-ray: four corners (column, row) px, built from points and an axis,
+whether points lie inside, and their overlap (IoU).
 
 The overlap of two convex quadrilaterals is computed here by Sutherland-Hodgman clipping
 (a few lines of numpy): shapely is not a dependency, and neither OpenCV nor scipy has a
@@ -40,6 +40,18 @@ def bounding_rectangle(points_px: np.ndarray, axis) -> np.ndarray:
     a, b = points @ across, points @ along
     center = (a.min() + a.max()) / 2 * across + (b.min() + b.max()) / 2 * along
     return rectangle_corners(center, a.max() - a.min(), b.max() - b.min(), along)
+
+
+def inside_convex(corners_px: np.ndarray, points_px: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """(..., 2) pixels -> (...) bool: inside or on the convex polygon ``corners_px`` ((N, 2), in order
+    around it, either winding); ``tolerance`` (px^2, of the edge cross products) admits points a
+    rounding error outside."""
+    corners = np.asarray(corners_px, float)
+    points = np.asarray(points_px, float)
+    edges = np.roll(corners, -1, axis=0) - corners
+    offsets = points[..., None, :] - corners
+    cross = edges[:, 0] * offsets[..., 1] - edges[:, 1] * offsets[..., 0]
+    return np.all(cross >= -tolerance, axis=-1) | np.all(cross <= tolerance, axis=-1)
 
 
 def _clip(polygon: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from .detector import XrayGeometry
+from .image_boxes import inside_convex
 
 
 def triangulate(geometries: Sequence[XrayGeometry], pixels: np.ndarray) -> tuple[np.ndarray, float]:
@@ -37,17 +38,6 @@ def triangulate(geometries: Sequence[XrayGeometry], pixels: np.ndarray) -> tuple
     point = np.linalg.solve(lhs, rhs)
     distances = np.linalg.norm(np.einsum("vij,vj->vi", projectors, point - sources), axis=1)
     return point, float(np.sqrt(np.mean(distances**2)))
-
-
-def inside_convex(corners_px: np.ndarray, points_px: np.ndarray) -> np.ndarray:
-    """(..., 2) pixels -> (...) bool: inside or on the convex polygon ``corners_px`` ((N, 2), in order
-    around it, either winding)."""
-    corners = np.asarray(corners_px, float)
-    points = np.asarray(points_px, float)
-    edges = np.roll(corners, -1, axis=0) - corners
-    offsets = points[..., None, :] - corners
-    cross = edges[:, 0] * offsets[..., 1] - edges[:, 1] * offsets[..., 0]
-    return np.all(cross >= 0, axis=-1) | np.all(cross <= 0, axis=-1)
 
 
 @dataclass(frozen=True, eq=False)

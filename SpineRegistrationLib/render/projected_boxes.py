@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
+from ..core.frames import apply_matrix
 from ..core.labelmap import Labelmap, centroids_ras
 from ..geometry import XrayGeometry
 from ..geometry.image_boxes import bounding_rectangle
@@ -28,10 +29,6 @@ _CORNERS_IJK = np.array([[i, j, k] for i in (-0.5, 0.5) for j in (-0.5, 0.5) for
 _SUPERIOR_RAS = np.array([0.0, 0.0, 1.0])
 #: Length of the axis segment projected to find its direction on the detector, mm.
 _AXIS_MM = 10.0
-
-
-def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
 def spine_axes_ras(centroids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -88,9 +85,9 @@ class VertebraOutlines:
         boxes = []
         for name in self.names:
             matrix = np.asarray(poses if isinstance(poses, np.ndarray) else (poses or {}).get(name, np.eye(4)), float)
-            center = _apply(matrix, self.centers[name][None])[0]
+            center = apply_matrix(matrix, self.centers[name][None])[0]
             tip = center + _AXIS_MM * (matrix[:3, :3] @ self.axes[name])
-            points, ends = geometry.project(_apply(matrix, self.hulls[name])), geometry.project(np.stack([center, tip]))
+            points, ends = geometry.project(apply_matrix(matrix, self.hulls[name])), geometry.project(np.stack([center, tip]))
             if not (np.all(np.isfinite(points)) and np.all(np.isfinite(ends))):
                 continue  # reaches the source's plane
             axis = ends[1] - ends[0]

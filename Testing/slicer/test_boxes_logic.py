@@ -19,6 +19,7 @@ slicer = pytest.importorskip("slicer")
 import SpineRegistrationModuleLib as logic  # noqa: E402
 from SpineRegistrationModuleLib import boxes as box_logic  # noqa: E402
 from SpineRegistrationLib.errors import InputError  # noqa: E402
+from SpineRegistrationLib.geometry.image_boxes import inside_convex  # noqa: E402
 from SpineRegistrationLib.io import read_labelmap  # noqa: E402
 from SpineRegistrationLib.io.xray_boxes import XrayBox, read_coco, read_xray_boxes  # noqa: E402
 
@@ -50,13 +51,6 @@ def scene_state(scene) -> dict:
         corners = box_logic.corners_world_of(node).round(9).tolist() if node.IsA("vtkMRMLMarkupsPlaneNode") else None
         state[node.GetID()] = (node.GetName(), {a: node.GetAttribute(a) for a in node.GetAttributeNames()}, corners)
     return state
-
-
-def inside_convex(points: np.ndarray, polygon: np.ndarray, tolerance: float = 1e-6) -> np.ndarray:
-    """(N,) bool: is each (N, 2) point inside the convex (M, 2) polygon (either winding)?"""
-    edges = np.roll(polygon, -1, axis=0) - polygon
-    cross = edges[None, :, 0] * (points[:, None, 1] - polygon[None, :, 1]) - edges[None, :, 1] * (points[:, None, 0] - polygon[None, :, 0])
-    return np.all(cross >= -tolerance, axis=1) | np.all(cross <= tolerance, axis=1)
 
 
 def add_truth_poses(scene, phantom_dir) -> dict:
@@ -251,7 +245,7 @@ def test_projected_boxes_hold_the_vertebra_projections(scene, xrays, phantom_dir
             k, j, i = np.nonzero(labelmap.volume.array == labelmap.labels[box.vertebra])
             points = labelmap.volume.ijk_to_ras_points(np.stack([i, j, k], axis=1).astype(float))
             moved = points @ poses[box.vertebra][:3, :3].T + poses[box.vertebra][:3, 3]
-            assert inside_convex(geometry.project(moved), box.corners_px).all(), (view, box.vertebra)
+            assert inside_convex(box.corners_px, geometry.project(moved), tolerance=1e-6).all(), (view, box.vertebra)
     assert logic.projection_warnings(scene, ct, segmentation) == []
     # An unregistered vertebra projects at the CT's pose: moved with the CT's parent transform.
     ap = xrays["AP"]

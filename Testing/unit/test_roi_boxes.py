@@ -13,7 +13,8 @@ from SpineRegistrationLib.core.box import OrientedBox, mask_box_center_ras
 from SpineRegistrationLib.core.volume import Volume
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.geometry import c_arm_geometry, preset_geometry
-from SpineRegistrationLib.geometry.triangulation import DetectorBox, inside_convex, triangulate, triangulate_boxes
+from SpineRegistrationLib.geometry.image_boxes import inside_convex
+from SpineRegistrationLib.geometry.triangulation import DetectorBox, triangulate, triangulate_boxes
 from SpineRegistrationLib.io.roi import read_roi, write_roi
 from SpineRegistrationLib.pipeline.inputs import start_pose
 from SpineRegistrationLib.rigid.problem import VertebraDRR
