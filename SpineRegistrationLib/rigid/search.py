@@ -39,11 +39,15 @@ def grid_search(
     center_world = start[:3, :3] @ vertebra.center_ras + start[:3, 3]
     axis = np.arange(-config.search_mm, config.search_mm + 1e-6, config.search_step_mm)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    # The trial rotations turn about the centre, so where each translation projects, and the
+    # boxes' verdict on it, are the same for all of them.
+    shifts = [view.geometry.project(center_world + grid) - view.geometry.project(center_world)[None] for view in views]
+    outside = (2 * len(views) + 1) * sum(~box.holds(center_world + grid) for box in boxes)
     scored = []  # (score, translation, rotated start)
     for rotated in trial_rotations(start, center_world, config.grid_rotation_deg):
         score = np.zeros(len(grid))
         pose = torch.as_tensor(rotated, dtype=torch.float32, device=device)[None]
-        for view in views:
+        for view, shift in zip(views, shifts):
             reach_px = int(math.ceil(config.search_mm * view.geometry.magnification(center_world)
                                      / min(view.geometry.pixel_spacing) * math.sqrt(2))) + 2
             window = projected_window(vertebra, rotated, view, 2)
@@ -55,9 +59,8 @@ def grid_search(
             c0, r0, cols, rows = window
             search = crop_view(view, (c0 - reach_px, r0 - reach_px, cols + 2 * reach_px, rows + 2 * reach_px))
             ncc_map = gradient_ncc_map(template, weight, search.image.to(device))
-            shift = view.geometry.project(center_world + grid) - view.geometry.project(center_world)[None]
             score += bilinear(ncc_map, shift[:, 1] + reach_px, shift[:, 0] + reach_px)
-        score -= (2 * len(views) + 1) * sum(~box.holds(center_world + grid) for box in boxes)
+        score -= outside
         best = np.argsort(-score)[: 50 * config.candidates]
         scored += [(score[index], grid[index], rotated) for index in best]
     scored.sort(key=lambda item: -item[0])
