@@ -419,11 +419,10 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             with slicer.util.tryWithErrorDisplay(
                 _("Deformation failed.") if deforming else _("Registration failed."), waitCursor=True
             ):
+                made = self.logic.finishRun(run, self._parameterNode)
                 if deforming:
-                    made = self.logic.finishDeformation(run, self._parameterNode)
                     self.ui.statusLabel.text = made["summary"]
                 else:
-                    made = self.logic.finishRegistration(run, self._parameterNode)
                     self.ui.resultsTableView.setMRMLTableNode(made["table"])
                     self.ui.statusLabel.text = _("Registered {count} vertebrae in {seconds:.0f} s.").format(
                         count=len(made["transforms"]), seconds=run.process.elapsed_s
@@ -748,8 +747,10 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             self.registrationInputs(parameterNode), python=self.pythonExecutable(), work_dir=slicer.app.temporaryPath
         ).start()
 
-    def finishRegistration(self, run, parameterNode) -> dict:
-        """Apply a finished run's result to the scene and show it; ValueError if it failed."""
+    def finishRun(self, run, parameterNode) -> dict:
+        """Apply a finished Register or Deform run's result to the scene and show it; ValueError if
+        it failed. Returns what the run made (a Deform run: {"transform", "segmentation", "drrs",
+        "summary", "document"})."""
         made = run.finish(slicer.mrmlScene)
         self.showXrays(parameterNode.apXray, parameterNode.latXray, parameterNode.drrOpacity)
         self.applyDisplaySettings(parameterNode.drrOpacity, parameterNode.showSegmentation3D, parameterNode.showXrayPlanes3D)
@@ -763,7 +764,7 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
         except BaseException:
             run.cancel()
             raise
-        return self.finishRegistration(run, parameterNode)
+        return self.finishRun(run, parameterNode)
 
     def deformationAvailable(self, parameterNode=None) -> tuple[bool, str]:
         """(whether Deform can run, a tooltip saying what it will do or why it cannot)."""
@@ -806,19 +807,11 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             work_dir=slicer.app.temporaryPath,
         ).start()
 
-    def finishDeformation(self, run, parameterNode) -> dict:
-        """Put a finished deformation into the scene and show it; ValueError if it failed.
-        Returns {"transform", "segmentation", "drrs", "summary", "document"}."""
-        made = run.finish(slicer.mrmlScene)
-        self.showXrays(parameterNode.apXray, parameterNode.latXray, parameterNode.drrOpacity)
-        self.applyDisplaySettings(parameterNode.drrOpacity, parameterNode.showSegmentation3D, parameterNode.showXrayPlanes3D)
-        return made
-
     def deform(self, parameterNode, callback=None, timeoutSeconds: float | None = None) -> dict:
         """Blocking Deform (scripts, the self-test): start, wait, apply."""
         run = self.startDeformation(parameterNode)
         run.wait(timeout_s=timeoutSeconds, callback=callback)
-        return self.finishDeformation(run, parameterNode)
+        return self.finishRun(run, parameterNode)
 
     def reset(self) -> int:
         return self.scene().reset_results(slicer.mrmlScene)
