@@ -59,15 +59,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _views(args: argparse.Namespace) -> list[str]:
+    """The views' names, by ``spinereg register``'s rule (so its ``--boxes`` finds them)."""
     from ..errors import InputError
+    from ..pipeline.inputs import view_names
 
-    names = getattr(args, "view", None) or [Path(g).name[: -len(".json")] if g.lower().endswith(".json")
-                                             else Path(g).name for g in args.geometry]
-    if len(names) != len(args.xray):
+    names = getattr(args, "view", None)
+    if names is not None and len(names) != len(args.xray):
         raise InputError(f"{len(names)} --view names for {len(args.xray)} X-rays: give one per --xray, or none")
-    if len(set(names)) != len(names):
-        raise InputError(f"view names must differ, got {names}: name them with --view")
-    return names
+    return view_names(args.xray, args.geometry, names)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -203,11 +203,13 @@ def _xray_from(value, geometry: XrayGeometry, invert: bool, label: str) -> np.nd
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _view_names(config: RegisterConfig) -> list[str]:
-    """Output names of the views: ``config.views``, else file stems, else ``view1``, ``view2`` ..."""
-    count = len(config.xrays)
-    if config.views is not None:
-        names = [str(name) for name in config.views]
+def view_names(xrays: Sequence, geometries: Sequence, views: Sequence[str] | None = None) -> list[str]:
+    """Output names of the views (``register``'s and ``detect``'s, which ``--boxes`` matches):
+    ``views``, else the geometry files' stems (the X-ray's for a DICOM geometry), made safe for
+    file names, else ``view1``, ``view2`` ... (also when two stems coincide)."""
+    count = len(xrays)
+    if views is not None:
+        names = [str(name) for name in views]
         if len(names) != count:
             raise InputError(f"{len(names)} view names for {count} X-rays")
         for name in names:
@@ -217,7 +219,7 @@ def _view_names(config: RegisterConfig) -> list[str]:
             raise InputError(f"view names must differ, got {names}")
         return names
     names = []
-    for index, (xray, geometry) in enumerate(zip(config.xrays, config.geometries)):
+    for index, (xray, geometry) in enumerate(zip(xrays, geometries)):
         source = xray if is_dicom_keyword(geometry) else geometry
         stem = None
         if is_path(source) and not is_dicom_keyword(source):
@@ -434,7 +436,7 @@ def load_case(config: RegisterConfig) -> CaseInputs:
         raise InputError(f"threads must be a whole number >= 1, got {config.threads!r}")
     if str(config.label_scheme).strip().lower() != "auto":
         get_scheme(config.label_scheme)  # an unknown scheme fails before any file is read
-    views = _view_names(config)
+    views = view_names(config.xrays, config.geometries, config.views)
     init = _read_init(config.init)
 
     # Geometry files and their X-rays first: cheap, and the commonest mistakes.

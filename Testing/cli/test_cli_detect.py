@@ -61,6 +61,19 @@ def test_detect_without_a_ct_has_detector_boxes_only(phantom_dir, untrained_mode
     assert (tmp_path / "ap.coco.json").is_file()
 
 
+def test_detect_names_the_views_as_register_does(phantom_dir, untrained_model, tmp_path, spinereg):
+    # A geometry file named "AP view.json": register calls the view AP_view, so --boxes needs that name.
+    from SpineRegistrationLib.pipeline.inputs import view_names
+
+    geometry = tmp_path / "AP view.json"
+    geometry.write_text((phantom_dir / "AP.json").read_text())
+    out = tmp_path / "boxes.json"
+    result = spinereg("detect", "--xray", phantom_dir / "AP.png", "--geometry", geometry, "--model", untrained_model,
+                      "--threshold", "0", "--out", out)
+    assert result.code == 0, result.err
+    assert list(read_xray_boxes(out)) == view_names([phantom_dir / "AP.png"], [geometry]) == ["AP_view"]
+
+
 @pytest.fixture(scope="module")
 def bad_files(phantom_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad_detect")
