@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ..core.labels import SCHEME_CHOICES
+from .options import add_output_folder
 
 DESCRIPTION = (
     "Turn per-vertebra rigid poses (--result, a 'spinereg register' folder) or a second CT (--fixed/--moving) "
@@ -60,9 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     common = parser.add_argument_group("common")
     common.add_argument("--label-scheme", default="auto", choices=SCHEME_CHOICES,
                         help="label numbering of the segmentations (auto: from segment names or label values)")
-    common.add_argument("--out", required=True, metavar="DIR", default=suppress,
-                        help="output folder (created; must be new or empty unless --overwrite)")
-    common.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder (only once complete)")
+    add_output_folder(common)
     parser.set_defaults(func=run)
     return parser
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.labels import SCHEME_CHOICES
-
 from ..methods import EVALUATION_METHODS as METHODS
+from .options import add_ct_options, add_output_folder
 
 #: Default torch CPU threads: as ``spinereg register`` (one vertebra's tensors are small).
 DEFAULT_THREADS = 1
@@ -42,16 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     suppress = argparse.SUPPRESS
-    data = parser.add_argument_group("CT and vertebrae (default: the phantom, T10-L5 at 1 mm)")
-    data.add_argument("--ct", metavar="CT", default=suppress,
-                      help="CT volume in HU (NIfTI, NRRD, MHA or a DICOM series folder); with --seg")
-    data.add_argument("--seg", metavar="SEG", default=suppress,
-                      help="vertebra labelmap on the CT's voxel grid, or a Slicer .seg.nrrd; with --ct")
-    data.add_argument("--label-scheme", default="auto", choices=SCHEME_CHOICES,
-                      help="label numbering of --seg")
-    data.add_argument("--vertebra", action="append", metavar="NAME", default=suppress,
-                      help="vertebra to register (repeat for several; cases cycle through them) "
-                      "(default: every vertebra with both neighbours in the labelmap)")
+    add_ct_options(parser, "CT and vertebrae (default: the phantom, T10-L5 at 1 mm)", optional=True,
+                   label_help="label numbering of --seg",
+                   vertebra_help="vertebra to register (repeat for several; cases cycle through them) "
+                   "(default: every vertebra with both neighbours in the labelmap)")
 
     cases = parser.add_argument_group("cases")
     cases.add_argument("--cases", type=int, default=20, metavar="N", help="number of cases")
@@ -77,10 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     method.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
                         help="torch CPU threads (torch.set_num_threads), as for 'spinereg register'")
 
-    out = parser.add_argument_group("output")
-    out.add_argument("--out", required=True, metavar="DIR", default=suppress,
-                     help="output folder (created; must be new or empty unless --overwrite)")
-    out.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder (only once complete)")
+    add_output_folder(parser.add_argument_group("output"))
     parser.set_defaults(func=run)
     return parser
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.labels import SCHEME_CHOICES
-
 from ..methods import METHODS
+from .options import add_ct_options, add_output_folder
 
 
 #: Default torch CPU threads, see the --threads help.
@@ -41,16 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     suppress = argparse.SUPPRESS
-    ct = parser.add_argument_group("CT and vertebrae")
-    ct.add_argument("--ct", required=True, metavar="CT", default=suppress,
-                    help="CT volume in HU (NIfTI, NRRD, MHA or a DICOM series folder)")
-    ct.add_argument("--seg", required=True, metavar="SEG", default=suppress,
-                    help="vertebra labelmap on the CT's voxel grid, or a Slicer .seg.nrrd")
-    ct.add_argument("--label-scheme", default="auto", choices=SCHEME_CHOICES,
-                    help="label numbering of --seg (auto: from segment names or label values)")
-    ct.add_argument("--vertebra", action="append", metavar="NAME", default=suppress,
-                    help="vertebra to register (L1, T12, ... or a raw integer label); repeat for several "
-                    "(default: every vertebra of --seg whose centroid all X-rays see at the initial pose)")
+    add_ct_options(parser, "CT and vertebrae", optional=False,
+                   label_help="label numbering of --seg (auto: from segment names or label values)",
+                   vertebra_help="vertebra to register (L1, T12, ... or a raw integer label); repeat for several "
+                   "(default: every vertebra of --seg whose centroid all X-rays see at the initial pose)")
 
     xray = parser.add_argument_group("X-rays (two or more views; --xray and --geometry pair up in order)")
     xray.add_argument("--xray", action="append", required=True, metavar="IMAGE", default=suppress,
@@ -92,10 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "synchronisation; measured on a shared 2-core CPU, one vertebra took 14-22 s with 1 thread "
                         "and 97-112 s with 2. Try more on a many-core CPU with fine (< 1 mm) CTs")
 
-    out = parser.add_argument_group("output")
-    out.add_argument("--out", required=True, metavar="DIR", default=suppress,
-                     help="output folder (created; must be new or empty unless --overwrite)")
-    out.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder (only once complete)")
+    add_output_folder(parser.add_argument_group("output"))
     parser.set_defaults(func=run)
     return parser
 
