@@ -19,7 +19,6 @@ minutes; the image and Dice terms are what instance optimisation keeps at test t
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,13 +30,11 @@ import torch
 
 from ..errors import InputError
 from ..learned.checkpoint import read_payload, save_atomic
-from ..learned.training import RunConfig, distributed_net, optimiser_of, optimiser_step, start_process, window_row
+from ..learned.training import (CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, RunConfig, RunLog, distributed_net, optimiser_of,
+                                optimiser_step, resume_payload, start_process, window_row)
 from ..synthetic.deformation_pairs import DeformationConfig, PairSource
 from .network import CHECKPOINT_FORMAT, MODEL_FORMAT, DeformModelConfig, build_network, model_payload, network_from_payload, save_model
 
-CHECKPOINT_FILE = "checkpoint.pt"
-MODEL_FILE = "model.pt"
-LOG_FILE = "log.csv"
 LOG_FIELDS = ("step", "loss", "lncc", "dice", "bending", "truth_mm", "lr", "pairs_per_s")
 MODEL_FORMATS = (MODEL_FORMAT, CHECKPOINT_FORMAT)
 #: Vertebrae one-hot encoded per crop (a 128 mm crop holds at most five).
@@ -140,22 +137,10 @@ class DeformLoss(torch.nn.Module):
 
 def check_run(config: TrainDeformConfig) -> dict | None:
     """The checkpoint to resume from (None for a fresh run); InputError when ``out`` does not fit."""
-    checkpoint = config.out / CHECKPOINT_FILE
-    if config.resume:
-        if not checkpoint.is_file():
-            raise InputError(f"nothing to resume: {checkpoint} does not exist")
-        payload = read_payload(checkpoint, (CHECKPOINT_FORMAT,))
-        planned = int(payload["train_config"]["steps"])
-        if planned != config.steps:
-            raise InputError(f"{checkpoint} belongs to a run of {planned} steps: resume it with --steps {planned}")
-        if int(payload["step"]) >= planned:
-            raise InputError(f"the run in {config.out} already finished its {planned} steps (model.pt is its result)")
-        return payload
-    if config.out.exists() and any(config.out.iterdir()):
-        raise InputError(f"{config.out} is not empty: pass --resume to continue the run in it, or choose a new --out")
-    if config.init_model is not None:
+    payload = resume_payload(config, (CHECKPOINT_FORMAT,))
+    if payload is None and config.init_model is not None:
         network_from_payload(read_payload(config.init_model, MODEL_FORMATS), config.init_model)
-    return None
+    return payload
 
 
 def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progress: bool = True) -> Path:
@@ -187,15 +172,10 @@ def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progr
     stream = PairStream(sources, config, start, config.steps, rank)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
                                          worker_init_fn=_one_thread, persistent_workers=False)
-    log_file = writer = None
+    log = None
     if rank == 0:
         (config.out / "config.json").write_text(json.dumps(config.to_json(), indent=2, default=str))
-        path = config.out / LOG_FILE
-        fresh = not (payload is not None and path.is_file())
-        log_file = open(path, "w" if fresh else "a", newline="")
-        writer = csv.DictWriter(log_file, LOG_FIELDS)
-        if fresh:
-            writer.writeheader()
+        log = RunLog(config.out / LOG_FILE, LOG_FIELDS, resumed=payload is not None)
 
     def checkpoint(step: int) -> None:
         if rank == 0:
@@ -221,8 +201,7 @@ def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progr
                 now = time.perf_counter()
                 row = window_row(step, window, schedule, config.batch_size * world, now - tick, "pairs_per_s",
                                  ("loss", "lncc", "dice", "bending", "truth_mm"))
-                writer.writerow({k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in row.items()})
-                log_file.flush()
+                log.write(row)
                 bar.set_postfix(truth_mm=f"{row['truth_mm']:.2f}", lncc=f"{row['lncc']:.3f}")
                 window, tick = [], now
             if step % config.checkpoint_every == 0:
@@ -232,8 +211,8 @@ def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progr
         raise
     finally:
         bar.close()
-        if log_file is not None:
-            log_file.close()
+        if log is not None:
+            log.close()
     checkpoint(step)
     model_path = config.out / MODEL_FILE
     if rank == 0:
