@@ -31,7 +31,7 @@ import torch
 from ..errors import InputError
 from ..learned.checkpoint import read_payload, save_atomic
 from ..learned.training import (CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, RunConfig, RunLog, distributed_net, optimiser_of,
-                                optimiser_step, resume_payload, start_process, window_row)
+                                resume_payload, run_steps, start_process)
 from ..synthetic.deformation_pairs import DeformationConfig, PairSource
 from .network import CHECKPOINT_FORMAT, MODEL_FORMAT, DeformModelConfig, build_network, model_payload, network_from_payload, save_model
 
@@ -185,35 +185,17 @@ def train_deform(sources: Sequence[PairSource], config: TrainDeformConfig, progr
 
     from tqdm.auto import tqdm
 
+    def loss_of(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        warped, ddf = net(batch["moving"], batch["fixed"])
+        return loss_fn(warped, ddf, batch)
+
     bar = tqdm(total=config.steps, initial=start, desc="train-deform", unit="step", disable=not progress or rank != 0)
-    step, window, tick = start, [], time.perf_counter()
     started = time.perf_counter()
-    try:
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            warped, ddf = net(batch["moving"], batch["fixed"])
-            loss, terms = loss_fn(warped, ddf, batch)
-            optimiser_step(loss, network, optimizer, schedule)
-            step += 1
-            window.append({"loss": float(loss.detach()), **terms})
-            bar.update(1)
-            if rank == 0 and (step % config.log_every == 0 or step == config.steps):
-                now = time.perf_counter()
-                row = window_row(step, window, schedule, config.batch_size * world, now - tick, "pairs_per_s",
-                                 ("loss", "lncc", "dice", "bending", "truth_mm"))
-                log.write(row)
-                bar.set_postfix(truth_mm=f"{row['truth_mm']:.2f}", lncc=f"{row['lncc']:.3f}")
-                window, tick = [], now
-            if step % config.checkpoint_every == 0:
-                checkpoint(step)
-    except KeyboardInterrupt:
-        checkpoint(step)
-        raise
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-    checkpoint(step)
+    step = run_steps(network, optimizer, schedule, loader, loss_of, config, start=start, checkpoint=checkpoint,
+                     bar=bar, log=log, per_step=config.batch_size * world, rate="pairs_per_s",
+                     postfix=lambda row: {"truth_mm": f"{row['truth_mm']:.2f}", "lncc": f"{row['lncc']:.3f}"},
+                     keys=("loss", "lncc", "dice", "bending", "truth_mm"))
     model_path = config.out / MODEL_FILE
     if rank == 0:
         save_model(network, model_config, model_path, {

@@ -27,8 +27,8 @@ from .checkpoint import read_payload, save_atomic
 from .detector import (DETECTOR_CHECKPOINT_FORMAT, DETECTOR_FORMAT, DetectorConfig, VertebraDetector, decode,
                        detector_from_payload, detector_payload, name_levels, save_detector)
 from .detector_data import Bank, DetectorCT, DetectorSynthesis, detection_loss, make_batch, render_bank
-from .training import (CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, RunConfig, RunLog, optimiser_of, optimiser_step,
-                       restore_buffers, resume_payload, start_process, window_row)
+from .training import (CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, RunConfig, RunLog, optimiser_of, resume_payload,
+                       run_steps, start_process)
 
 BANK_FILE = "bank.npz"
 LOG_FIELDS = ("step", "loss", "heat", "offset", "size", "orient", "level", "lr", "images_per_s",
@@ -128,40 +128,24 @@ def train_detector(sources: Sequence[DetectorCT], config: DetectTrainConfig, pro
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, initial=start, desc="train-detect", unit="step", disable=not progress)
-    step, window, tick, started, buffers = start, [], time.perf_counter(), time.perf_counter(), {}
-    validation = range(training_views, views)
-    try:
-        while step < config.steps:
+    def batches():
+        """Step s's batch, from a generator seeded by (seed, s): a resumed run sees the same batches."""
+        for step in range(start, config.steps):
             rng = np.random.default_rng([config.seed, step])
-            batch = make_batch(bank, rng.integers(training_views, size=config.batch_size), config.synthesis,
-                               model.config, rng)
-            buffers = {name: value.clone() for name, value in model.named_buffers()}
-            output = model(batch["images"].to(device))
-            loss, terms = detection_loss(output, {k: v.to(device) for k, v in batch.items()}, config.level_weight)
-            optimiser_step(loss, model, optimizer, schedule)
-            step += 1
-            buffers = {}
-            window.append({"loss": float(loss.detach()), **terms})
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                now = time.perf_counter()
-                row = window_row(step, window, schedule, config.batch_size, now - tick, "images_per_s")
-                if step % config.validate_every == 0 or step == config.steps:
-                    row.update(evaluate_views(model, bank, validation, config.synthesis, config.seed))
-                log.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", level=f"{row['level']:.2f}")
-                window, tick = [], now
-            if step % config.checkpoint_every == 0:
-                checkpoint(step)
-    except KeyboardInterrupt:
-        restore_buffers(model, buffers)
-        checkpoint(step)
-        raise
-    finally:
-        bar.close()
-        log.close()
-    checkpoint(step)
+            yield make_batch(bank, rng.integers(training_views, size=config.batch_size), config.synthesis,
+                             model.config, rng)
+
+    def loss_of(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        output = model(batch["images"].to(device))
+        return detection_loss(output, {k: v.to(device) for k, v in batch.items()}, config.level_weight)
+
+    bar = tqdm(total=config.steps, initial=start, desc="train-detect", unit="step", disable=not progress)
+    started = time.perf_counter()
+    validation = range(training_views, views)
+    step = run_steps(model, optimizer, schedule, batches(), loss_of, config, start=start, checkpoint=checkpoint,
+                     bar=bar, log=log, per_step=config.batch_size, rate="images_per_s",
+                     postfix=lambda row: {"loss": f"{row['loss']:.3f}", "level": f"{row['level']:.2f}"},
+                     validate=lambda: evaluate_views(model, bank, validation, config.synthesis, config.seed))
     return save_detector(model, config.out / MODEL_FILE, {
         "steps": step, "seed": config.seed, "sources": [s.name for s in sources], "views": views,
         "train_s_last_session": round(time.perf_counter() - started, 1)})

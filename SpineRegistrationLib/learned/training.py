@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -261,6 +261,50 @@ class RunLog:
             self.board.close()
 
 
+def run_steps(model: torch.nn.Module, optimizer, schedule, batches: Iterable, loss_of: Callable, config: RunConfig, *,
+              start: int, checkpoint: Callable[[int], None], bar, log: RunLog | None, per_step: int, rate: str,
+              postfix: Callable[[dict], dict], keys: Sequence[str] | None = None,
+              validate: Callable[[], dict] | None = None) -> int:
+    """The loop of every training run, from step ``start``: per batch, ``loss_of(batch)`` -> (loss,
+    {term: float}) and an :func:`optimiser_step`; every ``log_every`` steps and at the last, a
+    :func:`window_row` (``per_step``, ``rate``, ``keys``), with ``validate()``'s values every
+    ``validate_every`` steps, written to ``log`` (None on ranks that write nothing) and shown on ``bar``
+    (``postfix(row)``); ``checkpoint(step)`` every ``checkpoint_every`` steps, at the end and on Ctrl-C
+    (re-raised; the buffers of the step it cut put back). Closes ``bar`` and ``log``; returns the last step."""
+    step, window, tick, buffers = start, [], time.perf_counter(), {}
+    try:
+        for batch in batches:
+            # Batch-norm statistics change in the forward pass: an interrupt inside a step
+            # puts them back, so the checkpoint is exactly the last completed step.
+            buffers = {name: value.clone() for name, value in model.named_buffers()}
+            loss, terms = loss_of(batch)
+            optimiser_step(loss, model, optimizer, schedule)
+            step += 1
+            buffers = {}  # the step is complete: nothing to put back
+            window.append({"loss": float(loss.detach()), **terms})
+            bar.update(1)
+            if log is not None and (step % config.log_every == 0 or step == config.steps):
+                now = time.perf_counter()
+                row = window_row(step, window, schedule, per_step, now - tick, rate, keys)
+                if validate is not None and (step % config.validate_every == 0 or step == config.steps):
+                    row.update(validate())
+                log.write(row)
+                bar.set_postfix(**postfix(row))
+                window, tick = [], now
+            if step % config.checkpoint_every == 0:
+                checkpoint(step)
+    except KeyboardInterrupt:
+        restore_buffers(model, buffers)
+        checkpoint(step)
+        raise
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    checkpoint(step)
+    return step
+
+
 def _validate(model: torch.nn.Module, batches: list[dict], device) -> dict[str, float]:
     model.eval()
     errors: dict[str, list] = {}
@@ -317,41 +361,17 @@ def train(sources: Sequence[TrainingCT], config: TrainConfig, progress: bool = T
 
     from tqdm.auto import tqdm
 
+    def loss_of(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        rotation, translation = net(batch["patches"].to(device))
+        errors = pose_errors(rotation, translation, batch["rotation"].to(device),
+                             batch["translation"].to(device), batch["points"].to(device))
+        return pose_loss(errors, config), {k: float(v.detach().median()) for k, v in errors.items()}
+
     bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not progress or rank != 0)
-    step, window, tick, buffers = start, [], time.perf_counter(), {}
-    try:
-        for batch in loader:
-            # Batch-norm statistics change in the forward pass: an interrupt inside a step
-            # puts them back, so the checkpoint is exactly the last completed step.
-            buffers = {name: value.clone() for name, value in model.named_buffers()}
-            rotation, translation = net(batch["patches"].to(device))
-            errors = pose_errors(rotation, translation, batch["rotation"].to(device),
-                                 batch["translation"].to(device), batch["points"].to(device))
-            loss = pose_loss(errors, config)
-            optimiser_step(loss, model, optimizer, schedule)
-            step += 1
-            buffers = {}  # the step is complete: nothing to put back
-            window.append({"loss": float(loss.detach()), **{k: float(v.detach().median()) for k, v in errors.items()}})
-            bar.update(1)
-            if rank == 0 and (step % config.log_every == 0 or step == config.steps):
-                now = time.perf_counter()
-                row = window_row(step, window, schedule, config.batch_size * world, now - tick, "samples_per_s")
-                if step % config.validate_every == 0 or step == config.steps:
-                    row.update(_validate(model, validation, device))
-                log.write(row)
-                bar.set_postfix(point_mm=f"{row['point_mm']:.2f}", rot=f"{row['rotation_deg']:.2f}")
-                window, tick = [], now
-            if step % config.checkpoint_every == 0:
-                checkpoint(step)
-    except KeyboardInterrupt:
-        restore_buffers(model, buffers)
-        checkpoint(step)
-        raise
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-    checkpoint(step)
+    step = run_steps(model, optimizer, schedule, loader, loss_of, config, start=start, checkpoint=checkpoint, bar=bar,
+                     log=log, per_step=config.batch_size * world, rate="samples_per_s",
+                     postfix=lambda row: {"point_mm": f"{row['point_mm']:.2f}", "rot": f"{row['rotation_deg']:.2f}"},
+                     validate=lambda: _validate(model, validation, device))
     model_path = config.out / MODEL_FILE
     if rank == 0:
         save_model(model, model_path, {"steps": step, "seed": config.seed, "samples": step * config.batch_size * world,
