@@ -33,10 +33,15 @@ def intensity_method(device: str | torch.device = "cpu", config=None) -> Method:
         started = time.perf_counter()
         result = register_vertebra(case.vertebra, case.mu, case.mask, case.images, case.geometries,
                                    init=case.matrix_init, config=config, device=device)
-        extra = {"verdict": result.verdict, "similarity": float(result.similarity), "evaluations": int(result.evaluations)}
-        return result.matrix_ras, time.perf_counter() - started, extra
+        return result.matrix_ras, time.perf_counter() - started, result_extra(result)
 
     return run
+
+
+def result_extra(result) -> dict:
+    """What an evaluation record keeps of a :class:`..io.results.VertebraResult`: its verdict and what it read."""
+    return {"verdict": result.verdict, "similarity": float(result.similarity), "evaluations": int(result.evaluations),
+            "verdict_reason": result.verdict_reason, "rival_margin": result.rival_margin, "quality": result.quality}
 
 
 def cmaes_method(device: str | torch.device = "cpu") -> Method:
@@ -57,8 +62,7 @@ def learned_method(device: str | torch.device = "cpu", refine: bool = False, mod
         started = time.perf_counter()
         result = register_vertebra_learned(case.vertebra, case.mu, case.mask, case.images, case.geometries, predictor,
                                            init=case.matrix_init, refine=refine, device=device)
-        extra = {"verdict": result.verdict, "similarity": float(result.similarity),
-                 "evaluations": int(result.evaluations),
+        extra = {**result_extra(result),
                  "network_s": result.stages[0]["time_s"],
                  "fallback": any(stage["stage"].startswith("fallback") for stage in result.stages)}
         return result.matrix_ras, time.perf_counter() - started, extra

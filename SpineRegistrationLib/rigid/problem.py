@@ -212,6 +212,10 @@ class LevelProblem:
 
     def similarity(self, poses: torch.Tensor) -> torch.Tensor:
         """(B, 4, 4) -> (B,) mean similarity over the views."""
+        return self.view_similarities(poses).mean(0)
+
+    def view_similarities(self, poses: torch.Tensor) -> torch.Tensor:
+        """(B, 4, 4) -> (views, B): the similarity in each view."""
         scores = []
         for index, (crop, image, weight) in enumerate(zip(self.crops, self.images, self.weights)):
             if self.backgrounds is None:
@@ -219,4 +223,4 @@ class LevelProblem:
             else:
                 drr = self.vertebra.render_over(poses, crop.geometry, self.backgrounds[index])
             scores.append(vertebra_similarity(drr, image, weight))
-        return torch.stack(scores).mean(0)
+        return torch.stack(scores)

@@ -39,15 +39,23 @@ def adam_refine(problem: LevelProblem, start: np.ndarray, center_world: np.ndarr
     return best_pose, best_score
 
 
+def level_problem(
+    vertebra: VertebraDRR, views: list[View], pose: np.ndarray, level: int, config: RigidConfig, device
+) -> LevelProblem:
+    """The objective of pyramid ``level`` around ``pose``: the finest level's narrow weight and
+    fixed context, the wide weight and moving context at the others."""
+    margin = [max(2, int(math.ceil(3.0 / v.geometry.pixel_spacing[0]))) for v in views]
+    finest = level == len(config.pixel_mm) - 1
+    return LevelProblem(vertebra, views, pose, margin, device,
+                        config.fine_dilate_mm if finest else config.weight_dilate_mm,
+                        fixed_context=finest and config.fixed_context_at_finest)
+
+
 def refine_level(
     vertebra: VertebraDRR, views: list[View], pose: np.ndarray, level: int, config: RigidConfig, device
 ) -> tuple[np.ndarray, float]:
     """One pyramid level of local optimisation (Adam, or CMA-ES for the gradient-free baseline)."""
-    margin = [max(2, int(math.ceil(3.0 / v.geometry.pixel_spacing[0]))) for v in views]
-    finest = level == len(config.pixel_mm) - 1
-    problem = LevelProblem(vertebra, views, pose, margin, device,
-                           config.fine_dilate_mm if finest else config.weight_dilate_mm,
-                           fixed_context=finest and config.fixed_context_at_finest)
+    problem = level_problem(vertebra, views, pose, level, config, device)
     center_world = pose[:3, :3] @ vertebra.center_ras + pose[:3, 3]
     if config.cmaes_all_levels:
         shrink = 0.25 * 0.5**level

@@ -37,7 +37,7 @@ from .config import Progress, RigidConfig
 from .problem import VertebraDRR, prepare_xray, pyramid
 from .refine import refine_level
 from .search import global_search
-from .verdict import judge
+from .verdict import assess, judge
 
 
 def register_vertebra(
@@ -114,7 +114,8 @@ def register_vertebra(
         stages.append({"stage": f"level{level + 1}", "evaluations": vertebra.evaluations,
                        "time_s": round(time.perf_counter() - started, 3)})
     margin = rivals[0] if rivals else None
-    verdict, reason = judge(float(similarity), margin, config)
+    quality = assess(vertebra, levels, pose, config, device)
+    verdict, reason = judge(float(similarity), margin, config, quality)
     report("done", 1.0)
     return VertebraResult(
         name=name,
@@ -127,5 +128,6 @@ def register_vertebra(
         time_s=time.perf_counter() - started,
         evaluations=vertebra.evaluations,
         rival_margin=margin,
+        quality=quality,
         stages=stages,
     )

