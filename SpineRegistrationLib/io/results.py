@@ -50,8 +50,8 @@ class VertebraResult:
     verdict: "pass" or "doubt"; verdict_reason: why "doubt" (None for "pass"). time_s:
     wall time. evaluations: DRR renders used. rival_margin: similarity lead over the best
     candidate at another place (typically the neighbouring vertebra level), None when the
-    search kept no rival. quality: the measurements the verdict read (:func:`..rigid.verdict.assess`),
-    None where none were taken. stages: what each stage did (JSON-ready dicts).
+    search kept no rival. view_similarities: each view's similarity at the result (their mean is
+    ``similarity``; None where not measured). stages: what each stage did (JSON-ready dicts).
     """
 
     name: str
@@ -64,7 +64,7 @@ class VertebraResult:
     evaluations: int
     rival_margin: float | None = None
     verdict_reason: str | None = None
-    quality: dict | None = None
+    view_similarities: list[float] | None = None
     stages: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -77,7 +77,7 @@ class VertebraResult:
             "verdict": self.verdict,
             "verdict_reason": self.verdict_reason,
             "rival_margin": None if self.rival_margin is None else float(self.rival_margin),
-            "quality": self.quality,
+            "view_similarities": self.view_similarities,
             "time_s": round(float(self.time_s), 3),
             "evaluations": int(self.evaluations),
             "stages": self.stages,
@@ -99,7 +99,7 @@ class VertebraResult:
                 evaluations=int(entry.get("evaluations", 0)),
                 rival_margin=None if entry.get("rival_margin") is None else float(entry["rival_margin"]),
                 verdict_reason=entry.get("verdict_reason"),
-                quality=entry.get("quality"),
+                view_similarities=entry.get("view_similarities"),
                 stages=list(entry.get("stages", [])),
             )
         except (KeyError, TypeError, ValueError) as error:

@@ -52,7 +52,9 @@ class RigidConfig:
         where neighbours that moved on their own must not pull.
     tournament_margin: candidates within this coarse score of the best are all refined
         before one is chosen.
-    doubt_below: final similarity under which the verdict is "doubt".
+    doubt_below: final similarity (:func:`.verdict.final_similarities`, averaged over the
+        views) under which the verdict is "doubt": calibrated on right and wrong results on the
+        real CT (Testing/benchmarks/bench_verdict.py).
     ambiguity_margin: the verdict is also "doubt" when a rival candidate elsewhere (a
         wrong vertebra level, typically) scored within this of the winner.
     seed: seeds CMA-ES.
@@ -81,7 +83,7 @@ class RigidConfig:
     weight_dilate_mm: float = 12.0
     fine_dilate_mm: float = 4.0
     tournament_margin: float = 0.05
-    doubt_below: float = 0.73
+    doubt_below: float = 0.63
     ambiguity_margin: float = 0.01
     seed: int = 0
 

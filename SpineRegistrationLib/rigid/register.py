@@ -14,8 +14,9 @@ Stages, coarse to fine over a pyramid of detector resolutions (``RigidConfig.pix
    current centre) and a translation, maximising :func:`.similarity.vertebra_similarity`
    through the differentiable DRR of the vertebra alone, inside the projected ROI.
 
-The verdict (:mod:`.verdict`) compares the final similarity with ``doubt_below`` and the
-winner's lead over rival candidates elsewhere with ``ambiguity_margin``.
+The verdict (:mod:`.verdict`) compares the final similarity (the objective set up afresh at
+the final pose) with ``doubt_below`` and the winner's lead over rival candidates elsewhere
+with ``ambiguity_margin``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .config import Progress, RigidConfig
 from .problem import VertebraDRR, prepare_xray, pyramid
 from .refine import refine_level
 from .search import global_search
-from .verdict import assess, judge
+from .verdict import final_similarities, judge
 
 
 def register_vertebra(
@@ -114,8 +115,9 @@ def register_vertebra(
         stages.append({"stage": f"level{level + 1}", "evaluations": vertebra.evaluations,
                        "time_s": round(time.perf_counter() - started, 3)})
     margin = rivals[0] if rivals else None
-    quality = assess(vertebra, levels, pose, config, device)
-    verdict, reason = judge(float(similarity), margin, config, quality)
+    views = final_similarities(vertebra, levels, pose, config, device)
+    similarity = float(np.mean(views))
+    verdict, reason = judge(similarity, margin, config)
     report("done", 1.0)
     return VertebraResult(
         name=name,
@@ -128,6 +130,6 @@ def register_vertebra(
         time_s=time.perf_counter() - started,
         evaluations=vertebra.evaluations,
         rival_margin=margin,
-        quality=quality,
+        view_similarities=views,
         stages=stages,
     )

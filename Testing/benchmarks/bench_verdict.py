@@ -10,10 +10,10 @@ set holds wrong results of the kinds a clinician meets, not only the few the def
   mix-up);
 - ``offset``: refinement alone from the true pose moved by a uniform ±12° / ±12 mm draw.
 
-A result is right when its mTRE is under 2 mm. The verdict (``RigidConfig``'s ``doubt_below``,
-``ambiguity_margin`` and the quality thresholds of :mod:`SpineRegistrationLib.rigid.verdict`)
-is scored on every result: the share of wrong results flagged ``doubt`` (target >= 95 %) and of
-right ones (target <= 5 %), per kind and in all, with the measurements it read.
+A result is right when its mTRE is under 2 mm. The verdict (``RigidConfig``'s ``doubt_below``
+and ``ambiguity_margin``, :mod:`SpineRegistrationLib.rigid.verdict`) is scored on every result:
+the share of wrong results flagged ``doubt`` (target >= 95 %) and of right ones (target <= 5 %),
+per kind, per half of the cases and in all; each record keeps what the verdict read.
 
 Writes OUT/verdict.json (one record per result, after every case) and OUT/verdict.md;
 ``--resume`` keeps the records of OUT/verdict.json and runs only what they lack;
@@ -67,19 +67,22 @@ def decoy_start(case, kind: str, centers: dict, seed: int) -> np.ndarray | None:
 
 
 def verdict_of(record: dict) -> tuple[str, str | None]:
-    """Today's verdict on a stored record (its similarity, rival margin and quality)."""
+    """Today's verdict on a stored record (its similarity and rival margin)."""
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.verdict import judge
 
-    return judge(record["similarity"], record["rival_margin"], RigidConfig(), record["quality"])
+    return judge(record["similarity"], record["rival_margin"], RigidConfig())
 
 
 def score(records: list[dict]) -> str:
     """The markdown table: per kind, right / wrong results and the share of each flagged doubt."""
     rows = ["| runs | results | right (mTRE < 2 mm) | wrong flagged `doubt` | right flagged `doubt` |",
             "|---|---|---|---|---|"]
-    for kind in KINDS + ("all",):
-        chosen = [r for r in records if kind in ("all", r["kind"])]
+    half = (max(r["case"] for r in records) + 1) // 2
+    groups = [(kind, [r for r in records if r["kind"] == kind]) for kind in KINDS]
+    groups += [(f"cases 0-{half - 1}", [r for r in records if r["case"] < half]),
+               (f"cases {half}-", [r for r in records if r["case"] >= half]), ("all", records)]
+    for kind, chosen in groups:
         right = [r for r in chosen if r["mtre_mm"] < 2.0]
         wrong = [r for r in chosen if r["mtre_mm"] >= 2.0]
 
@@ -142,7 +145,8 @@ def main(argv=None) -> int:
                     records.append({"kind": kind, "case": case.index, "vertebra": case.vertebra,
                                     "initial_mtre_mm": record["initial_mtre_mm"], "mtre_mm": record["mtre_mm"],
                                     "similarity": record["similarity"], "error": record["error"],
-                                    "rival_margin": extra.get("rival_margin"), "quality": extra.get("quality"),
+                                    "rival_margin": extra.get("rival_margin"),
+                                    "view_similarities": extra.get("view_similarities"),
                                     "time_s": record["time_s"]})
             path.write_text(json.dumps({"format": "spinereg-verdict-study", "version": 1, "cases": args.cases,
                                         "seed": args.seed, "total_s": round(time.perf_counter() - started, 1),

@@ -1,10 +1,11 @@
-"""The verdict: what it measures at a final pose (:func:`assess`), how it judges, and that
-result.json keeps what it read."""
+"""The verdict: the similarity it reads at a final pose, how it judges, and that result.json
+keeps what it read."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from SpineRegistrationLib.core.labelmap import Labelmap, vertebra_mask
 from SpineRegistrationLib.core.pose import params_to_matrix
@@ -12,7 +13,8 @@ from SpineRegistrationLib.io.results import VertebraResult
 from SpineRegistrationLib.render.drr import hu_to_mu
 from SpineRegistrationLib.rigid import RigidConfig
 from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
-from SpineRegistrationLib.rigid.verdict import assess
+from SpineRegistrationLib.rigid.refine import level_problem
+from SpineRegistrationLib.rigid.verdict import final_similarities, judge
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig
 from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample
 
@@ -30,25 +32,38 @@ def problem():
     return vertebra, levels, case.poses["L2"], config
 
 
-def test_the_true_pose_scores_higher_and_sits_on_a_sharper_peak_than_a_wrong_one(problem):
+def test_the_final_similarity_is_set_up_at_the_pose_it_judges(problem):
     vertebra, levels, truth, config = problem
-    right = assess(vertebra, levels, truth, config, "cpu")
-    wrong = assess(vertebra, levels, truth @ params_to_matrix(np.array([4.0, -3.0, 5.0, 6.0, -5.0, 4.0]),
-                                                              vertebra.center_ras), config, "cpu")
-    assert set(right) == {"fine", "context", "sharpness"} and all(len(v) == 2 for v in right.values())
-    assert min(right["fine"]) > max(wrong["fine"]) + 0.1
-    assert min(right["context"]) > max(wrong["context"])
-    # At the truth any move of 1.5 mm / 1.5 deg costs similarity; 8 mm away it does not.
-    assert min(right["sharpness"]) > 0.0 and np.mean(right["sharpness"]) > np.mean(wrong["sharpness"])
+    right = final_similarities(vertebra, levels, truth, config, "cpu")
+    wrong = final_similarities(vertebra, levels, truth @ params_to_matrix(np.array([4.0, -3.0, 5.0, 6.0, -5.0, 4.0]),
+                                                                          vertebra.center_ras), config, "cpu")
+    assert len(right) == len(wrong) == 2  # one per view
+    assert min(right) > config.doubt_below > max(wrong)
+    # The same as the finest level's objective built at the pose (what refinement would start from).
+    problem_at_truth = level_problem(vertebra, [views[-1] for views in levels], truth, len(levels[0]) - 1, config, "cpu")
+    score = problem_at_truth.similarity(torch.as_tensor(truth, dtype=torch.float32)[None])
+    assert float(score) == pytest.approx(np.mean(right), abs=1e-6)
 
 
-def test_result_json_keeps_what_the_verdict_read():
-    quality = {"fine": [0.8, 0.7], "context": [0.9, 0.85], "sharpness": [0.02, 0.03]}
+def test_result_json_keeps_each_views_similarity():
     result = VertebraResult(name="L2", matrix_ras=np.eye(4), params=np.zeros(6), center_ras=np.zeros(3),
-                            similarity=0.75, verdict="pass", time_s=1.0, evaluations=10, quality=quality)
+                            similarity=0.75, verdict="pass", time_s=1.0, evaluations=10, view_similarities=[0.8, 0.7])
     again = VertebraResult.from_json("L2", result.to_json())
-    assert again.quality == quality and again.verdict == "pass"
-    # result.json of an older version has no quality: read as None, not an error.
+    assert again.view_similarities == [0.8, 0.7] and again.verdict == "pass"
+    # result.json of an older version has none: read as None, not an error.
     old = result.to_json()
-    del old["quality"]
-    assert VertebraResult.from_json("L2", old).quality is None
+    del old["view_similarities"]
+    assert VertebraResult.from_json("L2", old).view_similarities is None
+
+
+@pytest.mark.parametrize("similarity, margin, reason", [
+    (0.80, None, None),
+    (0.80, 0.20, None),
+    (0.50, None, "low similarity"),
+    (0.80, 0.005, "rival at another place"),
+    (0.50, 0.005, "low similarity"),  # the first reason that applies is the one written
+])
+def test_judge_names_the_first_reason_to_doubt(similarity, margin, reason):
+    verdict, why = judge(similarity, margin, RigidConfig())
+    assert verdict == ("pass" if reason is None else "doubt")
+    assert (why is None) if reason is None else why.startswith(reason)
