@@ -42,7 +42,7 @@ def result_extra(result) -> dict:
     """What an evaluation record keeps of a :class:`..io.results.VertebraResult`: its verdict and what it read."""
     return {"verdict": result.verdict, "similarity": float(result.similarity), "evaluations": int(result.evaluations),
             "verdict_reason": result.verdict_reason, "rival_margin": result.rival_margin,
-            "view_similarities": result.view_similarities}
+            "view_similarities": result.view_similarities, "optimiser_similarity": result.optimiser_similarity}
 
 
 def cmaes_method(device: str | torch.device = "cpu") -> Method:

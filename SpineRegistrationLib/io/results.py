@@ -51,7 +51,8 @@ class VertebraResult:
     wall time. evaluations: DRR renders used. rival_margin: similarity lead over the best
     candidate at another place (typically the neighbouring vertebra level), None when the
     search kept no rival. view_similarities: each view's similarity at the result (their mean is
-    ``similarity``; None where not measured). stages: what each stage did (JSON-ready dicts).
+    ``similarity``; None where not measured). optimiser_similarity: the refinement's own best
+    score at the finest level (the verdict's second reading; None where not known). stages: what each stage did (JSON-ready dicts).
     """
 
     name: str
@@ -65,6 +66,7 @@ class VertebraResult:
     rival_margin: float | None = None
     verdict_reason: str | None = None
     view_similarities: list[float] | None = None
+    optimiser_similarity: float | None = None
     stages: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -78,6 +80,7 @@ class VertebraResult:
             "verdict_reason": self.verdict_reason,
             "rival_margin": None if self.rival_margin is None else float(self.rival_margin),
             "view_similarities": self.view_similarities,
+            "optimiser_similarity": self.optimiser_similarity,
             "time_s": round(float(self.time_s), 3),
             "evaluations": int(self.evaluations),
             "stages": self.stages,
@@ -100,6 +103,7 @@ class VertebraResult:
                 rival_margin=None if entry.get("rival_margin") is None else float(entry["rival_margin"]),
                 verdict_reason=entry.get("verdict_reason"),
                 view_similarities=entry.get("view_similarities"),
+                optimiser_similarity=entry.get("optimiser_similarity"),
                 stages=list(entry.get("stages", [])),
             )
         except (KeyError, TypeError, ValueError) as error:

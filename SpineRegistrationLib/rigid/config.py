@@ -52,9 +52,13 @@ class RigidConfig:
         where neighbours that moved on their own must not pull.
     tournament_margin: candidates within this coarse score of the best are all refined
         before one is chosen.
-    doubt_below: final similarity (:func:`.verdict.final_similarities`, averaged over the
-        views) under which the verdict is "doubt": calibrated on right and wrong results on the
-        real CT (Testing/benchmarks/bench_verdict.py).
+    doubt_below / optimiser_doubt_below: the verdict is "doubt" when the final similarity
+        (:func:`.verdict.final_similarities`, set up afresh at the final pose, averaged over the
+        views) is under ``doubt_below`` and the refinement's own best score at the finest level
+        is under ``optimiser_doubt_below``. The first is lowered at a right pose when the
+        neighbours moved on their own (the context is drawn at the vertebra's pose); the second
+        is flattered by a pose that wandered off (it was set up where the level started).
+        Calibrated on right and wrong results on the real CT (Testing/benchmarks/bench_verdict.py).
     ambiguity_margin: the verdict is also "doubt" when a rival candidate elsewhere (a
         wrong vertebra level, typically) scored within this of the winner.
     seed: seeds CMA-ES.
@@ -84,6 +88,7 @@ class RigidConfig:
     fine_dilate_mm: float = 4.0
     tournament_margin: float = 0.05
     doubt_below: float = 0.63
+    optimiser_doubt_below: float = 0.73
     ambiguity_margin: float = 0.01
     seed: int = 0
 

@@ -15,8 +15,9 @@ Stages, coarse to fine over a pyramid of detector resolutions (``RigidConfig.pix
    through the differentiable DRR of the vertebra alone, inside the projected ROI.
 
 The verdict (:mod:`.verdict`) compares the final similarity (the objective set up afresh at
-the final pose) with ``doubt_below`` and the winner's lead over rival candidates elsewhere
-with ``ambiguity_margin``.
+the final pose) with ``doubt_below`` and the refinement's own score with
+``optimiser_doubt_below``, and the winner's lead over rival candidates elsewhere with
+``ambiguity_margin``.
 """
 
 from __future__ import annotations
@@ -115,9 +116,10 @@ def register_vertebra(
         stages.append({"stage": f"level{level + 1}", "evaluations": vertebra.evaluations,
                        "time_s": round(time.perf_counter() - started, 3)})
     margin = rivals[0] if rivals else None
+    optimiser_similarity = float(similarity)
     views = final_similarities(vertebra, levels, pose, config, device)
     similarity = float(np.mean(views))
-    verdict, reason = judge(similarity, margin, config)
+    verdict, reason = judge(similarity, margin, config, optimiser_similarity)
     report("done", 1.0)
     return VertebraResult(
         name=name,
@@ -131,5 +133,6 @@ def register_vertebra(
         evaluations=vertebra.evaluations,
         rival_margin=margin,
         view_similarities=views,
+        optimiser_similarity=optimiser_similarity,
         stages=stages,
     )

@@ -15,11 +15,18 @@ RIVAL_ELSEWHERE = "rival at another place"
 NETWORK_ONLY = "network only, not refined"
 
 
-def judge(similarity: float, rival_margin: float | None, config: RigidConfig) -> tuple[str, str | None]:
+def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
+          optimiser_similarity: float | None = None) -> tuple[str, str | None]:
     """("pass", None) or ("doubt", reason) for a final ``similarity`` (:func:`final_similarities`,
-    averaged) and the lead over the best rival candidate at another place (None when the search
-    kept none)."""
-    if similarity < config.doubt_below:
+    averaged), the lead over the best rival candidate at another place (None when the search
+    kept none) and the refinement's own best score at the finest level (None: not known).
+
+    The similarity is low when ``similarity`` is under ``doubt_below`` and the refinement's score
+    under ``optimiser_doubt_below``: each alone is fooled by one kind of case (see
+    :class:`.config.RigidConfig`), a result is doubted when neither vouches for it.
+    """
+    if similarity < config.doubt_below and (optimiser_similarity is None
+                                            or optimiser_similarity < config.optimiser_doubt_below):
         return "doubt", f"{LOW_SIMILARITY} ({similarity:.3f} < {config.doubt_below:g})"
     if rival_margin is not None and rival_margin < config.ambiguity_margin:
         return "doubt", f"{RIVAL_ELSEWHERE} (margin {rival_margin:.3f} < {config.ambiguity_margin:g})"

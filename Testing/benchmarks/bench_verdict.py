@@ -10,8 +10,8 @@ set holds wrong results of the kinds a clinician meets, not only the few the def
   mix-up);
 - ``offset``: refinement alone from the true pose moved by a uniform ±12° / ±12 mm draw.
 
-A result is right when its mTRE is under 2 mm. The verdict (``RigidConfig``'s ``doubt_below``
-and ``ambiguity_margin``, :mod:`SpineRegistrationLib.rigid.verdict`) is scored on every result:
+A result is right when its mTRE is under 2 mm. The verdict (``RigidConfig``'s ``doubt_below``,
+``optimiser_doubt_below`` and ``ambiguity_margin``, :mod:`SpineRegistrationLib.rigid.verdict`) is scored on every result:
 the share of wrong results flagged ``doubt`` (target >= 95 %) and of right ones (target <= 5 %),
 per kind, per half of the cases and in all; each record keeps what the verdict read.
 
@@ -67,11 +67,11 @@ def decoy_start(case, kind: str, centers: dict, seed: int) -> np.ndarray | None:
 
 
 def verdict_of(record: dict) -> tuple[str, str | None]:
-    """Today's verdict on a stored record (its similarity and rival margin)."""
+    """Today's verdict on a stored record (its similarities and rival margin)."""
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.verdict import judge
 
-    return judge(record["similarity"], record["rival_margin"], RigidConfig())
+    return judge(record["similarity"], record["rival_margin"], RigidConfig(), record["optimiser_similarity"])
 
 
 def score(records: list[dict]) -> str:
@@ -97,7 +97,8 @@ def score(records: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, help="bench_real_ct's case cache (default OUT/cases)")
-    parser.add_argument("--cases", type=int, default=40, help="rigid cases")
+    parser.add_argument("--cases", type=int, default=40, help="cases of the variant")
+    parser.add_argument("--variant", default="rigid", help="bench_real_ct's variant: rigid or articulated")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated: {', '.join(KINDS)}")
     parser.add_argument("--seed", type=int, default=0, help="seeds the offset starts")
     parser.add_argument("--threads", type=int, default=1)
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
         masks = {name: vertebra_mask(labelmap, name) for name in labelmap.labels}
         centers = {name: mask_center_ras(mask, ct) for name, mask in masks.items() if mask.any()}
         cache = CaseCache(args.cache or args.out / "cases", ct, ct.with_array(hu_to_mu(ct.array)), masks)
-        cases = build_cases(ct, labelmap, cache, "rigid", "diffdrr", args.cases, 0, "cpu")
+        cases = build_cases(ct, labelmap, cache, args.variant, "diffdrr", args.cases, 0, "cpu")
         methods = {"search": intensity_method("cpu"), "local": intensity_method("cpu", RigidConfig(global_search="none"))}
         records = json.loads(path.read_text())["records"] if args.resume and path.exists() else []
         done, started = {(r["case"], r["kind"]) for r in records}, time.perf_counter()
@@ -147,7 +148,8 @@ def main(argv=None) -> int:
                                     "similarity": record["similarity"], "error": record["error"],
                                     "rival_margin": extra.get("rival_margin"),
                                     "view_similarities": extra.get("view_similarities"),
-                                    "time_s": record["time_s"]})
+                                    "optimiser_similarity": extra.get("optimiser_similarity"),
+                                    "matrix_ras": record["matrix_ras"], "time_s": record["time_s"]})
             path.write_text(json.dumps({"format": "spinereg-verdict-study", "version": 1, "cases": args.cases,
                                         "seed": args.seed, "total_s": round(time.perf_counter() - started, 1),
                                         "records": records}, indent=1))

@@ -47,23 +47,28 @@ def test_the_final_similarity_is_set_up_at_the_pose_it_judges(problem):
 
 def test_result_json_keeps_each_views_similarity():
     result = VertebraResult(name="L2", matrix_ras=np.eye(4), params=np.zeros(6), center_ras=np.zeros(3),
-                            similarity=0.75, verdict="pass", time_s=1.0, evaluations=10, view_similarities=[0.8, 0.7])
+                            similarity=0.75, verdict="pass", time_s=1.0, evaluations=10, view_similarities=[0.8, 0.7],
+                            optimiser_similarity=0.77)
     again = VertebraResult.from_json("L2", result.to_json())
-    assert again.view_similarities == [0.8, 0.7] and again.verdict == "pass"
+    assert again.view_similarities == [0.8, 0.7] and again.optimiser_similarity == 0.77 and again.verdict == "pass"
     # result.json of an older version has none: read as None, not an error.
     old = result.to_json()
-    del old["view_similarities"]
-    assert VertebraResult.from_json("L2", old).view_similarities is None
+    del old["view_similarities"], old["optimiser_similarity"]
+    older = VertebraResult.from_json("L2", old)
+    assert older.view_similarities is None and older.optimiser_similarity is None
 
 
-@pytest.mark.parametrize("similarity, margin, reason", [
-    (0.80, None, None),
-    (0.80, 0.20, None),
-    (0.50, None, "low similarity"),
-    (0.80, 0.005, "rival at another place"),
-    (0.50, 0.005, "low similarity"),  # the first reason that applies is the one written
+@pytest.mark.parametrize("similarity, optimiser, margin, reason", [
+    (0.80, 0.80, None, None),
+    (0.80, 0.80, 0.20, None),
+    (0.50, 0.60, None, "low similarity"),
+    (0.50, None, None, "low similarity"),  # no refinement score: the similarity alone decides
+    (0.50, 0.80, None, None),  # the refinement vouches for it (neighbours that moved on their own)
+    (0.80, 0.50, None, None),  # set up afresh it is high: the refinement's score does not decide alone
+    (0.80, 0.80, 0.005, "rival at another place"),
+    (0.50, 0.60, 0.005, "low similarity"),  # the first reason that applies is the one written
 ])
-def test_judge_names_the_first_reason_to_doubt(similarity, margin, reason):
-    verdict, why = judge(similarity, margin, RigidConfig())
+def test_judge_names_the_first_reason_to_doubt(similarity, optimiser, margin, reason):
+    verdict, why = judge(similarity, margin, RigidConfig(), optimiser)
     assert verdict == ("pass" if reason is None else "doubt")
     assert (why is None) if reason is None else why.startswith(reason)
