@@ -292,3 +292,30 @@ def test_training_refuses_to_clobber_or_resume_nothing(small_ct, tmp_path):
     with pytest.raises(InputError, match="nothing to resume"):
         _train(small_ct, tmp_path / "empty", 2, resume=True)
     assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_later_passes_do_not_turn_the_vertebra_again(small_ct):
+    """A network trained with its template at the nominal pose reads the whole rotation at every
+    pass; the second pass must re-centre only, or the rotation is applied twice (the real CT's
+    patient model went from 2-3 deg after one pass to 11-13 deg after two)."""
+    from SpineRegistrationLib.learned.inference import PosePredictor
+
+    model = PoseNet(TINY).eval()
+    turn = params_to_matrix(np.array([6.0, -4.0, 3.0, 0.0, 0.0, 0.0]), np.zeros(3))[:3, :3]
+    with torch.no_grad():  # the same answer whatever it sees: turn by ``turn``, no translation
+        model.head[-1].bias.copy_(torch.cat([matrix_to_rotation_6d(torch.as_tensor(turn, dtype=torch.float32)[None])[0],
+                                             torch.zeros(3)]))
+    ct, labelmap, name = small_ct.ct, small_ct.labelmap, "L2"
+    from SpineRegistrationLib.core.labelmap import vertebra_mask
+    from SpineRegistrationLib.render.drr import hu_to_mu
+
+    mu = ct.with_array(hu_to_mu(ct.array))
+    center = small_ct.centroids[name]
+    geometries = [preset_geometry(view, isocenter_ras=center, size=(96, 96), pixel_spacing=(2.0, 2.0))
+                  for view in ("AP", "LAT")]
+    xrays = [np.random.default_rng(0).random((96, 96)).astype(np.float32) for _ in geometries]
+    pose = PosePredictor(model, passes=2).predict(mu, vertebra_mask(labelmap, name), xrays, geometries)
+    frame = view_frame(geometries[0])
+    rotation, translation = offset_in_frame(pose, np.eye(4), center, frame)
+    assert np.allclose(rotation, turn, atol=1e-5)  # once, not turn @ turn
+    assert np.allclose(translation, 0.0, atol=1e-4)
