@@ -52,7 +52,8 @@ class VertebraResult:
     candidate at another place (typically the neighbouring vertebra level), None when the
     search kept no rival. view_similarities: each view's similarity at the result (their mean is
     ``similarity``; None where not measured). optimiser_similarity: the refinement's own best
-    score at the finest level (the verdict's second reading; None where not known). stages: what each stage did (JSON-ready dicts).
+    score at the finest level (the verdict's second reading; None where not known). stages: what
+    each stage did (JSON-ready dicts).
     """
 
     name: str

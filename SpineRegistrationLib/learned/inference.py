@@ -3,8 +3,9 @@
 :class:`PosePredictor` feeds the network (:mod:`.network`) the patches of :mod:`.patches`:
 the first two X-rays (AP, LAT) resampled around the vertebra's projected centre and the
 vertebra's DRR at the current pose; it applies the predicted offset and, with
-``passes`` > 1, looks again from there (each pass re-centres the patches and re-renders the
-template, so the residual the network sees shrinks).
+``passes`` > 1, looks again from there: later passes re-centre the patches and re-render the
+template, and take the predicted translation only (the network, trained with its template at
+the nominal pose, reads the whole rotation again rather than the residual).
 
 :func:`register_vertebra_learned` is the ``learned`` and ``auto`` methods of
 ``spinereg register``: the network's pose alone (scored, not moved), or its rotation handed to

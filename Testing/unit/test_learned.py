@@ -16,7 +16,9 @@ from SpineRegistrationLib.synthetic.acquisition import AcquisitionConfig
 from SpineRegistrationLib.geometry import c_arm_geometry, preset_geometry
 from SpineRegistrationLib.io import Labelmap
 from SpineRegistrationLib.learned.checkpoint import load_model, save_model
+from SpineRegistrationLib.core.labelmap import vertebra_mask
 from SpineRegistrationLib.learned.data import SampleStream, SynthesisConfig, TrainingCT, draw_sample
+from SpineRegistrationLib.learned.inference import PosePredictor
 from SpineRegistrationLib.learned.network import ModelConfig, PoseNet
 from SpineRegistrationLib.learned.patches import (
     PatchSpec,
@@ -26,6 +28,7 @@ from SpineRegistrationLib.learned.patches import (
     resample_to_patch,
     view_frame,
 )
+from SpineRegistrationLib.render.drr import hu_to_mu
 from SpineRegistrationLib.learned.training import TrainConfig, pose_errors, train
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
 from SpineRegistrationLib.core.pose import matrix_to_rotation_6d, params_to_matrix, rotation_6d_to_matrix
@@ -298,17 +301,12 @@ def test_later_passes_do_not_turn_the_vertebra_again(small_ct):
     """A network trained with its template at the nominal pose reads the whole rotation at every
     pass; the second pass must re-centre only, or the rotation is applied twice (the real CT's
     patient model went from 2-3 deg after one pass to 11-13 deg after two)."""
-    from SpineRegistrationLib.learned.inference import PosePredictor
-
     model = PoseNet(TINY).eval()
     turn = params_to_matrix(np.array([6.0, -4.0, 3.0, 0.0, 0.0, 0.0]), np.zeros(3))[:3, :3]
     with torch.no_grad():  # the same answer whatever it sees: turn by ``turn``, no translation
         model.head[-1].bias.copy_(torch.cat([matrix_to_rotation_6d(torch.as_tensor(turn, dtype=torch.float32)[None])[0],
                                              torch.zeros(3)]))
     ct, labelmap, name = small_ct.ct, small_ct.labelmap, "L2"
-    from SpineRegistrationLib.core.labelmap import vertebra_mask
-    from SpineRegistrationLib.render.drr import hu_to_mu
-
     mu = ct.with_array(hu_to_mu(ct.array))
     center = small_ct.centroids[name]
     geometries = [preset_geometry(view, isocenter_ras=center, size=(96, 96), pixel_spacing=(2.0, 2.0))
