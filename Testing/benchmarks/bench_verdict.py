@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, help="bench_real_ct's case cache (default OUT/cases)")
     parser.add_argument("--cases", type=int, default=40, help="cases of the variant")
-    parser.add_argument("--variant", default="rigid", help="bench_real_ct's variant: rigid or articulated")
+    parser.add_argument("--variant", default="rigid", choices=("rigid", "articulated"), help="bench_real_ct's variant")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated: {', '.join(KINDS)}")
     parser.add_argument("--seed", type=int, default=0, help="seeds the offset starts")
     parser.add_argument("--threads", type=int, default=1)
@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     path = args.out / "verdict.json"
     if args.from_results:
+        if not path.is_file():
+            parser.error(f"--from-results: {path} does not exist (run without it first)")
         records = json.loads(path.read_text())["records"]
     else:
         import torch
