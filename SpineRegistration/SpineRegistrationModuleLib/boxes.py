@@ -33,8 +33,8 @@ import slicer
 from SpineRegistrationLib.core.labels import VERTEBRAE, canonical_name
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.geometry.image_boxes import convex_intersection_area, polygon_area, rectangle_corners
-from SpineRegistrationLib.io.xray_boxes import XrayBox, XrayImageInfo, check_boxes, coco_path, read_coco, read_xray_boxes
-from SpineRegistrationLib.io.xray_boxes import write_coco, write_xray_boxes
+from SpineRegistrationLib.io.xray_boxes import XrayBox, XrayImageInfo, check_boxes, read_coco, read_xray_boxes
+from SpineRegistrationLib.io.xray_boxes import write_boxes_with_coco
 from SpineRegistrationLib.render.projected_boxes import VertebraOutlines
 
 from .nodes import ATTR_VERTEBRA, ATTR_VIEW, ROLE_TRANSFORM, ROLE_XRAY, SceneChange, ijk_to_ras_of, nodes_with
@@ -307,7 +307,7 @@ def export_boxes(scene, path: str | os.PathLike, xrays: dict | None = None, acce
     boxes, images = collect_boxes(scene, xrays, accepted_only)
     if not boxes:
         raise InputError("no accepted vertebra boxes to export" if accepted_only else "no vertebra boxes to export")
-    return write_xray_boxes(path, boxes, images), write_coco(coco_path(path), boxes, images)
+    return write_boxes_with_coco(path, boxes, images)
 
 
 def read_boxes_file(path: str | os.PathLike, sizes: dict) -> dict:

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_labelmap, read_rigid_matrix, read_volume, read_xray
     from ..io.atomic import new_output_file
     from ..io.geometry_json import load_geometry
-    from ..io.xray_boxes import XrayImageInfo, coco_path, write_coco, write_xray_boxes
+    from ..io.xray_boxes import XrayImageInfo, coco_path, write_boxes_with_coco
     from ..methods import resolve_device
 
     out = new_output_file(args.out, args.overwrite)
@@ -124,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{view}: {found}", file=sys.stderr, flush=True)
     infos = {view: XrayImageInfo(Path(path).name, geometry.size)
              for view, path, geometry in zip(views, args.xray, geometries)}
-    write_coco(coco, boxes, infos)
-    write_xray_boxes(out, boxes, infos)
+    write_boxes_with_coco(out, boxes, infos)
     print(f"wrote {out} and {coco}")
     return 0

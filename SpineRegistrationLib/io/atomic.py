@@ -57,6 +57,15 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def write_texts_atomic(texts: dict) -> list[Path]:
+    """Write several {path: text} files as one: every file is staged in full before any is
+    renamed onto its target, so a failure while writing leaves all the previous targets intact."""
+    with contextlib.ExitStack() as stack:
+        for path, text in texts.items():
+            stack.enter_context(staged_output_file(path)).write_text(text, encoding="utf-8")
+    return [Path(path) for path in texts]
+
+
 @contextlib.contextmanager
 def staged_output_dir(path: str | os.PathLike, overwrite: bool = False):
     """Yield a temporary folder beside ``path``; move it to ``path`` only if the block succeeds.

@@ -34,7 +34,7 @@ import numpy as np
 from ..core.labels import VERTEBRAE, canonical_name
 from ..errors import InputError
 from ..geometry.image_boxes import polygon_area
-from .atomic import write_text_atomic
+from .atomic import write_text_atomic, write_texts_atomic
 from .jsonfile import check_format, read_json
 
 BOXES_FORMAT = "spinereg-xray-boxes"
@@ -166,13 +166,17 @@ def write_xray_boxes(path: str | os.PathLike, boxes: Mapping[str, list[XrayBox]]
 
     The boxes are checked first (as :func:`read_xray_boxes` would); InputError writes nothing.
     """
+    return write_text_atomic(_boxes_text(path, boxes, images), path)
+
+
+def _boxes_text(path, boxes: Mapping[str, list[XrayBox]], images: Mapping[str, XrayImageInfo] | None) -> str:
     images = dict(images or {})
     boxes = check_boxes(boxes, {view: info.size for view, info in images.items()}, str(path))
     d: dict[str, Any] = {"format": BOXES_FORMAT, "version": BOXES_VERSION,
                          "xrays": {view: [_box_dict(b) for b in view_boxes] for view, view_boxes in boxes.items()}}
     if images:
         d["images"] = {view: {"file_name": info.file_name, "size": list(info.size)} for view, info in images.items()}
-    return write_text_atomic(json.dumps(d, indent=1) + "\n", path)
+    return json.dumps(d, indent=1) + "\n"
 
 
 def coco_path(path: str | os.PathLike) -> Path:
@@ -185,6 +189,20 @@ def coco_path(path: str | os.PathLike) -> Path:
 def write_coco(path: str | os.PathLike, boxes: Mapping[str, list[XrayBox]],
                images: Mapping[str, XrayImageInfo]) -> Path:
     """Write {view: [XrayBox]} as a COCO detection file (every view needs its image); atomically."""
+    return write_text_atomic(_coco_text(path, boxes, images), path)
+
+
+def write_boxes_with_coco(path: str | os.PathLike, boxes: Mapping[str, list[XrayBox]],
+                          images: Mapping[str, XrayImageInfo]) -> tuple[Path, Path]:
+    """Write the boxes file and its COCO twin (:func:`coco_path`) together: both are checked and
+    staged before either replaces a previous file, so an error leaves both as they were."""
+    twin = coco_path(path)
+    texts = {Path(path): _boxes_text(path, boxes, images), twin: _coco_text(twin, boxes, images)}
+    write_texts_atomic(texts)
+    return Path(path), twin
+
+
+def _coco_text(path, boxes: Mapping[str, list[XrayBox]], images: Mapping[str, XrayImageInfo]) -> str:
     missing = sorted(set(boxes) - set(images))
     if missing:
         raise InputError(f"{path}: COCO needs the image (file name, size) of view(s) {', '.join(missing)}")
@@ -206,7 +224,7 @@ def write_coco(path: str | os.PathLike, boxes: Mapping[str, list[XrayBox]],
     d = {"info": {"description": f"vertebra boxes ({BOXES_FORMAT} v{BOXES_VERSION} export)"},
          "images": coco_images, "annotations": annotations,
          "categories": [{"id": n + 1, "name": name, "supercategory": "vertebra"} for n, name in enumerate(VERTEBRAE)]}
-    return write_text_atomic(json.dumps(d) + "\n", path)
+    return json.dumps(d) + "\n"
 
 
 def read_coco(path: str | os.PathLike) -> tuple[dict[str, list[XrayBox]], dict[str, XrayImageInfo]]:

@@ -11,6 +11,7 @@ from SpineRegistrationLib.io.xray_boxes import (
     XrayImageInfo,
     read_coco,
     read_xray_boxes,
+    write_boxes_with_coco,
     write_coco,
     write_xray_boxes,
 )
@@ -123,6 +124,18 @@ def test_writers_refuse_bad_boxes_and_write_nothing(tmp_path):
         assert not path.exists()
     with pytest.raises(InputError, match="needs the image"):
         write_coco(tmp_path / "c.json", BOXES, {"AP": IMAGES["AP"]})
+
+
+def test_boxes_and_coco_are_replaced_together_or_not_at_all(tmp_path):
+    path = tmp_path / "boxes.json"
+    assert write_boxes_with_coco(path, BOXES, IMAGES) == (path, tmp_path / "boxes.coco.json")
+    assert_same(read_xray_boxes(path), BOXES)
+    assert_same(read_coco(tmp_path / "boxes.coco.json")[0], BOXES)
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    # The boxes file alone could be written (no image is needed there); COCO cannot: neither changes.
+    with pytest.raises(InputError, match="needs the image"):
+        write_boxes_with_coco(path, {"AP": BOXES["AP"][:1]}, {"LAT": IMAGES["LAT"]})
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
 
 
 @pytest.mark.parametrize("mutate, message", [
