@@ -81,6 +81,11 @@ def _add_pair_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the linear stage before the deformable one (affine_noscale keeps volumes)")
     pair.add_argument("--similarity", default="ncc", choices=("mse", "ncc", "lncc", "mi", "mind"),
                       help="similarity of the linear stage (mi/mind for different scanners or contrast)")
+    pair.add_argument("--rigid-start", default="iterative", choices=("iterative", "learned", "learned+iterative"),
+                      help="how the linear stage starts: iterative from the identity, the learned rigid regressor "
+                           "alone (one forward pass, fast, about 1-2 mm), or the regressor's pose refined iteratively")
+    pair.add_argument("--rigid-model", metavar="MODEL.pt", default=None,
+                      help="rigid regressor ('spinereg train-deform --network rigid'; default: the shipped one)")
     pair.add_argument("--linear-only", action="store_true", help="stop after the linear stage (no network)")
     pair.add_argument("--instance-steps", type=int, default=0, metavar="N",
                       help="test-time optimisation steps of the network's field (LNCC + bending; 0: off)")
@@ -161,7 +166,9 @@ def _run_pair(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = PairConfig(model=None if args.model is None else Path(args.model), deformable=not args.linear_only,
                         affine=AffineConfig(transform=args.transform, similarity=args.similarity),
-                        margin_mm=args.margin, instance_steps=args.instance_steps, device=resolve_device(args.device))
+                        margin_mm=args.margin, instance_steps=args.instance_steps, device=resolve_device(args.device),
+                        rigid_start=args.rigid_start,
+                        rigid_model=None if args.rigid_model is None else Path(args.rigid_model))
     with staged_output_dir(args.out, args.overwrite) as staging:
         fixed, moving = read_volume(args.fixed), read_volume(args.moving)
         segs = {name: read_labelmap(getattr(args, name), scheme=args.label_scheme) if hasattr(args, name) else None

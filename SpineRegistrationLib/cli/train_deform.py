@@ -1,8 +1,10 @@
-"""``spinereg train-deform``: train or fine-tune the deformable CT-to-CT network on synthetic pairs.
+"""``spinereg train-deform``: train or fine-tune the CT-to-CT networks on synthetic pairs: the
+deformable network (the default) or, with ``--network rigid``, the rigid regressor that starts it.
 
 Examples::
 
     spinereg train-deform --out run/                                  # varied procedural phantoms
+    spinereg train-deform --network rigid --out rigid/                # the rigid regressor
     spinereg train-deform --ct ct.nii.gz --seg seg.nii.gz --init-model shipped --steps 300 --out patient/
     spinereg train-deform --out run/ --resume                         # continue after Ctrl-C
     torchrun --nproc_per_node 4 -m SpineRegistrationLib train-deform --device cuda --out run/
@@ -20,8 +22,10 @@ from .training_options import add_run_options, add_training_cts, run_fields, run
 DESCRIPTION = (
     "Train the deformable CT-to-CT network (MONAI VoxelMorph, diffeomorphic) on pairs synthesised on the fly "
     "from CTs with vertebra labelmaps: each vertebra moved rigidly, smooth soft-tissue warps between them, the "
-    "known field as one loss term beside LNCC, bending energy and Dice. Writes to DIR: checkpoint.pt (continue "
-    "with --resume), model.pt (use it with 'spinereg deform --fixed ... --model'), log.csv, config.json."
+    "known field as one loss term beside LNCC, bending energy and Dice. With --network rigid, train the rigid "
+    "regressor (MONAI Regressor) on the same pairs turned by up to 10 deg / 20 mm, against the truth at the "
+    "vertebra voxels. Writes to DIR: checkpoint.pt (continue with --resume), model.pt (use it with "
+    "'spinereg deform --fixed ... --model', or '--rigid-model' for the rigid one), log.csv, config.json."
 )
 
 
@@ -29,12 +33,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser("train-deform", help="train or fine-tune the deformable CT-to-CT network",
                                    description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_training_cts(parser, phantom_seed=2000)
-    training = add_run_options(parser, steps=600, batch_size=1, lr=3e-3, workers=0, threads=None, log_every=10,
-                               checkpoint_every=50, shipped="Resources/Models/deform_phantoms.pt")
-    training.add_argument("--crop", type=int, default=48, help="training crop, working-grid nodes per side")
-    training.add_argument("--dice-weight", type=float, default=1.0, help="weight of the Dice term (0: no labels)")
-    training.add_argument("--truth-weight", type=float, default=1.0, help="weight of the known-field term")
-    parser.add_argument("--spacing-mm", type=float, default=2.0, help="working-grid spacing of a new model, mm")
+    training = add_run_options(parser, steps=None, batch_size=None, lr=None, workers=0, threads=None, log_every=10,
+                               checkpoint_every=50,
+                               shipped="Resources/Models/deform_phantoms.pt (rigid3d_phantoms.pt with --network rigid)")
+    training.add_argument("--network", choices=("deformable", "rigid"), default="deformable",
+                          help="which network: the deformable one (600 steps of 1 pair, lr 3e-3) or the rigid "
+                               "regressor (1500 steps of 4 pairs, lr 1e-3)")
+    training.add_argument("--crop", type=int, default=48, help="deformable: training crop, working-grid nodes per side")
+    training.add_argument("--dice-weight", type=float, default=1.0, help="deformable: weight of the Dice term (0: no labels)")
+    training.add_argument("--truth-weight", type=float, default=1.0, help="deformable: weight of the known-field term")
+    parser.add_argument("--spacing-mm", type=float, default=2.0, help="deformable: working-grid spacing of a new model, mm")
     parser.set_defaults(func=run)
     return parser
 
@@ -66,20 +74,28 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..deform.network import DeformModelConfig, shipped_network_path
-    from ..deform.training import TrainDeformConfig, check_run, train_deform
+    from ..deform.rigid_network import shipped_rigid_path
+    from ..deform.training import TrainDeformConfig, TrainRigidConfig, check_run, recipe_of, train_deform
 
-    config = TrainDeformConfig(**run_fields(args, shipped_network_path), crop=args.crop,
-                               dice_weight=args.dice_weight, truth_weight=args.truth_weight,
-                               model=DeformModelConfig(spacing_mm=args.spacing_mm))
+    if args.network == "rigid":
+        config = TrainRigidConfig(**run_fields(args, shipped_rigid_path))
+    else:
+        config = TrainDeformConfig(**run_fields(args, shipped_network_path), crop=args.crop,
+                                   dice_weight=args.dice_weight, truth_weight=args.truth_weight,
+                                   model=DeformModelConfig(spacing_mm=args.spacing_mm))
     payload = check_run(config) if int(os.environ.get("RANK", "0")) == 0 else None
     if payload is None and config.init_model is not None:  # fine-tuning keeps the model's own working grid
-        from ..deform.training import MODEL_FORMATS
         from ..learned.checkpoint import read_payload
 
-        payload = read_payload(config.init_model, MODEL_FORMATS)
+        payload = read_payload(config.init_model, recipe_of(config).model_formats)
+    if payload is not None and args.network == "rigid":  # the stream's cube is the model's own
+        from ..deform.rigid_network import RigidNetConfig
+
+        config.model = RigidNetConfig.from_dict(payload["config"])
     spacing = float(payload["config"]["spacing_mm"]) if payload is not None else config.model.spacing_mm
     sources = pair_sources(args, spacing)
-    print(f"training on {len(sources)} CT(s): {', '.join(s.name for s in sources)}; {config.steps} steps of "
-          f"{config.batch_size} pair(s) of {config.crop}^3 at {spacing:g} mm on {config.device}",
+    crop = config.model.size if args.network == "rigid" else config.crop
+    print(f"training the {args.network} network on {len(sources)} CT(s): {', '.join(s.name for s in sources)}; "
+          f"{config.steps} steps of {config.batch_size} pair(s) of {crop}^3 at {spacing:g} mm on {config.device}",
           file=sys.stderr, flush=True)
     return run_training(lambda: train_deform(sources, config), config.out)

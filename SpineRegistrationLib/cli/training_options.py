@@ -35,18 +35,23 @@ def add_training_cts(parser: argparse.ArgumentParser, phantom_seed: int) -> argp
     return data
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, workers: int,
-                    threads: int | None, log_every: int, checkpoint_every: int, shipped: str) -> argparse._ArgumentGroup:
-    """The group of the run itself, with the command's defaults; ``shipped`` names what
-    ``--init-model shipped`` loads."""
+def add_run_options(parser: argparse.ArgumentParser, *, steps: int | None, batch_size: int | None, lr: float | None,
+                    workers: int, threads: int | None, log_every: int, checkpoint_every: int,
+                    shipped: str) -> argparse._ArgumentGroup:
+    """The group of the run itself, with the command's defaults (None for steps, batch size and lr:
+    the config class of the network trained decides); ``shipped`` names what ``--init-model shipped`` loads."""
     training = parser.add_argument_group("training")
     training.add_argument("--out", required=True, metavar="DIR", help="training folder (must be new or empty unless --resume)")
     training.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     training.add_argument("--init-model", metavar="MODEL.pt|shipped", default=argparse.SUPPRESS,
                           help=f"start from these weights (fine-tuning); 'shipped' is {shipped}")
-    training.add_argument("--steps", type=int, default=steps, help="optimiser steps")
-    training.add_argument("--batch-size", type=int, default=batch_size, help="samples per step (per process)")
-    training.add_argument("--lr", type=float, default=lr, help="peak learning rate (one-cycle schedule)")
+    for flag, kind, default, text in (("--steps", int, steps, "optimiser steps"),
+                                      ("--batch-size", int, batch_size, "samples per step (per process)"),
+                                      ("--lr", float, lr, "peak learning rate (one-cycle schedule)")):
+        if default is None:  # the trained network's config class decides (run_fields leaves it out)
+            training.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{text} (default: the network's)")
+        else:
+            training.add_argument(flag, type=kind, default=default, help=text)
     training.add_argument("--seed", type=int, default=0, help="seeds the weights and the sample stream")
     training.add_argument("--workers", type=int, default=workers, help="processes synthesising samples (0: none)")
     training.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto")
@@ -67,10 +72,13 @@ def run_fields(args: argparse.Namespace, shipped: Callable[[], Path | None]) -> 
         init_model = shipped()
         if init_model is None:
             raise InputError("--init-model shipped: no such model is shipped in Resources/Models")
-    return dict(out=Path(args.out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                workers=args.workers, device=resolve_device(args.device), threads=args.threads, resume=args.resume,
-                init_model=None if init_model is None else Path(init_model), log_every=args.log_every,
-                checkpoint_every=args.checkpoint_every)
+    fields = dict(out=Path(args.out), seed=args.seed, workers=args.workers, device=resolve_device(args.device),
+                  threads=args.threads, resume=args.resume, init_model=None if init_model is None else Path(init_model),
+                  log_every=args.log_every, checkpoint_every=args.checkpoint_every)
+    for name in ("steps", "batch_size", "lr"):  # absent: left to the config class's default
+        if hasattr(args, name):
+            fields[name] = getattr(args, name)
+    return fields
 
 
 def _pairs_in(folder) -> list[tuple[str, str, str]]:

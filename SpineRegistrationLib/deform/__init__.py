@@ -7,7 +7,9 @@ files and SimpleITK forms (:mod:`..io.displacement`) live below; here are the al
 - ``refine``      the vertebra poses refined jointly against the X-rays
 - ``similarity``  3D similarity measures of two CTs (MSE, NCC, LNCC, MI, MIND-SSC)
 - ``affine``      iterative rigid / affine-without-scaling CT-to-CT registration
+- ``rigid_network`` the learned rigid CT-to-CT network (keypoints + Kabsch) and its model file
 - ``network``     the learned deformable network (MONAI VoxelMorph) and its model file
-- ``training``    its training (``spinereg train-deform``)
-- ``ct_pair``     CT to CT: affine, then the network (``spinereg deform --fixed/--moving``)
+- ``training``    the training of both (``spinereg train-deform [--network rigid]``)
+- ``ct_pair``     CT to CT: the linear stage (iterative, learned or both), then the deformable
+                  network (``spinereg deform --fixed/--moving``)
 """

@@ -146,7 +146,7 @@ def register_affine(fixed: Volume, moving: Volume, config: AffineConfig | None =
 
     mask: optional (K, J, I) bool on the fixed grid: the loss counts these voxels only (and
         the region is their bounding box plus ``margin_mm``); box_ras: optional (lo, hi) RAS mm.
-    init: optional (4, 4) starting matrix (moving RAS <- fixed RAS); overrides ``config.init``.
+    init: optional rigid (4, 4) starting matrix (moving RAS <- fixed RAS); overrides ``config.init``.
     """
     config = config or AffineConfig()
     start = time.perf_counter()
@@ -155,8 +155,9 @@ def register_affine(fixed: Volume, moving: Volume, config: AffineConfig | None =
     params = torch.zeros(12, dtype=torch.float64)
     if init is not None:
         init = np.asarray(init, float)
-        if config.transform != "rigid":
-            raise InputError("an init matrix is supported for rigid registration only")
+        if not np.allclose(init[:3, :3] @ init[:3, :3].T, np.eye(3), atol=1e-4):
+            raise InputError("an init matrix must be rigid (a rotation and a translation)")
+        # Every transform's linear part is R (its shears and scales at 0): a rigid start fits all.
         rotvec = se3_log(torch.as_tensor(init)[None])[0, :3]  # the rotation vector of R
         params[:3] = rotvec / _UNITS["rotation"]
         moved_centre = torch.as_tensor(init[:3, :3]) @ centre + torch.as_tensor(init[:3, 3])

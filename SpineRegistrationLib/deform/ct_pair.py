@@ -5,7 +5,9 @@ y -> y + d(y) takes a fixed CT (world) RAS point to the moving CT RAS point it s
 
     x = A (y + u(y))
 
-with A the affine stage's matrix (moving RAS <- fixed RAS, :mod:`.affine`) and u the
+with A the linear stage's matrix (moving RAS <- fixed RAS: the iterative :mod:`.affine`
+registration, started from the identity or from the learned rigid regressor of
+:mod:`.rigid_network`, or the regressor alone; ``PairConfig.rigid_start``) and u the
 network's diffeomorphic displacement between the fixed CT and the moving CT resampled
 through A (:mod:`.network`), optionally refined by instance optimisation (Adam on the
 network's velocity field against LNCC + bending energy, so it stays diffeomorphic).
@@ -33,6 +35,10 @@ from .affine import AffineConfig, region_box, register_affine
 from ..core.displacement import DisplacementField, available_memory_bytes
 from ..core.grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
 
+#: How the linear stage starts: ``iterative`` (:mod:`.affine` from the identity or its ``init``),
+#: ``learned`` (the rigid regressor alone, one forward pass per pass: fast, ~1-2 mm) or
+#: ``learned+iterative`` (the regressor's matrix as the iterative stage's start).
+RIGID_STARTS = ("iterative", "learned", "learned+iterative")
 #: Memory per working-grid node of the network's forward pass and instance optimisation
 #: (float32 activations of the full-resolution layers, their gradients, the warps), bytes;
 #: measured ~1.1 kB on a 96^3 grid, rounded up.
@@ -43,6 +49,8 @@ BYTES_PER_NODE = 2048
 class PairConfig:
     """model: a deformable model file (None: the shipped one; ``deformable=False``: affine only).
     affine: the first stage; margin_mm: around the fixed segmentation's box for the region.
+    rigid_start: one of :data:`RIGID_STARTS`; rigid_model: the rigid regressor's model file
+        (None: the shipped one).
     instance_steps / instance_lr / instance_bending: test-time optimisation (0 steps: off).
     memory_bytes: refuse working grids needing more (None: 75 % of the memory available now).
     device: torch device of the network."""
@@ -51,11 +59,38 @@ class PairConfig:
     deformable: bool = True
     affine: AffineConfig = dataclass_field(default_factory=lambda: AffineConfig(transform="rigid", similarity="ncc"))
     margin_mm: float = 20.0
+    rigid_start: str = "iterative"
+    rigid_model: Path | None = None
     instance_steps: int = 0
     instance_lr: float = 0.2
     instance_bending: float = 0.5
     memory_bytes: int | None = None
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.rigid_start not in RIGID_STARTS:
+            raise InputError(f"unknown rigid start {self.rigid_start!r}; choose one of {', '.join(RIGID_STARTS)}")
+
+
+def linear_stage(fixed: Volume, moving: Volume, config: PairConfig, box_ras) -> tuple[np.ndarray, dict]:
+    """The linear stage's matrix (moving RAS <- fixed RAS) over ``box_ras`` (lo, hi) and its info."""
+    if config.rigid_start == "iterative":
+        affine = register_affine(fixed, moving, config.affine, box_ras=box_ras)
+        return affine.matrix, affine.info
+    from .rigid_network import load_rigid_network, predict_rigid, shipped_rigid_path
+
+    path = Path(config.rigid_model) if config.rigid_model is not None else shipped_rigid_path()
+    if path is None:
+        raise InputError("no rigid CT-to-CT model is shipped in Resources/Models: train one "
+                         "(spinereg train-deform --network rigid) or start the linear stage iteratively")
+    started = time.perf_counter()
+    centre = (np.asarray(box_ras[0], float) + np.asarray(box_ras[1], float)) / 2.0
+    matrix = predict_rigid(load_rigid_network(path, config.device), fixed, moving, centre, device=config.device)
+    learned = {"model": str(path), "time_s": time.perf_counter() - started}
+    if config.rigid_start == "learned":
+        return matrix, {"transform": "rigid", "start": "learned", "learned": learned, "time_s": learned["time_s"]}
+    affine = register_affine(fixed, moving, config.affine, box_ras=box_ras, init=matrix)
+    return affine.matrix, {**affine.info, "start": "learned", "learned": learned}
 
 
 def check_inputs(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None, moving_seg: Labelmap | None) -> None:
@@ -155,10 +190,10 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
     grid = working_grid(fixed, fixed_seg, model_config.spacing_mm, model_config.multiple, config.margin_mm,
                         config.memory_bytes)
     lo, hi = grid.points_ras()[0, 0, 0].double().numpy(), grid.points_ras()[-1, -1, -1].double().numpy()
-    affine = register_affine(fixed, moving, config.affine, box_ras=(lo, hi))
-    matrix = torch.as_tensor(affine.matrix, dtype=torch.float32)
+    linear, linear_info = linear_stage(fixed, moving, config, (lo, hi))
+    matrix = torch.as_tensor(linear, dtype=torch.float32)
     points = grid.points_ras()
-    info = {"matrix_moving_from_fixed": affine.matrix.tolist(), "affine": affine.info,
+    info = {"matrix_moving_from_fixed": linear.tolist(), "affine": linear_info,
             "grid": {"shape_ijk": list(grid.shape[::-1]), "spacing_mm": grid.spacing_mm,
                      "origin_ras": grid.ijk_to_ras[:3, 3].tolist()},
             "model": None if model_path is None else str(model_path), "instance_steps": 0}

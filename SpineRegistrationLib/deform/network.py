@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
 
 MODEL_FORMAT = "spinereg-deform-net"
 CHECKPOINT_FORMAT = "spinereg-deform-net-checkpoint"
@@ -65,8 +64,9 @@ def build_network(config: DeformModelConfig) -> torch.nn.Module:
 
 
 def model_payload(network: torch.nn.Module, config: DeformModelConfig, info: dict | None = None) -> dict:
-    return {"format": MODEL_FORMAT, "version": 1, "config": config.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}, "info": dict(info or {})}
+    from ..learned.checkpoint import weights_payload
+
+    return weights_payload(MODEL_FORMAT, network, config, info)
 
 
 def save_model(network: torch.nn.Module, config: DeformModelConfig, path: str | os.PathLike,
@@ -77,13 +77,9 @@ def save_model(network: torch.nn.Module, config: DeformModelConfig, path: str | 
 
 
 def network_from_payload(payload: dict, path) -> tuple[torch.nn.Module, DeformModelConfig]:
-    try:
-        config = DeformModelConfig.from_dict(payload["config"])
-        network = build_network(config)
-        network.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise InputError(f"{path}: unusable deformable model ({' '.join(str(error).split())[:160]})") from None
-    return network, config
+    from ..learned.checkpoint import network_from
+
+    return network_from(payload, path, DeformModelConfig, build_network, "deformable model")
 
 
 def load_network(path: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, DeformModelConfig]:
@@ -97,9 +93,6 @@ def load_network(path: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module
 
 def shipped_network_path() -> Path | None:
     """Resources/Models/deform_phantoms.pt (or its installed copy), or None."""
-    from ..learned.models import model_dirs
+    from ..learned.models import shipped_file
 
-    for folder in model_dirs():
-        if (folder / SHIPPED_NAME).is_file():
-            return folder / SHIPPED_NAME
-    return None
+    return shipped_file(SHIPPED_NAME)

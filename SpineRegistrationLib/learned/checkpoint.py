@@ -34,15 +34,33 @@ def save_atomic(payload: dict, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def model_payload(model: PoseNet, info: dict | None = None) -> dict:
-    """What a model file holds (weights on the CPU)."""
+def weights_payload(model_format: str, network: torch.nn.Module, config, info: dict | None = None) -> dict:
+    """What a model file of any of the project's networks holds: its format, the version, its
+    config dataclass as a dict (``config.to_dict()``), the weights on the CPU and ``info``."""
     return {
-        "format": MODEL_FORMAT,
+        "format": model_format,
         "version": VERSION,
-        "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         "info": dict(info or {}),
     }
+
+
+def network_from(payload: dict, path, config_class, build, what: str):
+    """(network, config) of a model file's payload: ``config_class.from_dict``, ``build(config)``, its
+    weights loaded; InputError "PATH: unusable WHAT (...)" when any of it does not fit."""
+    try:
+        config = config_class.from_dict(payload["config"])
+        network = build(config)
+        network.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise InputError(f"{path}: unusable {what} ({' '.join(str(error).split())[:160]})") from None
+    return network, config
+
+
+def model_payload(model: PoseNet, info: dict | None = None) -> dict:
+    """What a pose-network model file holds (weights on the CPU)."""
+    return weights_payload(MODEL_FORMAT, model, model.config, info)
 
 
 def save_model(model: PoseNet, path: str | os.PathLike, info: dict | None = None) -> Path:

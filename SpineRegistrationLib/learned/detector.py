@@ -290,9 +290,9 @@ def detector_from_payload(payload: dict, path: str | os.PathLike) -> VertebraDet
 
 def shipped_detector() -> Path | None:
     """Resources/Models/vertebra_detector_phantoms.pt (or its installed copy), or None."""
-    from .models import model_dirs
+    from .models import shipped_file
 
-    return next((folder / SHIPPED_DETECTOR for folder in model_dirs() if (folder / SHIPPED_DETECTOR).is_file()), None)
+    return shipped_file(SHIPPED_DETECTOR)
 
 
 def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu") -> VertebraDetector:

@@ -25,11 +25,20 @@ def model_dirs() -> list[Path]:
     return [folder for folder in (INSTALLED_MODEL_DIR, BESIDE_MODEL_DIR) if folder.is_dir()]
 
 
+#: Name prefixes of the shipped files that are not pose networks (the deformable and rigid
+#: CT-to-CT networks of SpineRegistrationLib.deform, the X-ray vertebra detector).
+OTHER_MODEL_PREFIXES = ("deform_", "rigid3d_", "vertebra_detector_")
+
+
+def shipped_file(name: str) -> Path | None:
+    """The shipped model file called ``name`` in the first of :func:`model_dirs` that has it, or None."""
+    return next((folder / name for folder in model_dirs() if (folder / name).is_file()), None)
+
+
 def shipped_model() -> Path | None:
-    """The shipped pose-network weights (the first ``*.pt`` of :func:`model_dirs`), or None."""
+    """The shipped pose-network weights (the first other ``*.pt`` of :func:`model_dirs`), or None."""
     for folder in model_dirs():
-        # deform_*.pt are the deformable network's (SpineRegistrationLib.deform.network), not pose networks.
-        models = sorted(p for p in folder.glob("*.pt") if not p.name.startswith("deform_"))
+        models = sorted(p for p in folder.glob("*.pt") if not p.name.startswith(OTHER_MODEL_PREFIXES))
         if models:
             return models[0]
     return None

