@@ -82,10 +82,10 @@ def _add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     pair.add_argument("--similarity", default="ncc", choices=("mse", "ncc", "lncc", "mi", "mind"),
                       help="similarity of the linear stage (mi/mind for different scanners or contrast)")
     pair.add_argument("--rigid-start", default="iterative", choices=("iterative", "learned", "learned+iterative"),
-                      help="how the linear stage starts: iterative from the identity, the learned rigid regressor "
-                           "alone (one forward pass, fast, about 1-2 mm), or the regressor's pose refined iteratively")
+                      help="how the linear stage starts: iterative from the identity, the learned rigid keypoint network "
+                           "alone (one forward pass, fast, about 1-2 mm), or the keypoint network's pose refined iteratively")
     pair.add_argument("--rigid-model", metavar="MODEL.pt", default=None,
-                      help="rigid regressor ('spinereg train-deform --network rigid'; default: the shipped one)")
+                      help="rigid keypoint network ('spinereg train-deform --network rigid'; default: the shipped one)")
     pair.add_argument("--linear-only", action="store_true", help="stop after the linear stage (no network)")
     pair.add_argument("--instance-steps", type=int, default=0, metavar="N",
                       help="test-time optimisation steps of the network's field (LNCC + bending; 0: off)")

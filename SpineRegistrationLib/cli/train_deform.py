@@ -1,10 +1,10 @@
 """``spinereg train-deform``: train or fine-tune the CT-to-CT networks on synthetic pairs: the
-deformable network (the default) or, with ``--network rigid``, the rigid regressor that starts it.
+deformable network (the default) or, with ``--network rigid``, the rigid keypoint network that starts it.
 
 Examples::
 
     spinereg train-deform --out run/                                  # varied procedural phantoms
-    spinereg train-deform --network rigid --out rigid/                # the rigid regressor
+    spinereg train-deform --network rigid --out rigid/                # the rigid keypoint network
     spinereg train-deform --ct ct.nii.gz --seg seg.nii.gz --init-model shipped --steps 300 --out patient/
     spinereg train-deform --out run/ --resume                         # continue after Ctrl-C
     torchrun --nproc_per_node 4 -m SpineRegistrationLib train-deform --device cuda --out run/
@@ -23,8 +23,8 @@ DESCRIPTION = (
     "Train the deformable CT-to-CT network (MONAI VoxelMorph, diffeomorphic) on pairs synthesised on the fly "
     "from CTs with vertebra labelmaps: each vertebra moved rigidly, smooth soft-tissue warps between them, the "
     "known field as one loss term beside LNCC, bending energy and Dice. With --network rigid, train the rigid "
-    "regressor (MONAI Regressor) on the same pairs turned by up to 10 deg / 20 mm, against the truth at the "
-    "vertebra voxels. Writes to DIR: checkpoint.pt (continue with --resume), model.pt (use it with "
+    "keypoint network (MONAI BasicUNet heat maps, fitted by Kabsch) on the same pairs turned by up to 10 deg / "
+    "20 mm, against the truth at the vertebra voxels. Writes to DIR: checkpoint.pt (continue with --resume), model.pt (use it with "
     "'spinereg deform --fixed ... --model', or '--rigid-model' for the rigid one), log.csv, config.json."
 )
 
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                shipped="Resources/Models/deform_phantoms.pt (rigid3d_phantoms.pt with --network rigid)")
     training.add_argument("--network", choices=("deformable", "rigid"), default="deformable",
                           help="which network: the deformable one (600 steps of 1 pair, lr 3e-3) or the rigid "
-                               "regressor (1500 steps of 4 pairs, lr 1e-3)")
+                               "keypoint network (1500 steps of 4 pairs, lr 1e-3)")
     training.add_argument("--crop", type=int, default=48, help="deformable: training crop, working-grid nodes per side")
     training.add_argument("--dice-weight", type=float, default=1.0, help="deformable: weight of the Dice term (0: no labels)")
     training.add_argument("--truth-weight", type=float, default=1.0, help="deformable: weight of the known-field term")

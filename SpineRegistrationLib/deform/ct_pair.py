@@ -6,8 +6,8 @@ y -> y + d(y) takes a fixed CT (world) RAS point to the moving CT RAS point it s
     x = A (y + u(y))
 
 with A the linear stage's matrix (moving RAS <- fixed RAS: the iterative :mod:`.affine`
-registration, started from the identity or from the learned rigid regressor of
-:mod:`.rigid_network`, or the regressor alone; ``PairConfig.rigid_start``) and u the
+registration, started from the identity or from the learned rigid keypoint network of
+:mod:`.rigid_network`, or the keypoint network alone; ``PairConfig.rigid_start``) and u the
 network's diffeomorphic displacement between the fixed CT and the moving CT resampled
 through A (:mod:`.network`), optionally refined by instance optimisation (Adam on the
 network's velocity field against LNCC + bending energy, so it stays diffeomorphic).
@@ -36,8 +36,8 @@ from ..core.displacement import DisplacementField, available_memory_bytes
 from ..core.grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
 
 #: How the linear stage starts: ``iterative`` (:mod:`.affine` from the identity or its ``init``),
-#: ``learned`` (the rigid regressor alone, one forward pass per pass: fast, ~1-2 mm) or
-#: ``learned+iterative`` (the regressor's matrix as the iterative stage's start).
+#: ``learned`` (the rigid keypoint network alone, one forward pass per pass: fast, ~1-2 mm) or
+#: ``learned+iterative`` (the keypoint network's matrix as the iterative stage's start).
 RIGID_STARTS = ("iterative", "learned", "learned+iterative")
 #: Memory per working-grid node of the network's forward pass and instance optimisation
 #: (float32 activations of the full-resolution layers, their gradients, the warps), bytes;
@@ -49,7 +49,7 @@ BYTES_PER_NODE = 2048
 class PairConfig:
     """model: a deformable model file (None: the shipped one; ``deformable=False``: affine only).
     affine: the first stage; margin_mm: around the fixed segmentation's box for the region.
-    rigid_start: one of :data:`RIGID_STARTS`; rigid_model: the rigid regressor's model file
+    rigid_start: one of :data:`RIGID_STARTS`; rigid_model: the rigid keypoint network's model file
         (None: the shipped one).
     instance_steps / instance_lr / instance_bending: test-time optimisation (0 steps: off).
     memory_bytes: refuse working grids needing more (None: 75 % of the memory available now).

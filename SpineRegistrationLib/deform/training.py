@@ -1,5 +1,5 @@
 """Training the two CT-to-CT networks on synthetic pairs: the deformable network and the rigid
-regressor (:mod:`.rigid_network`); losses, one loop, checkpoints, resume, logs.
+keypoint network (:mod:`.rigid_network`); losses, one loop, checkpoints, resume, logs.
 
 Same habits as the pose network (:mod:`..learned.training`): ``train_deform`` runs
 ``steps`` AdamW steps (one-cycle learning rate) on pairs from
@@ -18,7 +18,7 @@ Loss per pair (fixed F, moving M, displacement u, truth u*, labels one-hot S_F, 
 The known-field term is what synthetic pairs offer and what makes CPU training converge in
 minutes; the image and Dice terms are what instance optimisation keeps at test time.
 
-The rigid regressor (a :class:`TrainRigidConfig` run, ``spinereg train-deform --network rigid``)
+The rigid keypoint network (a :class:`TrainRigidConfig` run, ``spinereg train-deform --network rigid``)
 is trained on whole-cube pairs turned by a global twist, with the mean distance between where its
 rigid map and the truth take the fixed vertebra voxels as the loss (:func:`rigid_loss`). What
 differs between the two runs is a :class:`Recipe`; the loop is the same.
@@ -48,7 +48,7 @@ LOG_FIELDS = ("step", "loss", "lncc", "dice", "bending", "truth_mm", "bone_mm", 
 MODEL_FORMATS = (MODEL_FORMAT, CHECKPOINT_FORMAT)
 #: Vertebrae one-hot encoded per crop (a 128 mm crop holds at most five).
 MAX_LABELS = 6
-#: Fixed vertebra points per pair in the rigid regressor's loss.
+#: Fixed vertebra points per pair in the rigid keypoint network's loss.
 RIGID_POINTS = 512
 
 
@@ -89,7 +89,7 @@ def _rigid_synthesis() -> DeformationConfig:
 
 @dataclass
 class TrainRigidConfig(RunConfig):
-    """One training run of the rigid CT-to-CT regressor (:mod:`.rigid_network`): the loss is the
+    """One training run of the rigid CT-to-CT keypoint network (:mod:`.rigid_network`): the loss is the
     mean vertebra point distance (:func:`rigid_loss`); pairs turned by up to +-10 deg / +-20 mm
     (``synthesis``' global twist) with articulated and soft-tissue motion on top."""
 
@@ -174,7 +174,7 @@ class DeformLoss(torch.nn.Module):
 
 
 class RigidPairStream(PairStream):
-    """Batches for the rigid regressor: the pair on the network's cube, and the truth at up to
+    """Batches for the rigid keypoint network: the pair on the network's cube, and the truth at up to
     :data:`RIGID_POINTS` fixed vertebra voxels (their offsets y - c from the cube's centre and
     where the truth takes them in the moving CT, x - c; RAS mm)."""
 
@@ -246,7 +246,7 @@ DEFORMABLE = Recipe("train-deform", MODEL_FORMATS, build_network, network_from_p
 
 
 def recipe_of(config: RunConfig) -> Recipe:
-    """The recipe of a run: the rigid regressor's for a :class:`TrainRigidConfig`."""
+    """The recipe of a run: the rigid keypoint network's for a :class:`TrainRigidConfig`."""
     return RIGID if isinstance(config, TrainRigidConfig) else DEFORMABLE
 
 
@@ -261,7 +261,7 @@ def check_run(config: RunConfig) -> dict | None:
 
 def train_deform(sources: Sequence[PairSource], config: RunConfig, progress: bool = True) -> Path:
     """Train (or resume, or fine-tune) the deformable network (a :class:`TrainDeformConfig`) or the
-    rigid regressor (a :class:`TrainRigidConfig`); returns model.pt's path.
+    rigid keypoint network (a :class:`TrainRigidConfig`); returns model.pt's path.
     Raises KeyboardInterrupt after saving a checkpoint when interrupted."""
     recipe = recipe_of(config)
     checkpoint_format = recipe.model_formats[1]

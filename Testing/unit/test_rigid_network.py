@@ -127,8 +127,8 @@ def test_unknown_rigid_start_and_missing_model_are_one_line(phantom, tmp_path, c
 
 
 @pytest.mark.skipif(shipped_rigid_path() is None, reason="no rigid CT-to-CT model is shipped")
-def test_the_shipped_regressor_brings_a_turned_phantom_closer(phantom):
-    """A phantom the training never saw, turned by 6 deg / 12 mm: the regressor's matrix is
+def test_the_shipped_keypoint_network_brings_a_turned_phantom_closer(phantom):
+    """A phantom the training never saw, turned by 6 deg / 12 mm: the network's matrix is
     closer to the truth at the vertebra voxels than the identity, by at least half."""
     ct, labelmap = phantom
     centre = ct.ijk_to_ras_points(np.array(ct.shape_ijk) / 2.0)
