@@ -86,6 +86,10 @@ def _add_pair_arguments(parser: argparse.ArgumentParser) -> None:
                            "alone (one forward pass, fast, about 1-2 mm), or the keypoint network's pose refined iteratively")
     pair.add_argument("--rigid-model", metavar="MODEL.pt", default=None,
                       help="rigid keypoint network ('spinereg train-deform --network rigid'; default: the shipped one)")
+    pair.add_argument("--articulated", action="store_true",
+                      help="after the linear stage, register every vertebra of --moving-seg rigidly on its own box "
+                           "and blend the poses poly-rigidly (rigid inside each vertebra, smooth between) instead "
+                           "of the deformable network")
     pair.add_argument("--linear-only", action="store_true", help="stop after the linear stage (no network)")
     pair.add_argument("--instance-steps", type=int, default=0, metavar="N",
                       help="test-time optimisation steps of the network's field (LNCC + bending; 0: off)")
@@ -167,7 +171,7 @@ def _run_pair(args: argparse.Namespace) -> int:
     config = PairConfig(model=None if args.model is None else Path(args.model), deformable=not args.linear_only,
                         affine=AffineConfig(transform=args.transform, similarity=args.similarity),
                         margin_mm=args.margin, instance_steps=args.instance_steps, device=resolve_device(args.device),
-                        rigid_start=args.rigid_start,
+                        rigid_start=args.rigid_start, articulated=args.articulated,
                         rigid_model=None if args.rigid_model is None else Path(args.rigid_model))
     with staged_output_dir(args.out, args.overwrite) as staging:
         fixed, moving = read_volume(args.fixed), read_volume(args.moving)

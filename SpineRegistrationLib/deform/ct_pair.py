@@ -12,7 +12,10 @@ network's diffeomorphic displacement between the fixed CT and the moving CT resa
 through A (:mod:`.network`), optionally refined by instance optimisation (Adam on the
 network's velocity field against LNCC + bending energy, so it stays diffeomorphic).
 
-The field lives on the working grid: the network's spacing, RAS-aligned, over the fixed
+With ``PairConfig.articulated`` the field after the linear stage is instead the poly-rigid blend
+of every vertebra's own rigid registration (:mod:`.articulated`), rigid inside each vertebra.
+
+The network's field lives on the working grid: the network's spacing, RAS-aligned, over the fixed
 segmentation's box plus ``margin_mm`` (the whole fixed CT without one). Outside that grid
 the displacement is zero (ITK's convention), which is why the region keeps a margin
 around everything that is evaluated.
@@ -51,6 +54,8 @@ class PairConfig:
     affine: the first stage; margin_mm: around the fixed segmentation's box for the region.
     rigid_start: one of :data:`RIGID_STARTS`; rigid_model: the rigid keypoint network's model file
         (None: the shipped one).
+    articulated: after the linear stage, register every vertebra of the moving segmentation on
+        its own and blend the poses (:mod:`.articulated`) instead of the deformable network.
     instance_steps / instance_lr / instance_bending: test-time optimisation (0 steps: off).
     memory_bytes: refuse working grids needing more (None: 75 % of the memory available now).
     device: torch device of the network."""
@@ -61,6 +66,7 @@ class PairConfig:
     margin_mm: float = 20.0
     rigid_start: str = "iterative"
     rigid_model: Path | None = None
+    articulated: bool = False
     instance_steps: int = 0
     instance_lr: float = 0.2
     instance_bending: float = 0.5
@@ -172,15 +178,20 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
                      moving_seg: Labelmap | None = None, config: PairConfig | None = None,
                      network=None) -> tuple[DisplacementField, dict]:
     """Register ``moving`` onto ``fixed`` (CTs in HU); returns the field (fixed RAS -> moving RAS)
-    and an info dict (the affine matrix, the grid, times in s). ``moving_seg`` is checked, not
-    used (the shipped network registers images); ``network``: an already loaded (module, config)."""
+    and an info dict (the affine matrix, the grid, times in s). ``moving_seg`` is checked, and used
+    by the articulated stage only (the network registers images); ``network``: an already loaded
+    (module, config)."""
     from .network import DeformModelConfig, load_network, shipped_network_path
 
     config = config or PairConfig()
     started = time.perf_counter()
     check_inputs(fixed, moving, fixed_seg, moving_seg)
     model_config, model_path = DeformModelConfig(), None
-    if config.deformable and network is None:
+    if config.articulated:
+        if moving_seg is None:
+            raise InputError("the articulated registration needs the moving CT's vertebra segmentation (--moving-seg)")
+        network = None
+    elif config.deformable and network is None:
         model_path = Path(config.model) if config.model is not None else shipped_network_path()
         if model_path is None:
             raise InputError("no deformable model is shipped in Resources/Models: train one (spinereg train-deform)")
@@ -197,6 +208,12 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
             "grid": {"shape_ijk": list(grid.shape[::-1]), "spacing_mm": grid.spacing_mm,
                      "origin_ras": grid.ijk_to_ras[:3, 3].tolist()},
             "model": None if model_path is None else str(model_path), "instance_steps": 0}
+    if config.articulated:
+        from .articulated import articulated_field
+
+        field, info["articulated"] = articulated_field(fixed, moving, moving_seg, linear)
+        info["time_s"] = time.perf_counter() - started
+        return field, info
     displacement = torch.zeros(points.shape)
     if network is not None:
         tick = time.perf_counter()

@@ -191,6 +191,10 @@ def main(argv=None) -> int:
                                                                  rigid_model=rigid_model)),
                         ("ours fast: learned rigid + network", PairConfig(rigid_start="learned",
                                                                            rigid_model=rigid_model))]
+        methods += [("articulated: rigid + every vertebra + poly-rigid", PairConfig(articulated=True))]
+        if rigid_model is not None:
+            methods += [("articulated from learned rigid", PairConfig(articulated=True, rigid_start="learned",
+                                                                      rigid_model=rigid_model))]
         methods += [("ours", PairConfig()), ("ours+io", PairConfig(instance_steps=args.io_steps))]
         for method, config in methods:
             start = time.perf_counter()

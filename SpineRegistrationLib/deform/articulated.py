@@ -1,0 +1,87 @@
+"""CT to CT vertebra by vertebra: every vertebra of the moving segmentation registered rigidly on
+its own box, the poses blended into one field by :mod:`.polyrigid`.
+
+Between two CTs of one spine each vertebra moves rigidly and the tissue between them bends. From
+the linear stage's matrix A (moving RAS <- fixed RAS, :mod:`.ct_pair`), vertebra k is registered
+the other way round: the fixed CT onto the moving one, counting only the moving CT's voxels of
+that vertebra grown by ``shell_mm`` (its label, so a neighbour that moved otherwise has no say;
+the shell holds the bone's edge), by the iterative rigid registration of :mod:`.affine` started
+at A^-1. The matrix it returns, fixed RAS <- moving RAS, is the vertebra's pose M_k (moving RAS ->
+fixed RAS, the direction of ``spinereg register``'s poses), and the poses go to
+:func:`.polyrigid.polyrigid_field`: exactly rigid inside each vertebra, smooth and invertible
+between, the vertebrae that could not be registered (too small, outside the fixed CT) following
+their neighbours. Only the moving segmentation is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field as dataclass_field
+
+import numpy as np
+
+from ..core.displacement import DisplacementField
+from ..core.frames import apply_matrix
+from ..core.labelmap import Labelmap
+from ..core.volume import Volume, bounding_box_ijk
+from ..errors import InputError
+from .affine import AffineConfig, register_affine
+from .polyrigid import PolyRigidConfig, polyrigid_field
+
+#: Vertebrae with fewer voxels than this follow their neighbours.
+MIN_VOXELS = 200
+
+
+@dataclass
+class ArticulatedConfig:
+    """affine: the rigid registration of each vertebra (levels, steps, similarity; its transform
+    is always rigid); shell_mm: the vertebra's mask grown by this; polyrigid: the blend."""
+
+    affine: AffineConfig = dataclass_field(default_factory=lambda: AffineConfig(
+        transform="rigid", similarity="ncc", levels_mm=(4.0, 2.0, 1.0), steps=(30, 30, 20), margin_mm=4.0))
+    shell_mm: float = 3.0
+    polyrigid: PolyRigidConfig = dataclass_field(default_factory=PolyRigidConfig)
+
+
+def vertebra_mask(moving_seg: Labelmap, label: int, shell_mm: float) -> np.ndarray | None:
+    """(K, J, I) bool on the moving grid: the vertebra grown by ``shell_mm``; None when too small.
+    Grown inside the vertebra's box only (a distance map of the whole CT per vertebra is slow)."""
+    from scipy.ndimage import distance_transform_edt
+
+    inside = moving_seg.volume.array == label
+    if int(inside.sum()) < MIN_VOXELS:
+        return None
+    spacing = moving_seg.volume.spacing_mm
+    start, stop = bounding_box_ijk(inside, tuple(int(np.ceil(shell_mm / s)) + 1 for s in spacing))
+    box = tuple(slice(a, b) for a, b in zip(start[::-1], stop[::-1]))
+    grown = np.zeros_like(inside)
+    grown[box] = distance_transform_edt(~inside[box], sampling=spacing[::-1]) <= shell_mm
+    return grown
+
+
+def articulated_field(fixed: Volume, moving: Volume, moving_seg: Labelmap, linear: np.ndarray,
+                      config: ArticulatedConfig | None = None) -> tuple[DisplacementField, dict]:
+    """The field (fixed RAS -> moving RAS) and an info dict (per vertebra: its pose, the final
+    loss, time; the vertebrae that followed their neighbours)."""
+    config = config or ArticulatedConfig()
+    started = time.perf_counter()
+    f_lo, f_hi = fixed.bounds_ras()
+    poses, vertebrae = {}, {}
+    start = np.linalg.inv(linear)
+    for name, label in moving_seg.labels.items():
+        mask = vertebra_mask(moving_seg, label, config.shell_mm)
+        if mask is None:
+            continue  # too small: it follows its neighbours
+        centre = apply_matrix(start, moving.ijk_to_ras_points(np.argwhere(mask).mean(0)[::-1]))
+        if np.any(centre < f_lo) or np.any(centre > f_hi):
+            continue  # outside the fixed CT: it follows its neighbours
+        tick = time.perf_counter()
+        result = register_affine(moving, fixed, config.affine, mask=mask, init=start)
+        poses[name] = result.matrix
+        vertebrae[name] = {"matrix_ras": result.matrix.tolist(), "loss": result.loss,
+                           "time_s": time.perf_counter() - tick}
+    if not poses:
+        raise InputError("no vertebra of the moving segmentation lies in the fixed CT: nothing to register")
+    blended = polyrigid_field(moving_seg, poses, config.polyrigid)
+    return blended.field, {"vertebrae": vertebrae, "followed_neighbours": blended.inferred,
+                           "time_s": time.perf_counter() - started}
