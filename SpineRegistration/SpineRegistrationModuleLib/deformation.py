@@ -24,9 +24,11 @@ drive the progress bar.
 **CT to CT** (a second CT, e.g. taken in the operating room, is chosen)::
 
     spinereg deform --fixed <work>/input/fixed.nii.gz --moving <work>/input/ct.nii.gz
-                    --moving-seg <work>/input/seg.nii.gz --out <work>/output
+                    --moving-seg <work>/input/seg.nii.gz --articulated --out <work>/output
 
-(rigid stage, then the learned deformable network; progress line ``deform: registering the CTs``).
+(the rigid stage, then every vertebra registered rigidly on its own and the poses blended
+poly-rigidly, ``--articulated``; with a model of the user's, the learned deformable network
+instead; progress line ``deform: registering the CTs``).
 The field maps a point of the second CT's frame to the point of the CT it shows, the warped
 segmentation lies on the second CT's grid; no DRRs.
 
@@ -111,7 +113,7 @@ REFINE_SPAN = 0.8
 DEFORM_STAGES = {"field": (0.80, 0.05), "jacobian": (0.88, 0.6), "warping": (0.93, 0.8), "registering": (0.05, 0.05)}
 _STAGE_TEXT = {"field": "building the displacement field", "jacobian": "measuring the Jacobian",
                "warping": "warping the segmentation and rendering its DRRs",
-               "registering": "registering the CTs (rigid, then the deformable network)"}
+               "registering": "registering the CTs (rigid, then vertebra by vertebra or the deformable network)"}
 _DEFORM_LINE = re.compile(r"^deform:\s*(\w+)")
 _REFINE_LINE = re.compile(r"^deform:\s*refine\s+(\d{1,3})\s*%")
 
@@ -237,12 +239,13 @@ def deform_arguments(paths: dict, out_dir, refine: bool = True, device: str = "a
 
     From the poses: ``--result --ct --seg``, ``--xray/--geometry`` per view written,
     ``--no-refine`` when ``refine`` is off. CT to CT: ``--fixed <second CT> --moving <CT>
-    --moving-seg <segmentation>`` (``--model`` when given). ``--device`` always: "auto" lets the
+    --moving-seg <segmentation>``, then ``--model`` when given (the deformable network), else
+    ``--articulated`` (the shipped deformable network has not learned yet; vertebra by vertebra is
+    what works on CPU today). ``--device`` always: "auto" lets the
     CLI take the GPU when there is one (its own default is the CPU)."""
     if paths.get("mode") == MODE_PAIR:
         args = ["deform", "--fixed", str(paths["fixed"]), "--moving", str(paths["ct"]), "--moving-seg", str(paths["seg"])]
-        if model is not None:
-            args += ["--model", str(model)]
+        args += ["--model", str(model)] if model is not None else ["--articulated"]
     else:
         args = ["deform", "--result", str(paths["result"]), "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
         args += xray_arguments(paths, paths.get("views", ()))
@@ -377,7 +380,13 @@ def deformation_summary(document: dict) -> str:
     if document.get("mode") == MODE_PAIR:
         registration = document.get("registration") or {}
         linear = (registration.get("affine") or {}).get("transform", "linear")
-        stages = f"{linear} stage, then the deformable network" if registration.get("model") else f"{linear} stage only"
+        if registration.get("articulated"):
+            count = len(registration["articulated"].get("vertebrae", {}))
+            stages = f"{linear} stage, then {count} vertebrae each rigid on its own, blended"
+        elif registration.get("model"):
+            stages = f"{linear} stage, then the deformable network"
+        else:
+            stages = f"{linear} stage only"
         text = f"Deformed the CT onto the second CT ({stages}): {_jacobian_text(jacobian)}"
         dice = {name: entry["dice"] for name, entry in vertebrae.items()
                 if isinstance(entry, dict) and isinstance(entry.get("dice"), (int, float))}

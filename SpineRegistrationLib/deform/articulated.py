@@ -30,6 +30,9 @@ from .polyrigid import PolyRigidConfig, polyrigid_field
 
 #: Vertebrae with fewer voxels than this follow their neighbours.
 MIN_VOXELS = 200
+#: How far (mm) a vertebra may move from the linear stage's pose: the fixed CT is cropped to its
+#: box mapped there, grown by this and the registration's margin.
+SEARCH_MM = 20.0
 
 
 @dataclass
@@ -38,7 +41,7 @@ class ArticulatedConfig:
     is always rigid); shell_mm: the vertebra's mask grown by this; polyrigid: the blend."""
 
     affine: AffineConfig = dataclass_field(default_factory=lambda: AffineConfig(
-        transform="rigid", similarity="ncc", levels_mm=(4.0, 2.0, 1.0), steps=(30, 30, 20), margin_mm=4.0))
+        transform="rigid", similarity="ncc", levels_mm=(4.0, 2.0), steps=(30, 20), margin_mm=4.0))
     shell_mm: float = 3.0
     polyrigid: PolyRigidConfig = dataclass_field(default_factory=PolyRigidConfig)
 
@@ -59,6 +62,14 @@ def vertebra_mask(moving_seg: Labelmap, label: int, shell_mm: float) -> np.ndarr
     return grown
 
 
+def _around(volume: Volume, points_ras: np.ndarray, margin_mm: float) -> Volume:
+    """The part of ``volume`` around ``points_ras`` (RAS mm) grown by ``margin_mm``: each vertebra's
+    registration then pools and samples a small box, not the whole CT at every level."""
+    ijk = volume.ras_to_ijk_points(np.concatenate([points_ras.min(0, keepdims=True) - margin_mm,
+                                                   points_ras.max(0, keepdims=True) + margin_mm]))
+    return volume.cropped(np.floor(ijk.min(0)).astype(int), np.ceil(ijk.max(0)).astype(int) + 1)
+
+
 def articulated_field(fixed: Volume, moving: Volume, moving_seg: Labelmap, linear: np.ndarray,
                       config: ArticulatedConfig | None = None) -> tuple[DisplacementField, dict]:
     """The field (fixed RAS -> moving RAS) and an info dict (per vertebra: its pose, the final
@@ -76,7 +87,17 @@ def articulated_field(fixed: Volume, moving: Volume, moving_seg: Labelmap, linea
         if np.any(centre < f_lo) or np.any(centre > f_hi):
             continue  # outside the fixed CT: it follows its neighbours
         tick = time.perf_counter()
-        result = register_affine(moving, fixed, config.affine, mask=mask, init=start)
+        start_ijk, stop_ijk = bounding_box_ijk(mask)
+        corners = moving.ijk_to_ras_points(np.array(
+            [[a, b, c] for a in (start_ijk[0], stop_ijk[0]) for b in (start_ijk[1], stop_ijk[1])
+             for c in (start_ijk[2], stop_ijk[2])], float))
+        near = moving.cropped(start_ijk, stop_ijk)
+        box = tuple(slice(a, b) for a, b in zip(start_ijk[::-1], stop_ijk[::-1]))
+        try:
+            far = _around(fixed, apply_matrix(start, corners), config.affine.margin_mm + SEARCH_MM)
+        except ValueError:
+            continue  # its box misses the fixed CT: it follows its neighbours
+        result = register_affine(near, far, config.affine, mask=mask[box], init=start)
         poses[name] = result.matrix
         vertebrae[name] = {"matrix_ras": result.matrix.tolist(), "loss": result.loss,
                            "time_s": time.perf_counter() - tick}

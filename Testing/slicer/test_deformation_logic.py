@@ -241,7 +241,7 @@ def test_deform_command_line_with_a_second_ct(scene, registered, second_ct_path,
     out = tmp_path / "work" / "output"
     assert logic.deform_arguments(paths, out) == [
         "deform", "--fixed", str(paths["fixed"]), "--moving", str(paths["ct"]), "--moving-seg", str(paths["seg"]),
-        "--device", "auto", "--out", str(out)]
+        "--articulated", "--device", "auto", "--out", str(out)]
     assert logic.deform_arguments(paths, out, model="m.pt", device="cpu")[-6:] == [
         "--model", "m.pt", "--device", "cpu", "--out", str(out)]
     # The second CT is the fixed one, the CT (and its segmentation) the moving one; no result, no X-ray.
@@ -648,6 +648,19 @@ def test_summary_of_a_deformation_without_inferred_vertebrae():
         "Deformed 2 vertebrae: folding 0.0123 % (Jacobian determinant 0.900..1.100, SDlogJ 0.010); "
         "rigid residual p99 0.030 mm (worst L2), max 0.050 mm; 2.5 s."
     )
+
+
+def test_summary_of_a_ct_to_ct_deformation_vertebra_by_vertebra():
+    document = {
+        "mode": logic.MODE_PAIR, "time_s": 6.0,
+        "jacobian": {"min": 0.8, "max": 1.2, "mean": 1.0, "folding_percent": 0.0, "sdlogj": 0.05},
+        "vertebrae": {"L1": {"dice": 0.95, "hd95_mm": 1.0}, "L2": {"dice": 0.93, "hd95_mm": 1.2}},
+        "registration": {"affine": {"transform": "rigid"}, "model": None,
+                         "articulated": {"vertebrae": {"L1": {}, "L2": {}}, "followed_neighbours": []}},
+    }
+    assert logic.deformation_summary(document).startswith(
+        "Deformed the CT onto the second CT (rigid stage, then 2 vertebrae each rigid on its own, blended): "
+        "folding 0.0000 %")
 
 
 def test_summary_says_how_far_the_refinement_moved_the_poses():
