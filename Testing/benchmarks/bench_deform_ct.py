@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-real", action="store_true", help="skip the real CT")
     parser.add_argument("--name", default="deform_ct_bench", help="stem of the result files in --out")
     parser.add_argument("--no-elastix", action="store_true")
-    parser.add_argument("--io-steps", type=int, default=40)
+    parser.add_argument("--io-steps", type=int, default=40, help="instance optimisation steps (0: no ours+io row)")
     parser.add_argument("--elastix-iterations", type=int, default=256, help="B-spline iterations per resolution")
     parser.add_argument("--elastix-resolutions", type=int, default=4)
     parser.add_argument("--model", type=Path, default=None)
@@ -195,7 +195,9 @@ def main(argv=None) -> int:
         if rigid_model is not None:
             methods += [("articulated from learned rigid", PairConfig(articulated=True, rigid_start="learned",
                                                                       rigid_model=rigid_model))]
-        methods += [("ours", PairConfig()), ("ours+io", PairConfig(instance_steps=args.io_steps))]
+        methods += [("ours", PairConfig())]
+        if args.io_steps > 0:
+            methods += [("ours+io", PairConfig(instance_steps=args.io_steps))]
         for method, config in methods:
             start = time.perf_counter()
             field, info = register_ct_pair(fixed, moving, fixed_seg, moving_seg, config,
