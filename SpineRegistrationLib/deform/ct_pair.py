@@ -40,8 +40,11 @@ from ..core.grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
 
 #: How the linear stage starts: ``iterative`` (:mod:`.affine` from the identity or its ``init``),
 #: ``learned`` (the rigid keypoint network alone, one forward pass per pass: fast, ~1-2 mm) or
-#: ``learned+iterative`` (the keypoint network's matrix as the iterative stage's start).
+#: ``learned+iterative`` (the keypoint network's matrix as the iterative stage's start). Either
+#: way the network's pose is kept only when the CTs agree better there than at the identity.
 RIGID_STARTS = ("iterative", "learned", "learned+iterative")
+#: The level (mm) at which the learned pose is checked against the identity.
+CHECK_LEVEL_MM = 4.0
 #: Memory per working-grid node of the network's forward pass and instance optimisation
 #: (float32 activations of the full-resolution layers, their gradients, the warps), bytes;
 #: measured ~1.1 kB on a 96^3 grid, rounded up.
@@ -92,7 +95,15 @@ def linear_stage(fixed: Volume, moving: Volume, config: PairConfig, box_ras) -> 
     started = time.perf_counter()
     centre = (np.asarray(box_ras[0], float) + np.asarray(box_ras[1], float)) / 2.0
     matrix = predict_rigid(load_rigid_network(path, config.device), fixed, moving, centre, device=config.device)
-    learned = {"model": str(path), "time_s": time.perf_counter() - started}
+    # The network has seen phantoms only: on anatomy unlike them its keypoints can line up along
+    # the spine and the fit turn about it. Its pose is kept only where the CTs agree better there
+    # than at the identity (the similarity at one coarse level, two evaluations).
+    check = AffineConfig(transform="rigid", similarity=config.affine.similarity, levels_mm=(CHECK_LEVEL_MM,), steps=(0,))
+    losses = [register_affine(fixed, moving, check, box_ras=box_ras, init=m).loss for m in (matrix, np.eye(4))]
+    kept = losses[0] < losses[1]
+    matrix = matrix if kept else np.eye(4)
+    learned = {"model": str(path), "time_s": time.perf_counter() - started, "kept": bool(kept),
+               "loss_learned": losses[0], "loss_identity": losses[1]}
     if config.rigid_start == "learned":
         return matrix, {"transform": "rigid", "start": "learned", "learned": learned, "time_s": learned["time_s"]}
     affine = register_affine(fixed, moving, config.affine, box_ras=box_ras, init=matrix)

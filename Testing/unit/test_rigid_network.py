@@ -141,3 +141,19 @@ def test_the_shipped_keypoint_network_brings_a_turned_phantom_closer(phantom):
     start = np.linalg.norm(homogeneous @ (truth - np.eye(4))[:3].T, axis=1).mean()
     error = np.linalg.norm(homogeneous @ (matrix - truth)[:3].T, axis=1).mean()
     assert error < 0.5 * start, (error, start)
+
+
+@pytest.mark.parametrize("answer, kept", [("truth", True), ("far off", False)])
+def test_the_learned_pose_is_kept_only_where_the_cts_agree_better(phantom, monkeypatch, answer, kept):
+    """On a pair turned by 4 deg / 6 mm, the true pose beats the identity and is kept; a pose far
+    off (25 deg, 60 mm) loses to it. The network's answer is set here, the check is real."""
+    ct, _ = phantom
+    centre = ct.ijk_to_ras_points(np.array(ct.shape_ijk) / 2.0)
+    truth = params_to_matrix(np.array([4.0, 0.0, -3.0, 6.0, 0.0, -4.0]), centre)
+    given = truth if answer == "truth" else params_to_matrix(np.array([25.0, 0.0, 20.0, 0.0, 60.0, 0.0]), centre)
+    monkeypatch.setattr(rigid_network, "predict_rigid", lambda *args, **kwargs: given)
+    monkeypatch.setattr(rigid_network, "load_rigid_network", lambda path, device: None)
+    config = PairConfig(rigid_start="learned", rigid_model="any.pt")
+    matrix, info = linear_stage(ct, moved_copy(ct, truth), config, ct.bounds_ras())
+    assert info["learned"]["kept"] is kept
+    np.testing.assert_allclose(matrix, given if kept else np.eye(4), atol=1e-9)
