@@ -227,7 +227,7 @@ def main(argv=None) -> int:
         lines.append(f"| {r['case']} | {r['method']} | {r['dice_mean']:.3f} | {r['hd95_mean_mm']:.2f} | "
                      f"{r['displacement_error_mm']:.2f} | {r['folding_percent']:.4f} | {r['sdlogj']:.3f} | "
                      f"{r['time_s']:.1f} |")
-    lines += ["", "Network inference (forward + integration, 2 CPU threads): " + ", ".join(
+    lines += ["", f"Network inference (forward + integration, {args.threads} CPU thread(s)): " + ", ".join(
         f"{k}: {v:.2f} s" for k, v in timing.items()), "", f"Command: `{document['command']}`"]
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
