@@ -38,12 +38,15 @@ SEARCH_MM = 20.0
 @dataclass
 class ArticulatedConfig:
     """affine: the rigid registration of each vertebra (levels, steps, similarity; its transform
-    is always rigid); shell_mm: the vertebra's mask grown by this; polyrigid: the blend."""
+    is always rigid); shell_mm: the vertebra's mask grown by this; polyrigid: the blend (its
+    grid spacing, mm)."""
 
     affine: AffineConfig = dataclass_field(default_factory=lambda: AffineConfig(
         transform="rigid", similarity="ncc", levels_mm=(4.0, 2.0), steps=(30, 20), margin_mm=4.0))
     shell_mm: float = 3.0
-    polyrigid: PolyRigidConfig = dataclass_field(default_factory=PolyRigidConfig)
+    # A 3 mm field, not the 2 mm of the poses' default: 4x faster (0.6 s against 2.5 s on a
+    # phantom pair, 1.5 s on the real CT), the same Dice (0.938; 0.887 against 0.890), no folding.
+    polyrigid: PolyRigidConfig = dataclass_field(default_factory=lambda: PolyRigidConfig(spacing_mm=3.0))
 
 
 def vertebra_mask(moving_seg: Labelmap, label: int, shell_mm: float) -> np.ndarray | None:
