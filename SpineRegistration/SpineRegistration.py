@@ -106,7 +106,8 @@ poses are first refined jointly against the AP and LAT X-rays (uncheck "Refine p
 against the X-rays" to keep them as registered), then the field is built rigid inside
 each vertebra (the vertebrae not registered follow their neighbours). With a second CT
 chosen (e.g. taken in the operating room), Deform instead registers the CT and its
-segmentation to that CT (rigid, then a learned deformable network). Either way the field
+segmentation to that CT (rigid, then every vertebra rigidly on its own, the poses blended
+into one field rigid inside each vertebra). Either way the field
 appears as a grid transform, the warped segmentation is shown in 3D and, from the poses,
 the DRR of every vertebra at its final pose over the X-rays; the status line reports the
 Jacobian folding and the rigid residual and how far the refinement moved the poses (or,
