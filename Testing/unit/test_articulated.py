@@ -4,8 +4,11 @@ poses blended poly-rigidly.
 Checked against a pair built with a known field in which every vertebra moves rigidly on its
 own (no soft-tissue warp, no global motion): the vertebrae's voxels land where the truth takes
 them to well under a voxel, far better than one rigid transform can, folding under 0.05 %; and the
-CLI refuses the articulated mode without the moving segmentation, in one line.
+CLI writes the folder from the learned rigid start and refuses the articulated mode without the
+moving segmentation, in one line.
 """
+
+import json
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from SpineRegistrationLib.core.labelmap import Labelmap
 from SpineRegistrationLib.deform.articulated import articulated_field, vertebra_mask
 from SpineRegistrationLib.deform.ct_pair import PairConfig, register_ct_pair
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.io import write_volume
+from SpineRegistrationLib.io import write_labelmap, write_volume
 from SpineRegistrationLib.synthetic.deformation_pairs import DeformationConfig, synthetic_pair
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
 
@@ -75,3 +78,20 @@ def test_articulated_without_the_moving_segmentation_is_one_line(pair, tmp_path,
                  "--articulated", "--out", str(out)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and "--moving-seg" in errors[0] and not out.exists()
+
+
+def test_deform_articulated_writes_the_folder_from_the_learned_start(pair, tmp_path, capsys):
+    fixed, moving, moving_seg, _ = pair
+    write_volume(fixed, tmp_path / "fixed.nii.gz")
+    write_volume(moving, tmp_path / "moving.nii.gz")
+    write_labelmap(moving_seg, tmp_path / "moving_seg.nii.gz")
+    out = tmp_path / "out"
+    assert main(["deform", "--fixed", str(tmp_path / "fixed.nii.gz"), "--moving", str(tmp_path / "moving.nii.gz"),
+                 "--moving-seg", str(tmp_path / "moving_seg.nii.gz"), "--articulated", "--rigid-start", "learned",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    document = json.loads((out / "deform.json").read_text())
+    registration = document["registration"]
+    assert set(registration["articulated"]["vertebrae"]) == {"L1", "L2", "L3"}
+    assert registration["affine"]["start"] == "learned" and "kept" in registration["affine"]["learned"]
+    assert sorted(p.name for p in out.iterdir()) == ["deform.json", "displacement.h5", "warped_seg.nii.gz",
+                                                      "warped_seg.seg.nrrd"]
