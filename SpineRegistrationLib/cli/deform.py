@@ -167,6 +167,11 @@ def _run_pair(args: argparse.Namespace) -> int:
         raise InputError(f"deform from CT to CT needs {' and '.join(missing)}")
     if args.instance_steps < 0:
         raise InputError(f"--instance-steps must be >= 0, got {args.instance_steps}")
+    if args.articulated:
+        clash = [flag for flag, given in (("--linear-only", args.linear_only), ("--model", args.model is not None),
+                                          ("--instance-steps", args.instance_steps > 0)) if given]
+        if clash:
+            raise InputError(f"--articulated replaces the deformable network: drop {' and '.join(clash)}")
     started = time.perf_counter()
     config = PairConfig(model=None if args.model is None else Path(args.model), deformable=not args.linear_only,
                         affine=AffineConfig(transform=args.transform, similarity=args.similarity),

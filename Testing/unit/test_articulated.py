@@ -80,6 +80,18 @@ def test_articulated_without_the_moving_segmentation_is_one_line(pair, tmp_path,
     assert len(errors) == 1 and "--moving-seg" in errors[0] and not out.exists()
 
 
+@pytest.mark.parametrize("extra", [["--linear-only"], ["--model", "m.pt"], ["--instance-steps", "5"]])
+def test_articulated_with_a_deformable_network_option_is_one_line(pair, tmp_path, capsys, extra):
+    fixed, _, _, _ = pair
+    write_volume(fixed, tmp_path / "ct.nii.gz")
+    out = tmp_path / "out"
+    assert main(["deform", "--fixed", str(tmp_path / "ct.nii.gz"), "--moving", str(tmp_path / "ct.nii.gz"),
+                 "--articulated", *extra, "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "replaces the deformable network" in errors[0] and extra[0] in errors[0]
+    assert not out.exists()
+
+
 def test_deform_articulated_writes_the_folder_from_the_learned_start(pair, tmp_path, capsys):
     fixed, moving, moving_seg, _ = pair
     write_volume(fixed, tmp_path / "fixed.nii.gz")
