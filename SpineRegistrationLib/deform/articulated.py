@@ -1,12 +1,13 @@
 """CT to CT vertebra by vertebra: every vertebra of the moving segmentation registered rigidly on
-its own box, the poses blended into one field by :mod:`.polyrigid`.
+its own mask, the poses blended into one field by :mod:`.polyrigid`.
 
 Between two CTs of one spine each vertebra moves rigidly and the tissue between them bends. From
 the linear stage's matrix A (moving RAS <- fixed RAS, :mod:`.ct_pair`), vertebra k is registered
 the other way round: the fixed CT onto the moving one, counting only the moving CT's voxels of
 that vertebra grown by ``shell_mm`` (its label, so a neighbour that moved otherwise has no say;
 the shell holds the bone's edge), by the iterative rigid registration of :mod:`.affine` started
-at A^-1. The matrix it returns, fixed RAS <- moving RAS, is the vertebra's pose M_k (moving RAS ->
+at A^-1, on the two CTs cropped around the vertebra (its box, and that box mapped through
+A^-1 grown by ``SEARCH_MM``), so that no level pools a whole CT. The matrix it returns, fixed RAS <- moving RAS, is the vertebra's pose M_k (moving RAS ->
 fixed RAS, the direction of ``spinereg register``'s poses), and the poses go to
 :func:`.polyrigid.polyrigid_field`: exactly rigid inside each vertebra, smooth and invertible
 between, the vertebrae that could not be registered (too small, outside the fixed CT) following

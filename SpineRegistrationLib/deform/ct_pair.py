@@ -1,4 +1,5 @@
-"""CT-to-CT registration: rigid / affine, then the learned deformable network, as one field.
+"""CT-to-CT registration: rigid / affine, then vertebra by vertebra or the learned deformable
+network, as one field.
 
 :func:`register_ct_pair` returns a :class:`~.field.DisplacementField` whose map
 y -> y + d(y) takes a fixed CT (world) RAS point to the moving CT RAS point it shows:
