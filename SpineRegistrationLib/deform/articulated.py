@@ -7,8 +7,9 @@ the other way round: the fixed CT onto the moving one, counting only the moving 
 that vertebra grown by ``shell_mm`` (its label, so a neighbour that moved otherwise has no say;
 the shell holds the bone's edge), by the iterative rigid registration of :mod:`.affine` started
 at A^-1, on the two CTs cropped around the vertebra (its box, and that box mapped through
-A^-1 grown by ``SEARCH_MM``), so that no level pools a whole CT. The matrix it returns, fixed RAS <- moving RAS, is the vertebra's pose M_k (moving RAS ->
-fixed RAS, the direction of ``spinereg register``'s poses), and the poses go to
+A^-1 grown by ``SEARCH_MM``), so that no level pools a whole CT. The matrix it returns,
+fixed RAS <- moving RAS, is the vertebra's pose M_k (moving RAS -> fixed RAS, the direction of
+``spinereg register``'s poses), and the poses go to
 :func:`.polyrigid.polyrigid_field`: exactly rigid inside each vertebra, smooth and invertible
 between, the vertebrae that could not be registered (too small, outside the fixed CT) following
 their neighbours. Only the moving segmentation is needed.
