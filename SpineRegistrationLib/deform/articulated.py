@@ -25,7 +25,7 @@ import numpy as np
 from ..core.displacement import DisplacementField
 from ..core.frames import apply_matrix
 from ..core.labelmap import Labelmap
-from ..core.volume import Volume, bounding_box_ijk
+from ..core.volume import Volume, bounding_box_ijk, mask_center_ras
 from ..errors import InputError
 from .affine import AffineConfig, register_affine
 from .polyrigid import PolyRigidConfig, polyrigid_field
@@ -51,20 +51,26 @@ class ArticulatedConfig:
     polyrigid: PolyRigidConfig = dataclass_field(default_factory=lambda: PolyRigidConfig(spacing_mm=3.0))
 
 
-def vertebra_mask(moving_seg: Labelmap, label: int, shell_mm: float) -> np.ndarray | None:
-    """(K, J, I) bool on the moving grid: the vertebra grown by ``shell_mm``; None when too small.
-    Grown inside the vertebra's box only (a distance map of the whole CT per vertebra is slow)."""
+def vertebra_mask(moving_seg: Labelmap, label: int, shell_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The vertebra grown by ``shell_mm`` as (start_ijk, stop_ijk, mask): the voxel box of the grown
+    vertebra (stop exclusive) and the (K, J, I) bool mask of that crop of the moving grid; None
+    when too small. Grown inside a box with room for the shell only (a distance map of the whole
+    CT per vertebra is slow)."""
     from scipy.ndimage import distance_transform_edt
 
     inside = moving_seg.volume.array == label
     if int(inside.sum()) < MIN_VOXELS:
         return None
     spacing = moving_seg.volume.spacing_mm
-    start, stop = bounding_box_ijk(inside, tuple(int(np.ceil(shell_mm / s)) + 1 for s in spacing))
-    box = tuple(slice(a, b) for a, b in zip(start[::-1], stop[::-1]))
-    grown = np.zeros_like(inside)
-    grown[box] = distance_transform_edt(~inside[box], sampling=spacing[::-1]) <= shell_mm
-    return grown
+    room, room_stop = bounding_box_ijk(inside, tuple(int(np.ceil(shell_mm / s)) + 1 for s in spacing))
+    grown = distance_transform_edt(~inside[box_slices(room, room_stop)], sampling=spacing[::-1]) <= shell_mm
+    start, stop = bounding_box_ijk(grown)
+    return room + start, room + stop, grown[box_slices(start, stop)]
+
+
+def box_slices(start_ijk, stop_ijk) -> tuple[slice, slice, slice]:
+    """The (K, J, I) array slices of the voxel box [start, stop) given in (i, j, k)."""
+    return tuple(slice(a, b) for a, b in zip(start_ijk[::-1], stop_ijk[::-1]))
 
 
 def _around(volume: Volume, points_ras: np.ndarray, margin_mm: float) -> Volume:
@@ -85,24 +91,23 @@ def articulated_field(fixed: Volume, moving: Volume, moving_seg: Labelmap, linea
     poses, vertebrae = {}, {}
     start = np.linalg.inv(linear)
     for name, label in moving_seg.labels.items():
-        mask = vertebra_mask(moving_seg, label, config.shell_mm)
-        if mask is None:
+        grown = vertebra_mask(moving_seg, label, config.shell_mm)
+        if grown is None:
             continue  # too small: it follows its neighbours
-        centre = apply_matrix(start, moving.ijk_to_ras_points(np.argwhere(mask).mean(0)[::-1]))
+        start_ijk, stop_ijk, mask = grown
+        near = moving.cropped(start_ijk, stop_ijk)
+        centre = apply_matrix(start, mask_center_ras(mask, near))
         if np.any(centre < f_lo) or np.any(centre > f_hi):
             continue  # outside the fixed CT: it follows its neighbours
         tick = time.perf_counter()
-        start_ijk, stop_ijk = bounding_box_ijk(mask)
         corners = moving.ijk_to_ras_points(np.array(
             [[a, b, c] for a in (start_ijk[0], stop_ijk[0]) for b in (start_ijk[1], stop_ijk[1])
              for c in (start_ijk[2], stop_ijk[2])], float))
-        near = moving.cropped(start_ijk, stop_ijk)
-        box = tuple(slice(a, b) for a, b in zip(start_ijk[::-1], stop_ijk[::-1]))
         try:
             far = _around(fixed, apply_matrix(start, corners), config.affine.margin_mm + SEARCH_MM)
         except ValueError:
             continue  # its box misses the fixed CT: it follows its neighbours
-        result = register_affine(near, far, config.affine, mask=mask[box], init=start)
+        result = register_affine(near, far, config.affine, mask=mask, init=start)
         poses[name] = result.matrix
         vertebrae[name] = {"matrix_ras": result.matrix.tolist(), "loss": result.loss,
                            "time_s": time.perf_counter() - tick}
