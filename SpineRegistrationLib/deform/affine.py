@@ -152,50 +152,77 @@ def register_affine(fixed: Volume, moving: Volume, config: AffineConfig | None =
     start = time.perf_counter()
     lo, hi = region_box(fixed, mask, box_ras, config.margin_mm)
     centre = torch.as_tensor((lo + hi) / 2.0)
-    params = torch.zeros(12, dtype=torch.float64)
     if init is not None:
-        init = np.asarray(init, float)
-        if not np.allclose(init[:3, :3] @ init[:3, :3].T, np.eye(3), atol=1e-4):
-            raise InputError("an init matrix must be rigid (a rotation and a translation)")
-        # Every transform's linear part is R (its shears and scales at 0): a rigid start fits all.
-        rotvec = se3_log(torch.as_tensor(init)[None])[0, :3]  # the rotation vector of R
-        params[:3] = rotvec / _UNITS["rotation"]
-        moved_centre = torch.as_tensor(init[:3, :3]) @ centre + torch.as_tensor(init[:3, 3])
-        params[3:6] = (moved_centre - centre) / _UNITS["translation"]
-    elif config.init == "centre":
-        params[3:6] = torch.as_tensor(_body_centre(moving) - _body_centre(fixed)) / _UNITS["translation"]
+        params = _params_of(init, centre)
+    else:
+        params = torch.zeros(12, dtype=torch.float64)
+        if config.init == "centre":
+            params[3:6] = torch.as_tensor(_body_centre(moving) - _body_centre(fixed)) / _UNITS["translation"]
     params.requires_grad_(True)
     moving_array = torch.as_tensor(np.ascontiguousarray(moving.array), dtype=torch.float32)[None]
     mask_volume = None if mask is None else fixed.with_array(np.asarray(mask, np.uint8))
     losses = []
     for level_mm, steps in zip(config.levels_mm, config.steps):
-        grid = Grid.covering(lo, hi, level_mm, multiple=1)
-        fixed_image = hu_to_unit(volume_on_grid(fixed, grid))[None, None]
-        weight = torch.ones_like(fixed_image)
-        if mask_volume is not None:
-            weight = (volume_on_grid(mask_volume, grid, labels=True) > 0.5).float()[None, None]
-        level_moving, level_matrix = _pooled(moving_array, moving.ijk_to_ras, level_mm)
-        points = grid.points_ras(torch.float64)
-        if config.similarity in ("mse", "ncc", "mi") and grid.voxels > config.max_points:
-            keep = torch.as_tensor(np.random.default_rng(0).choice(grid.voxels, config.max_points, replace=False))
-            points = points.reshape(-1, 3)[keep][None, None]  # (1, 1, N, 3): a "volume" of N points
-            fixed_image = fixed_image.reshape(-1)[keep].view(1, 1, 1, 1, -1)
-            weight = weight.reshape(-1)[keep].view(1, 1, 1, 1, -1)
+        voxels, level = _level_setup(fixed, moving, moving_array, lo, hi, level_mm, config, mask_volume)
         optimizer = torch.optim.Adam([params], lr=config.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1), eta_min=config.lr * 0.05)
         for _ in range(steps):
-            loss = _level_loss(params, config, centre, points, fixed_image, weight, level_moving, level_matrix)
+            loss = _level_loss(params, config, centre, *level)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
         with torch.no_grad():
-            final = float(_level_loss(params, config, centre, points, fixed_image, weight, level_moving, level_matrix))
-        losses.append({"level_mm": level_mm, "loss": final, "voxels": grid.voxels})
+            final = float(_level_loss(params, config, centre, *level))
+        losses.append({"level_mm": level_mm, "loss": final, "voxels": voxels})
     matrix = params_to_matrix(params.detach(), config.transform, centre).numpy()
     return AffineResult(matrix, losses[-1]["loss"], {"levels": losses, "transform": config.transform,
                                                      "similarity": config.similarity,
                                                      "time_s": time.perf_counter() - start})
+
+
+def similarity_losses(fixed: Volume, moving: Volume, matrices, config: AffineConfig, box_ras=None) -> list[float]:
+    """The loss of ``config``'s similarity (lower: the CTs agree better) at each rigid (4, 4) matrix
+    (moving RAS <- fixed RAS), at ``config``'s first level, that level set up once for them all."""
+    lo, hi = region_box(fixed, None, box_ras, config.margin_mm)
+    centre = torch.as_tensor((lo + hi) / 2.0)
+    moving_array = torch.as_tensor(np.ascontiguousarray(moving.array), dtype=torch.float32)[None]
+    _, level = _level_setup(fixed, moving, moving_array, lo, hi, config.levels_mm[0], config, None)
+    with torch.no_grad():
+        return [float(_level_loss(_params_of(matrix, centre), config, centre, *level)) for matrix in matrices]
+
+
+def _params_of(init: np.ndarray, centre: torch.Tensor) -> torch.Tensor:
+    """(12,) parameters of a rigid (4, 4) matrix about ``centre``; InputError when not rigid."""
+    init = np.asarray(init, float)
+    if not np.allclose(init[:3, :3] @ init[:3, :3].T, np.eye(3), atol=1e-4):
+        raise InputError("an init matrix must be rigid (a rotation and a translation)")
+    # Every transform's linear part is R (its shears and scales at 0): a rigid start fits all.
+    params = torch.zeros(12, dtype=torch.float64)
+    params[:3] = se3_log(torch.as_tensor(init)[None])[0, :3] / _UNITS["rotation"]  # the rotation vector of R
+    moved_centre = torch.as_tensor(init[:3, :3]) @ centre + torch.as_tensor(init[:3, 3])
+    params[3:6] = (moved_centre - centre) / _UNITS["translation"]
+    return params
+
+
+def _level_setup(fixed: Volume, moving: Volume, moving_array: torch.Tensor, lo, hi, level_mm: float,
+                 config: AffineConfig, mask_volume: Volume | None):
+    """One pyramid level over the box [lo, hi]: (its grid's voxel count, (points, fixed_image,
+    weight, level_moving, level_matrix)), the latter the arguments :func:`_level_loss` takes
+    after the parameters."""
+    grid = Grid.covering(lo, hi, level_mm, multiple=1)
+    fixed_image = hu_to_unit(volume_on_grid(fixed, grid))[None, None]
+    weight = torch.ones_like(fixed_image)
+    if mask_volume is not None:
+        weight = (volume_on_grid(mask_volume, grid, labels=True) > 0.5).float()[None, None]
+    level_moving, level_matrix = _pooled(moving_array, moving.ijk_to_ras, level_mm)
+    points = grid.points_ras(torch.float64)
+    if config.similarity in ("mse", "ncc", "mi") and grid.voxels > config.max_points:
+        keep = torch.as_tensor(np.random.default_rng(0).choice(grid.voxels, config.max_points, replace=False))
+        points = points.reshape(-1, 3)[keep][None, None]  # (1, 1, N, 3): a "volume" of N points
+        fixed_image = fixed_image.reshape(-1)[keep].view(1, 1, 1, 1, -1)
+        weight = weight.reshape(-1)[keep].view(1, 1, 1, 1, -1)
+    return grid.voxels, (points, fixed_image, weight, level_moving, level_matrix)
 
 
 def _level_loss(params, config, centre, points, fixed_image, weight, level_moving, level_matrix) -> torch.Tensor:

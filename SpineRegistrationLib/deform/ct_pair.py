@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..core.labelmap import Labelmap
 from ..core.volume import Volume
 from ..errors import InputError
-from .affine import AffineConfig, region_box, register_affine
+from .affine import AffineConfig, region_box, register_affine, similarity_losses
 from ..core.displacement import DisplacementField, available_memory_bytes
 from ..core.grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
 
@@ -98,9 +98,9 @@ def linear_stage(fixed: Volume, moving: Volume, config: PairConfig, box_ras) -> 
     matrix = predict_rigid(load_rigid_network(path, config.device), fixed, moving, centre, device=config.device)
     # The network has seen phantoms only: on anatomy unlike them its keypoints can line up along
     # the spine and the fit turn about it. Its pose is kept only where the CTs agree better there
-    # than at the identity (the similarity at one coarse level, two evaluations).
+    # than at the identity (the similarity at one coarse level, set up once, two evaluations).
     check = AffineConfig(transform="rigid", similarity=config.affine.similarity, levels_mm=(CHECK_LEVEL_MM,), steps=(0,))
-    losses = [register_affine(fixed, moving, check, box_ras=box_ras, init=m).loss for m in (matrix, np.eye(4))]
+    losses = similarity_losses(fixed, moving, (matrix, np.eye(4)), check, box_ras)
     kept = losses[0] < losses[1]
     matrix = matrix if kept else np.eye(4)
     learned = {"model": str(path), "time_s": time.perf_counter() - started, "kept": bool(kept),
