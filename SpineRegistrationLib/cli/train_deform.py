@@ -88,13 +88,10 @@ def run(args: argparse.Namespace) -> int:
         from ..learned.checkpoint import read_payload
 
         payload = read_payload(config.init_model, recipe_of(config).model_formats)
-    if payload is not None and args.network == "rigid":  # the stream's cube is the model's own
-        from ..deform.rigid_network import RigidNetConfig
-
-        config.model = RigidNetConfig.from_dict(payload["config"])
-    spacing = float(payload["config"]["spacing_mm"]) if payload is not None else config.model.spacing_mm
+    model = payload["config"] if payload is not None else config.model.to_dict()  # train_deform runs on it
+    spacing = float(model["spacing_mm"])
     sources = pair_sources(args, spacing)
-    crop = config.model.size if args.network == "rigid" else config.crop
+    crop = model["size"] if args.network == "rigid" else config.crop
     print(f"training the {args.network} network on {len(sources)} CT(s): {', '.join(s.name for s in sources)}; "
           f"{config.steps} steps of {config.batch_size} pair(s) of {crop}^3 at {spacing:g} mm on {config.device}",
           file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
@@ -284,6 +284,9 @@ def train_deform(sources: Sequence[PairSource], config: RunConfig, progress: boo
                                                     config.init_model)
     else:
         network = recipe.build(model_config)
+    # Resumed or fine-tuned, the run is the model's own: its grid for the batches, its spacing for
+    # the logged millimetres, its config in config.json.
+    config = replace(config, model=model_config)
     network = network.to(device).train()
     optimizer, schedule, start = optimiser_of(network, config, payload)
     net = distributed_net(network, world, device)

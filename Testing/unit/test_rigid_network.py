@@ -8,6 +8,8 @@ by one rigid map (so the loss and the pair agree on axes and directions), and th
 network brings a held-out phantom turned by a known pose closer than it started.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -19,8 +21,9 @@ from SpineRegistrationLib.deform import rigid_network
 from SpineRegistrationLib.deform.ct_pair import PairConfig, linear_stage
 from SpineRegistrationLib.deform.rigid_network import (RigidKeypointNet, RigidNetConfig, about_centre, kabsch,
                                                        predict_rigid, shipped_rigid_path)
-from SpineRegistrationLib.deform.training import RigidPairStream, TrainRigidConfig, rigid_loss
+from SpineRegistrationLib.deform.training import RigidPairStream, TrainRigidConfig, rigid_loss, train_deform
 from SpineRegistrationLib.errors import InputError
+from SpineRegistrationLib.learned.checkpoint import save_atomic
 from SpineRegistrationLib.io import write_volume
 from SpineRegistrationLib.synthetic.deformation_pairs import DeformationConfig, PairSource
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
@@ -111,6 +114,16 @@ def test_train_rigid_runs_and_its_model_starts_the_linear_stage(phantom, tmp_pat
     matrix, info = linear_stage(ct, ct, PairConfig(rigid_start="learned", rigid_model=out / "model.pt"), box)
     assert matrix.shape == (4, 4) and info["start"] == "learned" and np.allclose(matrix[:3, :3] @ matrix[:3, :3].T,
                                                                                    np.eye(3), atol=1e-5)
+
+
+def test_fine_tuning_runs_on_the_models_own_cube(phantom, tmp_path):
+    """A model of another cube, fine-tuned: the batches, model.pt and config.json are that model's."""
+    ct, labelmap = phantom
+    start = save_atomic(rigid_network.model_payload(RigidKeypointNet(SMALL), SMALL), tmp_path / "small.pt")
+    config = TrainRigidConfig(out=tmp_path / "run", steps=1, batch_size=1, workers=0, init_model=start)
+    model = train_deform([PairSource(ct, labelmap, SMALL.spacing_mm, "phantom")], config, progress=False)
+    assert rigid_network.load_rigid_network(model).config == SMALL
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == SMALL.to_dict()
 
 
 def test_unknown_rigid_start_and_missing_model_are_one_line(phantom, tmp_path, capsys):
