@@ -95,12 +95,19 @@ def _pooled(array: torch.Tensor, ijk_to_ras: np.ndarray, spacing_mm: float) -> t
     return pooled, matrix
 
 
+def normalising_matrix(ijk_to_ras: np.ndarray, shape_kji) -> np.ndarray:
+    """(4, 4) RAS mm -> grid_sample's (x, y, z) in [-1, 1] (align_corners=True) of a (K, J, I) array."""
+    size = np.array([max(n - 1, 1) for n in shape_kji[::-1]], float)
+    scale = np.diag(np.append(2.0 / size, 1.0))
+    scale[:3, 3] = -1.0
+    return scale @ np.linalg.inv(ijk_to_ras)
+
+
 def normalised_coordinates(points_ras: torch.Tensor, ijk_to_ras: np.ndarray, shape_kji) -> torch.Tensor:
     """(..., 3) RAS mm -> grid_sample's (x, y, z) in [-1, 1] (align_corners=True) of a (K, J, I) array."""
-    inverse = torch.as_tensor(np.linalg.inv(ijk_to_ras), dtype=points_ras.dtype, device=points_ras.device)
-    ijk = points_ras @ inverse[:3, :3].T + inverse[:3, 3]
-    size = torch.tensor([max(n - 1, 1) for n in shape_kji[::-1]], dtype=points_ras.dtype, device=points_ras.device)
-    return 2.0 * ijk / size - 1.0
+    matrix = torch.as_tensor(normalising_matrix(ijk_to_ras, shape_kji), dtype=points_ras.dtype,
+                             device=points_ras.device)
+    return points_ras @ matrix[:3, :3].T + matrix[:3, 3]
 
 
 def sample(array: torch.Tensor, ijk_to_ras: np.ndarray, points_ras: torch.Tensor, labels: bool = False,

@@ -32,7 +32,7 @@ from ..core.pose import rotvec_to_matrix, se3_log
 from ..core.volume import Volume
 from ..errors import InputError
 from ..core.displacement import DisplacementField
-from ..core.grid import Grid, _pooled, hu_to_unit, normalised_coordinates, sample, volume_on_grid
+from ..core.grid import Grid, _pooled, hu_to_unit, normalising_matrix, volume_on_grid
 from .similarity import SIMILARITIES, similarity_loss
 
 TRANSFORMS = ("rigid", "affine_noscale", "affine")
@@ -208,29 +208,36 @@ def _params_of(init: np.ndarray, centre: torch.Tensor) -> torch.Tensor:
 def _level_setup(fixed: Volume, moving: Volume, moving_array: torch.Tensor, lo, hi, level_mm: float,
                  config: AffineConfig, mask_volume: Volume | None):
     """One pyramid level over the box [lo, hi]: (its grid's voxel count, (points, fixed_image,
-    weight, level_moving, level_matrix)), the latter the arguments :func:`_level_loss` takes
-    after the parameters."""
+    weight, level_moving, to_normalised)), the latter the arguments :func:`_level_loss` takes
+    after the parameters: the fixed grid's points (float32 RAS mm), the pooled moving CT and the
+    (4, 4) float64 matrix from its RAS to grid_sample's coordinates."""
     grid = Grid.covering(lo, hi, level_mm, multiple=1)
     fixed_image = hu_to_unit(volume_on_grid(fixed, grid))[None, None]
     weight = torch.ones_like(fixed_image)
     if mask_volume is not None:
         weight = (volume_on_grid(mask_volume, grid, labels=True) > 0.5).float()[None, None]
     level_moving, level_matrix = _pooled(moving_array, moving.ijk_to_ras, level_mm)
-    points = grid.points_ras(torch.float64)
-    if config.similarity in ("mse", "ncc", "mi") and grid.voxels > config.max_points:
-        keep = torch.as_tensor(np.random.default_rng(0).choice(grid.voxels, config.max_points, replace=False))
+    points = grid.points_ras()
+    if config.similarity in ("mse", "ncc", "mi"):  # point-wise: only the voxels that count are sampled
+        keep = torch.arange(grid.voxels) if mask_volume is None else torch.nonzero(weight.reshape(-1) > 0)[:, 0]
+        if len(keep) > config.max_points:
+            keep = keep[torch.as_tensor(np.random.default_rng(0).choice(len(keep), config.max_points, replace=False))]
         points = points.reshape(-1, 3)[keep][None, None]  # (1, 1, N, 3): a "volume" of N points
         fixed_image = fixed_image.reshape(-1)[keep].view(1, 1, 1, 1, -1)
         weight = weight.reshape(-1)[keep].view(1, 1, 1, 1, -1)
-    return grid.voxels, (points, fixed_image, weight, level_moving, level_matrix)
+    to_normalised = torch.as_tensor(normalising_matrix(level_matrix, level_moving.shape[1:]))
+    return grid.voxels, (points, fixed_image, weight, level_moving[None], to_normalised)
 
 
-def _level_loss(params, config, centre, points, fixed_image, weight, level_moving, level_matrix) -> torch.Tensor:
-    matrix = params_to_matrix(params, config.transform, centre)
-    moved = points @ matrix[:3, :3].T + matrix[:3, 3]
-    warped = hu_to_unit(sample(level_moving, level_matrix, moved)).reshape(fixed_image.shape)
-    inside = (normalised_coordinates(moved, level_matrix, level_moving.shape[1:]).abs() <= 1.0).all(-1)
-    w = weight * inside.float().reshape(weight.shape)
+def _level_loss(params, config, centre, points, fixed_image, weight, level_moving, to_normalised) -> torch.Tensor:
+    # The transform and the moving grid's normalisation composed first (float64, 4x4): one
+    # float32 matmul per point, the moving CT sampled where it lands.
+    matrix = (to_normalised @ params_to_matrix(params, config.transform, centre)).float()
+    coords = points @ matrix[:3, :3].T + matrix[:3, 3]
+    warped = torch.nn.functional.grid_sample(level_moving, coords.reshape(1, -1, 1, 1, 3), mode="bilinear",
+                                             padding_mode="border", align_corners=True)
+    warped = hu_to_unit(warped).reshape(fixed_image.shape)
+    w = weight * (coords.abs() <= 1.0).all(-1).float().reshape(weight.shape)
     if float(w.sum()) < 1.0:
         raise InputError("the moving CT does not overlap the fixed CT's region (non-overlapping volumes?)")
     return similarity_loss(config.similarity, fixed_image, warped, w)

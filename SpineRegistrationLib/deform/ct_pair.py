@@ -25,7 +25,7 @@ around everything that is evaluated.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass, field as dataclass_field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +36,15 @@ from ..core.labelmap import Labelmap
 from ..core.volume import Volume
 from ..errors import InputError
 from .affine import AffineConfig, region_box, register_affine, similarity_losses
+from .articulated import articulated_field, start_config
 from ..core.displacement import DisplacementField, available_memory_bytes
 from ..core.grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
 
 #: How the linear stage starts: ``iterative`` (:mod:`.affine` from the identity or its ``init``),
 #: ``learned`` (the rigid keypoint network alone, one forward pass per pass: fast, ~1-2 mm) or
 #: ``learned+iterative`` (the keypoint network's matrix as the iterative stage's start). Either
-#: way the network's pose is kept only when the CTs agree better there than at the identity.
+#: way the network's pose is kept only when the CTs agree better there than at the identity;
+#: when it is not, the iterative stage runs from the identity.
 RIGID_STARTS = ("iterative", "learned", "learned+iterative")
 #: The level (mm) at which the learned pose is checked against the identity.
 CHECK_LEVEL_MM = 4.0
@@ -102,12 +104,12 @@ def linear_stage(fixed: Volume, moving: Volume, config: PairConfig, box_ras) -> 
     check = AffineConfig(transform="rigid", similarity=config.affine.similarity, levels_mm=(CHECK_LEVEL_MM,), steps=(0,))
     losses = similarity_losses(fixed, moving, (matrix, np.eye(4)), check, box_ras)
     kept = losses[0] < losses[1]
-    matrix = matrix if kept else np.eye(4)
     learned = {"model": str(path), "time_s": time.perf_counter() - started, "kept": bool(kept),
                "loss_learned": losses[0], "loss_identity": losses[1]}
-    if config.rigid_start == "learned":
+    if config.rigid_start == "learned" and kept:
         return matrix, {"transform": "rigid", "start": "learned", "learned": learned, "time_s": learned["time_s"]}
-    affine = register_affine(fixed, moving, config.affine, box_ras=box_ras, init=matrix)
+    # Refused: the iterative stage from the identity, as if no network had been asked.
+    affine = register_affine(fixed, moving, config.affine, box_ras=box_ras, init=matrix if kept else np.eye(4))
     return affine.matrix, {**affine.info, "start": "learned", "learned": learned}
 
 
@@ -213,6 +215,8 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
     grid = working_grid(fixed, fixed_seg, model_config.spacing_mm, model_config.multiple, config.margin_mm,
                         config.memory_bytes)
     lo, hi = grid.points_ras()[0, 0, 0].double().numpy(), grid.points_ras()[-1, -1, -1].double().numpy()
+    if config.articulated:
+        config = replace(config, affine=start_config(config.affine))
     linear, linear_info = linear_stage(fixed, moving, config, (lo, hi))
     matrix = torch.as_tensor(linear, dtype=torch.float32)
     points = grid.points_ras()
@@ -221,8 +225,6 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
                      "origin_ras": grid.ijk_to_ras[:3, 3].tolist()},
             "model": None if model_path is None else str(model_path), "instance_steps": 0}
     if config.articulated:
-        from .articulated import articulated_field
-
         field, info["articulated"] = articulated_field(fixed, moving, moving_seg, linear)
         info["time_s"] = time.perf_counter() - started
         return field, info
