@@ -19,7 +19,9 @@ from SpineRegistrationLib.core.metrics import dice_per_label, hd95_mm
 from SpineRegistrationLib.core.pose import params_to_matrix
 from SpineRegistrationLib.core.volume import Volume
 from SpineRegistrationLib.deform import ct_pair
-from SpineRegistrationLib.deform.affine import AffineConfig, linear_part, matrix_field, register_affine
+from SpineRegistrationLib.deform.affine import (AffineConfig, Problem, linear_part, matrix_field, register_affine,
+                                               register_affine_batch)
+from SpineRegistrationLib.deform.affine import params_to_matrix as affine_matrix
 from SpineRegistrationLib.core.displacement import DisplacementField, jacobian_stats
 from SpineRegistrationLib.core.grid import Grid, ras_mm_to_voxel, sample, voxel_to_ras_mm, volume_on_grid
 from SpineRegistrationLib.deform.network import DeformModelConfig, build_network
@@ -64,6 +66,46 @@ def test_affine_without_scaling_keeps_volume_and_the_full_affine_scales():
     assert torch.det(linear_part(params, "affine")).item() != pytest.approx(1.0, abs=1e-3)
     assert torch.allclose(linear_part(params, "rigid") @ linear_part(params, "rigid").T,
                           torch.eye(3, dtype=torch.float64), atol=1e-9)
+
+
+def test_a_batch_of_registrations_gives_each_its_own_result(phantom):
+    """Three problems of different sizes (each vertebra's mask on its own crop, the moving CT
+    cropped to three different boxes, so the batch pads points and volumes) optimised together:
+    every matrix is the one its registration reaches alone, and each recovers the known motion."""
+    ct, labelmap = phantom
+    centre = ct.ijk_to_ras_points(np.array(ct.shape_ijk) / 2.0)
+    truth = params_to_matrix(np.array([3.0, -2.0, 2.0, 3.0, -2.0, 2.0]), centre)
+    moving = moved_copy(ct, truth)
+    config = AffineConfig(levels_mm=(4.0, 2.0), steps=(30, 15), margin_mm=4.0)
+    problems = []
+    for index, label in enumerate(labelmap.labels.values()):
+        k, j, i = np.nonzero(labelmap.volume.array == label)
+        start = np.array([i.min(), j.min(), k.min()]) - 3
+        stop = np.array([i.max(), j.max(), k.max()]) + 4
+        near = ct.cropped(start, stop)
+        mask = labelmap.volume.cropped(start, stop).array == label
+        far = moving.cropped(np.maximum(start - 6 - 3 * index, 0), stop + 6 + 2 * index)
+        problems.append(Problem(near, far, mask=mask))
+    together = register_affine_batch(problems, config)
+    assert len({p.moving.array.shape for p in problems}) == 3
+    for problem, result in zip(problems, together):
+        alone = register_affine(problem.fixed, problem.moving, config, mask=problem.mask)
+        k, j, i = np.nonzero(problem.mask)
+        points = problem.fixed.ijk_to_ras_points(np.stack([i, j, k], 1).astype(float))
+        homogeneous = np.c_[points, np.ones(len(points))]
+        assert np.abs(homogeneous @ (result.matrix - alone.matrix)[:3].T).max() < 0.02  # mm
+        assert result.loss == pytest.approx(alone.loss, abs=1e-4)
+        assert np.linalg.norm(homogeneous @ (result.matrix - truth)[:3].T, axis=1).mean() < 0.8
+
+
+def test_the_matrices_of_a_batch_are_those_of_each():
+    params = torch.randn(4, 12, dtype=torch.float64)
+    centres = torch.randn(4, 3, dtype=torch.float64) * 50.0
+    for transform in ("rigid", "affine_noscale", "affine"):
+        batch = affine_matrix(params, transform, centres)
+        for b in range(4):
+            single = affine_matrix(params[b], transform, centres[b])
+            assert torch.allclose(batch[b], single, atol=1e-12)
 
 
 def test_non_overlapping_moving_ct_is_one_line(phantom):
