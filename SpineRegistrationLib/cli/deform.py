@@ -83,13 +83,16 @@ def _add_pair_arguments(parser: argparse.ArgumentParser) -> None:
                       help="similarity of the linear stage (mi/mind for different scanners or contrast)")
     pair.add_argument("--rigid-start", default="iterative", choices=("iterative", "learned", "learned+iterative"),
                       help="how the linear stage starts: iterative from the identity, the learned rigid keypoint network "
-                           "alone (one forward pass, fast, about 1-2 mm), or the keypoint network's pose refined iteratively")
+                           "alone (one forward pass, fast, about 1-2 mm), or the keypoint network's pose refined iteratively; a "
+                           "learned pose under which the CTs agree less than at the identity is refused and the "
+                           "iterative stage runs")
     pair.add_argument("--rigid-model", metavar="MODEL.pt", default=None,
                       help="rigid keypoint network ('spinereg train-deform --network rigid'; default: the shipped one)")
     pair.add_argument("--articulated", action="store_true",
-                      help="after the linear stage, register every vertebra of --moving-seg rigidly on its own box "
-                           "and blend the poses poly-rigidly (rigid inside each vertebra, smooth between) instead "
-                           "of the deformable network")
+                      help="after the linear stage (its coarsest level), register every vertebra of --moving-seg "
+                           "rigidly on its own voxels (all in one batch) and blend the poses poly-rigidly (rigid "
+                           "inside each vertebra, smooth between); the deformable network refines that field only "
+                           "when --model or --instance-steps is given")
     pair.add_argument("--linear-only", action="store_true", help="stop after the linear stage (no network)")
     pair.add_argument("--instance-steps", type=int, default=0, metavar="N",
                       help="test-time optimisation steps of the network's field (LNCC + bending; 0: off)")
@@ -167,11 +170,8 @@ def _run_pair(args: argparse.Namespace) -> int:
         raise InputError(f"deform from CT to CT needs {' and '.join(missing)}")
     if args.instance_steps < 0:
         raise InputError(f"--instance-steps must be >= 0, got {args.instance_steps}")
-    if args.articulated:
-        clash = [flag for flag, given in (("--linear-only", args.linear_only), ("--model", args.model is not None),
-                                          ("--instance-steps", args.instance_steps > 0)) if given]
-        if clash:
-            raise InputError(f"--articulated replaces the deformable network: drop {' and '.join(clash)}")
+    if args.articulated and args.linear_only:
+        raise InputError("--articulated registers every vertebra after the linear stage: drop --linear-only")
     started = time.perf_counter()
     config = PairConfig(model=None if args.model is None else Path(args.model), deformable=not args.linear_only,
                         affine=AffineConfig(transform=args.transform, similarity=args.similarity),

@@ -47,17 +47,18 @@ class DisplacementField:
         """The grid as a Volume (its array is the displacement magnitude, mm)."""
         return Volume(np.linalg.norm(self.displacement, axis=-1), self.ijk_to_ras)
 
-    def map_points(self, points_ras: np.ndarray) -> np.ndarray:
-        """(N, 3) world RAS mm -> (N, 3) CT RAS mm, trilinear as ITK (zero displacement off the grid)."""
+    def map_points(self, points_ras: np.ndarray, border: bool = False) -> np.ndarray:
+        """(N, 3) world RAS mm -> (N, 3) CT RAS mm, trilinear as ITK (zero displacement off the grid;
+        with ``border``, the nearest edge node's, so that a composition does not jump at the edge)."""
         points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
         ijk = points @ np.linalg.inv(self.ijk_to_ras)[:3, :3].T + np.linalg.inv(self.ijk_to_ras)[:3, 3]
         size = np.array(self.displacement.shape[2::-1], dtype=np.float64)  # (I, J, K)
         normalised = torch.as_tensor(2.0 * ijk / np.maximum(size - 1.0, 1.0) - 1.0)
         field = torch.as_tensor(self.displacement).permute(3, 0, 1, 2)[None]  # (1, 3, K, J, I)
         sampled = torch.nn.functional.grid_sample(
-            field, normalised.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="zeros", align_corners=True
-        )[0, :, :, 0, 0].T.numpy()
-        inside = np.all((ijk >= 0) & (ijk <= size - 1), axis=1)
+            field, normalised.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border" if border else "zeros",
+            align_corners=True)[0, :, :, 0, 0].T.numpy()
+        inside = border | np.all((ijk >= 0) & (ijk <= size - 1), axis=1)
         return points + np.where(inside[:, None], sampled, 0.0)
 
     def jacobian_determinant(self) -> np.ndarray:

@@ -14,7 +14,9 @@ through A (:mod:`.network`), optionally refined by instance optimisation (Adam o
 network's velocity field against LNCC + bending energy, so it stays diffeomorphic).
 
 With ``PairConfig.articulated`` the field after the linear stage is instead the poly-rigid blend
-of every vertebra's own rigid registration (:mod:`.articulated`), rigid inside each vertebra.
+of every vertebra's own rigid registration (:mod:`.articulated`), rigid inside each vertebra;
+given a model or instance steps, the network then refines it: x = P(y + u(y)), with P the
+poly-rigid map in place of A.
 
 The network's field lives on the working grid: the network's spacing, RAS-aligned, over the fixed
 segmentation's box plus ``margin_mm`` (the whole fixed CT without one). Outside that grid
@@ -61,7 +63,8 @@ class PairConfig:
     rigid_start: one of :data:`RIGID_STARTS`; rigid_model: the rigid keypoint network's model file
         (None: the shipped one).
     articulated: after the linear stage, register every vertebra of the moving segmentation on
-        its own and blend the poses (:mod:`.articulated`) instead of the deformable network.
+        its own and blend the poses (:mod:`.articulated`); the deformable network runs after it only
+        when a model or instance steps are given.
     instance_steps / instance_lr / instance_bending: test-time optimisation (0 steps: off).
     memory_bytes: refuse working grids needing more (None: 75 % of the memory available now).
     device: torch device of the network."""
@@ -201,11 +204,13 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
     started = time.perf_counter()
     check_inputs(fixed, moving, fixed_seg, moving_seg)
     model_config, model_path = DeformModelConfig(), None
-    if config.articulated:
-        if moving_seg is None:
-            raise InputError("the articulated registration needs the moving CT's vertebra segmentation (--moving-seg)")
+    if config.articulated and moving_seg is None:
+        raise InputError("the articulated registration needs the moving CT's vertebra segmentation (--moving-seg)")
+    # Vertebra by vertebra needs no network; given a model or instance steps, the network refines its field.
+    wants_network = config.deformable and (not config.articulated or config.model is not None or config.instance_steps > 0)
+    if not wants_network:
         network = None
-    elif config.deformable and network is None:
+    elif network is None:
         model_path = Path(config.model) if config.model is not None else shipped_network_path()
         if model_path is None:
             raise InputError("no deformable model is shipped in Resources/Models: train one (spinereg train-deform)")
@@ -218,29 +223,36 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
     if config.articulated:
         config = replace(config, affine=start_config(config.affine))
     linear, linear_info = linear_stage(fixed, moving, config, (lo, hi))
-    matrix = torch.as_tensor(linear, dtype=torch.float32)
-    points = grid.points_ras()
+    matrix = torch.as_tensor(linear, dtype=torch.float64)
     info = {"matrix_moving_from_fixed": linear.tolist(), "affine": linear_info,
             "grid": {"shape_ijk": list(grid.shape[::-1]), "spacing_mm": grid.spacing_mm,
                      "origin_ras": grid.ijk_to_ras[:3, 3].tolist()},
             "model": None if model_path is None else str(model_path), "instance_steps": 0}
     if config.articulated:
-        field, info["articulated"] = articulated_field(fixed, moving, moving_seg, linear)
-        info["time_s"] = time.perf_counter() - started
-        return field, info
-    displacement = torch.zeros(points.shape)
+        articulated, info["articulated"] = articulated_field(fixed, moving, moving_seg, linear)
+
+        def before(points: torch.Tensor) -> torch.Tensor:  # (..., 3) fixed RAS -> moving RAS, float64
+            mapped = articulated.map_points(points.reshape(-1, 3).numpy(), border=True)
+            return torch.as_tensor(mapped).reshape(points.shape)
+        if network is None:
+            info["time_s"] = time.perf_counter() - started
+            return articulated, info
+    else:
+        def before(points: torch.Tensor) -> torch.Tensor:
+            return points @ matrix[:3, :3].T + matrix[:3, 3]
+    points = grid.points_ras(torch.float64)
+    displacement = torch.zeros(points.shape, dtype=torch.float64)
     if network is not None:
         tick = time.perf_counter()
         with torch.no_grad():
             fixed_image = hu_to_unit(volume_on_grid(fixed, grid))[None, None].to(config.device)
-            aligned = points @ matrix[:3, :3].T + matrix[:3, 3]
+            aligned = before(points).float()
             moving_image = hu_to_unit(volume_on_grid(moving, grid, points_ras=aligned))[None, None].to(config.device)
         ddf = deformable_displacement(network, moving_image, fixed_image, config.instance_steps, config.instance_lr,
                                       config.instance_bending)
-        displacement = voxel_to_ras_mm(ddf.cpu(), grid)[0]
+        displacement = voxel_to_ras_mm(ddf.cpu(), grid)[0].double()
         info.update(deformable_s=time.perf_counter() - tick, instance_steps=config.instance_steps)
-    moved = (points + displacement).double() @ matrix.double()[:3, :3].T + matrix.double()[:3, 3]
-    field = DisplacementField((moved - points.double()).numpy(), grid.ijk_to_ras)
+    field = DisplacementField((before(points + displacement) - points).numpy(), grid.ijk_to_ras)
     info["time_s"] = time.perf_counter() - started
     return field, info
 

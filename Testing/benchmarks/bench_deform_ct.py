@@ -10,6 +10,8 @@ vertebrae plus 20 mm), deformed the same way.
 Methods: ``identity``; ``rigid`` (our iterative linear stage alone); ``learned rigid`` (the
 keypoint network of ``deform.rigid_network`` alone), ``learned rigid + iterative`` (its pose as
 the iterative stage's start), ``ours fast`` (learned rigid + the shipped deformable network);
+``articulated`` (vertebra by vertebra, from the iterative or the learned rigid start, and followed by
+``--articulated-io-steps`` of instance optimisation);
 ``ours`` (iterative rigid + the shipped network); ``ours+io`` (plus instance optimisation, ``--io-steps``); ``elastix`` (itk-elastix,
 the default ``rigid`` then ``bspline`` parameter maps, 10 mm final grid, Mattes MI;
 ``--elastix-iterations`` / ``--elastix-resolutions`` shorten the B-spline stage).
@@ -156,6 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="deform_ct_bench", help="stem of the result files in --out")
     parser.add_argument("--no-elastix", action="store_true")
     parser.add_argument("--io-steps", type=int, default=40, help="instance optimisation steps (0: no ours+io row)")
+    parser.add_argument("--articulated-io-steps", type=int, default=10,
+                        help="instance optimisation steps after vertebra by vertebra (0: no such row)")
     parser.add_argument("--elastix-iterations", type=int, default=256, help="B-spline iterations per resolution")
     parser.add_argument("--elastix-resolutions", type=int, default=4)
     parser.add_argument("--model", type=Path, default=None)
@@ -195,6 +199,9 @@ def main(argv=None) -> int:
         if rigid_model is not None:
             methods += [("articulated from learned rigid", PairConfig(articulated=True, rigid_start="learned",
                                                                       rigid_model=rigid_model))]
+        if args.articulated_io_steps > 0:
+            methods += [(f"articulated + instance optimisation ({args.articulated_io_steps} steps)",
+                         PairConfig(articulated=True, instance_steps=args.articulated_io_steps))]
         methods += [("ours", PairConfig())]
         if args.io_steps > 0:
             methods += [("ours+io", PairConfig(instance_steps=args.io_steps))]

@@ -12,10 +12,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy.ndimage import distance_transform_edt
 
 from SpineRegistrationLib.cli import main
 from SpineRegistrationLib.core.displacement import jacobian_stats
+from SpineRegistrationLib.core.grid import sample
 from SpineRegistrationLib.core.labelmap import Labelmap
 from SpineRegistrationLib.deform.articulated import articulated_field, box_slices, vertebra_mask
 from SpineRegistrationLib.deform.ct_pair import PairConfig, register_ct_pair
@@ -83,16 +85,44 @@ def test_articulated_without_the_moving_segmentation_is_one_line(pair, tmp_path,
     assert len(errors) == 1 and "--moving-seg" in errors[0] and not out.exists()
 
 
-@pytest.mark.parametrize("extra", [["--linear-only"], ["--model", "m.pt"], ["--instance-steps", "5"]])
-def test_articulated_with_a_deformable_network_option_is_one_line(pair, tmp_path, capsys, extra):
+def test_articulated_with_linear_only_is_one_line(pair, tmp_path, capsys):
     fixed, _, _, _ = pair
     write_volume(fixed, tmp_path / "ct.nii.gz")
     out = tmp_path / "out"
     assert main(["deform", "--fixed", str(tmp_path / "ct.nii.gz"), "--moving", str(tmp_path / "ct.nii.gz"),
-                 "--articulated", *extra, "--out", str(out)]) == 2
+                 "--articulated", "--linear-only", "--out", str(out)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(errors) == 1 and "replaces the deformable network" in errors[0] and extra[0] in errors[0]
-    assert not out.exists()
+    assert len(errors) == 1 and "--linear-only" in errors[0] and not out.exists()
+
+
+def test_instance_optimisation_refines_the_articulated_field(pair):
+    """With soft tissue warped between the vertebrae, instance optimisation after the vertebra-by-
+    vertebra field makes the moved moving CT agree better with the fixed one around the spine
+    (where the image shows the motion), moves the tissue towards where the truth takes it, keeps
+    the vertebrae within a millimetre of it and does not fold."""
+    fixed, moving, moving_seg, _ = pair
+    motion = DeformationConfig(rotation_deg=3.0, translation_mm=2.0, soft_mm=4.0, noise=0.0)
+    fixed, fixed_seg, truth = synthetic_pair(moving, moving_seg, np.random.default_rng(7), motion)
+    articulated, _ = register_ct_pair(fixed, moving, None, moving_seg, PairConfig(articulated=True))
+    refined, info = register_ct_pair(fixed, moving, None, moving_seg, PairConfig(articulated=True, instance_steps=30))
+    assert info["instance_steps"] == 30 and "articulated" in info
+    body = np.argwhere((fixed.array > -300) & (fixed_seg.volume.array == 0))[::7]
+    points = fixed.ijk_to_ras_points(body[:, ::-1].astype(float))
+    values = torch.as_tensor(moving.array, dtype=torch.float32)[None]
+
+    def mismatch_hu(field):
+        moved = sample(values, moving.ijk_to_ras, torch.as_tensor(field.map_points(points), dtype=torch.float32))[0]
+        return float(np.abs(moved.numpy() - fixed.array[tuple(body.T)]).mean())
+
+    def error_mm(field):
+        return float(np.linalg.norm(field.map_points(points) - truth.map_points(points), axis=1).mean())
+
+    assert mismatch_hu(refined) < 0.8 * mismatch_hu(articulated), (mismatch_hu(refined), mismatch_hu(articulated))
+    assert error_mm(refined) < error_mm(articulated), (error_mm(refined), error_mm(articulated))
+    # The image term bends the vertebrae too (on this small noiseless phantom 0.36 -> 0.70 mm;
+    # on the real CT of the benchmark 0.78 -> 0.60 mm): they stay within a millimetre.
+    assert vertebra_error_mm(refined, truth, fixed, moving_seg) < 1.0
+    assert jacobian_stats(refined)["folding_percent"] < 0.05
 
 
 def test_deform_articulated_writes_the_folder_from_the_learned_start(pair, tmp_path, capsys):
