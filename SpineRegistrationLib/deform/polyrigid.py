@@ -132,29 +132,26 @@ def polyrigid_field(labelmap: Labelmap, registered: dict[str, np.ndarray],
                           for name in order])  # (vertebrae, nodes) float32 mm
     nearest_two = np.partition(distances, 1, axis=0)[:2] if len(order) > 1 else np.vstack([distances, distances + np.inf])
     owner = np.argmin(distances, axis=0)
-    weight_sum = np.zeros(n_nodes, dtype=np.float64)
-    twist_sum = np.zeros((n_nodes, 6), dtype=np.float64)
     inverse_twists = np.stack([_twist(np.linalg.inv(poses[name]), origin) for name in order])
-    zoned = np.zeros(n_nodes, dtype=bool)
-    for index in range(len(order)):
-        distance = distances[index]
-        others = np.where(owner == index, nearest_two[1], nearest_two[0])
-        margin = np.minimum(config.margin_mm, config.gap_share * others)
-        zoned |= (distance <= margin) & (owner == index)
-        weight = 1.0 / np.maximum(distance.astype(np.float64) - margin, 1e-3) ** config.power
-        weight_sum += weight
-        twist_sum += weight[:, None] * inverse_twists[index]
-    del distances
-    twist = twist_sum / weight_sum[:, None]
+    # All vertebrae at once (float32 weights, (vertebrae, nodes) like the distances): a node's
+    # distance to the nearest *other* vertebra is the second nearest where it is the owner's.
+    mine = owner[None, :] == np.arange(len(order))[:, None]
+    margin = np.minimum(np.float32(config.margin_mm),
+                        np.float32(config.gap_share) * np.where(mine, nearest_two[1], nearest_two[0]))
+    zoned = np.any((distances <= margin) & mine, axis=0)
+    weights = np.maximum(distances - margin, np.float32(1e-3)) ** -np.float32(config.power)
+    del distances, margin, mine
+    twist = (weights.T @ inverse_twists.astype(np.float32)).astype(np.float64) / weights.sum(0, dtype=np.float64)[:, None]
+    del weights
     twist[zoned] = inverse_twists[owner[zoned]]
-    del twist_sum, weight_sum
 
     kk, jj, ii = np.indices(grid.array.shape).reshape(3, -1)
     displacement = np.empty((n_nodes, 3), dtype=np.float64)
     for start in range(0, n_nodes, _CHUNK_NODES):
         part = slice(start, start + _CHUNK_NODES)
         world = grid.ijk_to_ras_points(np.stack([ii[part], jj[part], kk[part]], axis=1).astype(np.float64))
-        matrices = se3_exp(torch.as_tensor(twist[part])).numpy()
+        # float32 exponentials: 1e-7 of a rotation is 3e-5 mm at 300 mm from the origin (0.1 s less on the real CT)
+        matrices = se3_exp(torch.as_tensor(twist[part], dtype=torch.float32)).double().numpy()
         centred = world - origin
         ct = np.einsum("nij,nj->ni", matrices[:, :3, :3], centred) + matrices[:, :3, 3] + origin
         displacement[part] = ct - world
