@@ -77,6 +77,12 @@ class XrayImageInfo:
     size: tuple[int, int]
 
 
+def on_image(point_px, size) -> bool:
+    """Whether a (column, row) pixel point lies on an image of ``size`` (columns, rows) pixels,
+    pixel centres at integers."""
+    return bool(-0.5 <= point_px[0] <= size[0] - 0.5 and -0.5 <= point_px[1] <= size[1] - 0.5)
+
+
 def _checked_box(raw: Any, where: str, size: tuple[int, int] | None) -> XrayBox:
     if not isinstance(raw, Mapping):
         raise InputError(f"{where}: a box must be an object with vertebra and corners_px, got {raw!r}")
@@ -105,7 +111,7 @@ def _checked_box(raw: Any, where: str, size: tuple[int, int] | None) -> XrayBox:
     box = XrayBox(name, corners, float(score), accepted, source)
     if size is not None:
         column, row = box.center_px
-        if not (-0.5 <= column <= size[0] - 0.5 and -0.5 <= row <= size[1] - 0.5):
+        if not on_image(box.center_px, size):
             raise InputError(f"{where} ({name}): box centre ({column:.1f}, {row:.1f}) px lies outside the "
                              f"{size[0]}x{size[1]} image")
     return box

@@ -31,7 +31,7 @@ from ..core.labels import VERTEBRAE
 from ..errors import InputError
 from ..geometry import XrayGeometry
 from ..geometry.image_boxes import box_iou, rectangle_corners
-from ..io.xray_boxes import XrayBox
+from ..io.xray_boxes import XrayBox, on_image
 from .checkpoint import read_payload, save_atomic
 from .network import _Residual
 from .patches import normalize_xray
@@ -252,7 +252,10 @@ class DetectorPredictor:
         prepared = prepare_xray(array, geometry, self.model.config)
         with torch.no_grad():
             output = self.model(prepared.image.to(self.device))[0].cpu()
-        detections = decode(output, threshold)
+        # A centre beyond the X-ray is the network reading its input's padding: the box files
+        # (io.xray_boxes) refuse such boxes, so the detector never writes one.
+        detections = [d for d in decode(output, threshold)
+                      if on_image(prepared.to_original(d.center), np.asarray(array).shape[1::-1])]
         names = name_levels(detections)
         by_name = dict(zip(names, detections))
         boxes = []

@@ -14,6 +14,7 @@ from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.geometry import preset_geometry
 from SpineRegistrationLib.geometry.image_boxes import box_iou, rectangle_corners
 from SpineRegistrationLib.io import Labelmap
+from SpineRegistrationLib.io.xray_boxes import check_boxes
 from SpineRegistrationLib.learned.checkpoint import save_atomic
 from SpineRegistrationLib.learned.detector import (
     CHAIN, HEAT, LEVEL, STRIDE, Detection, DetectorConfig, DetectorPredictor, VertebraDetector, decode, load_detector,
@@ -175,3 +176,13 @@ def test_the_predictor_gives_named_boxes_on_the_original_pixels(small_source, tm
     boxes = DetectorPredictor(path).detect(np.random.default_rng(0).random((128, 128)), geometry, threshold=0.0)
     assert boxes and all(b.source == "detector" and b.vertebra in CHAIN for b in boxes)
     assert len({b.vertebra for b in boxes}) == len(boxes)
+
+
+def test_the_predictor_keeps_only_boxes_centred_on_the_xray(small_source, tmp_path):
+    """An X-ray whose size is no multiple of the network's stride is padded; what the network reads
+    in the padding is not on the X-ray, and the box files would refuse it (a centre off the image)."""
+    path = save_detector(VertebraDetector(TINY), tmp_path / "d.pt")
+    geometry = preset_geometry("AP", size=(90, 100), pixel_spacing=(2.0, 2.0))  # 90 columns, 100 rows
+    boxes = DetectorPredictor(path).detect(np.random.default_rng(0).random((100, 90)), geometry, threshold=0.0)
+    assert boxes and all(-0.5 <= b.center_px[0] <= 89.5 and -0.5 <= b.center_px[1] <= 99.5 for b in boxes)
+    check_boxes({"AP": boxes}, {"AP": (90, 100)})  # the box files' own check accepts them all
