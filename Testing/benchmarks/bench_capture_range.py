@@ -7,8 +7,11 @@ missing). Each case starts at its true pose translated by a uniform draw in ±``
 axis (seeded per case and offset; the translation grid searches ±25 mm per axis). ``without``: ``spinereg register``'s pipeline from there. ``with``:
 the same plus the truth boxes (:mod:`SpineRegistrationLib.render.projected_boxes` of every
 vertebra at the true pose, accepted) as ``--boxes``: the start moves to where the target's box
-centres triangulate and the translation grid keeps its centre inside its boxes. Method
-``intensity`` unless ``--method``.
+centres triangulate and the translation grid keeps its centre inside its boxes. ``detected``
+(with ``--detector``): the same with a detector's boxes on the case's X-rays instead of the
+truth's, every one accepted as an annotator who trusts it would; ``detected target``: only the
+detected boxes named as the target, accepted (the others dropped). Method ``intensity`` unless
+``--method``.
 
 Writes OUT/capture_range.json (one record per case, offset and arm), OUT/capture_range.md and
 OUT/capture_range.png (a case or two: X-ray, DRR at each result, truth outline, box);
@@ -69,6 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, help="bench_real_ct's case cache (default OUT/cases)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--detector", type=Path, metavar="MODEL.pt",
+                        help="also a 'detected' arm: that detector's boxes on the case's X-rays, all accepted")
     parser.add_argument("--from-results", action="store_true",
                         help="register nothing: the table and picture of OUT/capture_range.json (a run also "
                         "keeps its records and registers only the case, offset and arm pairs it lacks)")
@@ -93,6 +98,11 @@ def main(argv=None) -> int:
     cache = CaseCache(args.cache or args.out / "cases", ct, ct.with_array(hu_to_mu(ct.array)), masks)
     cases = build_cases(ct, labelmap, cache, "rigid", "diffdrr", max(indices) + 1, args.seed, "cpu")
     outlines = VertebraOutlines(labelmap)
+    predictor = None
+    if args.detector is not None:
+        from SpineRegistrationLib.learned.detector import DetectorPredictor
+
+        predictor = DetectorPredictor(args.detector)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path, started = args.out / "capture_range.json", time.perf_counter()
     earlier = json.loads(results_path.read_text()) if results_path.exists() else {"method": args.method, "records": []}
@@ -105,9 +115,18 @@ def main(argv=None) -> int:
         points = vertebra_points(case.mask, ct)
         truth_boxes = {view: [replace(box, accepted=True) for box in outlines.boxes(geometry, case.matrix_true)]
                        for view, geometry in zip(VIEWS, case.geometries)}
+        arms = [("without", None), ("with", truth_boxes)]
+        if predictor is not None:
+            detected = {view: predictor.detect(image, geometry)
+                        for view, image, geometry in zip(VIEWS, case.images, case.geometries)}
+            arms.append(("detected", {view: [replace(box, accepted=True) for box in boxes]
+                                      for view, boxes in detected.items()}))
+            arms.append(("detected target", {view: [replace(box, accepted=True) for box in boxes
+                                                    if box.vertebra == case.vertebra]
+                                             for view, boxes in detected.items()}))
         for offset in offsets:
             start = start_of(case, offset, args.seed)
-            for arm, boxes in (("without", None), ("with", truth_boxes)):
+            for arm, boxes in arms:
                 if (index, offset, arm) in done:
                     continue
                 tick = time.perf_counter()
@@ -141,7 +160,7 @@ def markdown(records: list[dict], offsets: list[float]) -> str:
     lines = ["| start offset | boxes | cases | success < 2 mm | median start mTRE (mm) | median mTRE (mm) | "
              "median time (s) |", "|---|---|---|---|---|---|---|"]
     for offset in offsets:
-        for arm in ("without", "with"):
+        for arm in ("without", "with", "detected", "detected target"):
             chosen = [r for r in records if r["offset_mm"] == offset and r["boxes"] == arm]
             if not chosen:
                 continue
