@@ -18,6 +18,8 @@ over the region (the whole fixed volume, a box, or a mask's bounding box plus a 
 and runs Adam on the similarity (:mod:`.similarity`) of the moving CT sampled at A y,
 averaged over the mask and where A y falls inside the moving volume. The search is local:
 misalignments beyond about 30 mm or 20 degrees need ``init`` (e.g. ``init="centre"``).
+:func:`register_affine_batch` runs many such registrations under one config together (the
+vertebrae of :mod:`.articulated`); :func:`register_affine` is a batch of one.
 """
 
 from __future__ import annotations
