@@ -108,6 +108,11 @@ def bounding_box_ijk(mask: np.ndarray, margin_vox: int | tuple[int, int, int] = 
     return start_ijk, stop_ijk
 
 
+def box_corners(lo, hi) -> np.ndarray:
+    """(8, 3) float corners of the axis-aligned box [lo, hi] (any 3D frame: ijk, RAS)."""
+    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], float)
+
+
 def mask_center_ras(mask: np.ndarray, volume: Volume) -> np.ndarray:
     """(3,) RAS mm: the mean of the voxel centres of a (K, J, I) mask on ``volume``'s grid."""
     k, j, i = np.nonzero(mask)

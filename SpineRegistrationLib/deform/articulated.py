@@ -25,7 +25,7 @@ import numpy as np
 from ..core.displacement import DisplacementField
 from ..core.frames import apply_matrix
 from ..core.labelmap import Labelmap
-from ..core.volume import Volume, bounding_box_ijk, mask_center_ras
+from ..core.volume import Volume, bounding_box_ijk, box_corners, mask_center_ras
 from ..errors import InputError
 from .affine import AffineConfig, Problem, register_affine_batch
 from .polyrigid import PolyRigidConfig, polyrigid_field
@@ -116,9 +116,7 @@ def articulated_field(fixed: Volume, moving: Volume, moving_seg: Labelmap, linea
         centre = apply_matrix(start, mask_center_ras(mask, near))
         if np.any(centre < f_lo) or np.any(centre > f_hi):
             continue  # outside the fixed CT: it follows its neighbours
-        corners = moving.ijk_to_ras_points(np.array(
-            [[a, b, c] for a in (start_ijk[0], stop_ijk[0]) for b in (start_ijk[1], stop_ijk[1])
-             for c in (start_ijk[2], stop_ijk[2])], float))
+        corners = moving.ijk_to_ras_points(box_corners(start_ijk, stop_ijk))
         try:
             far = _around(fixed, apply_matrix(start, corners), config.affine.margin_mm + SEARCH_MM)
         except ValueError:

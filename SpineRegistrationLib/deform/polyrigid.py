@@ -35,7 +35,7 @@ import torch
 from ..core.frames import apply_matrix
 from ..core.labelmap import Labelmap, centroids_ras
 from ..core.pose import se3_exp, se3_log
-from ..core.volume import Volume, bounding_box_ijk
+from ..core.volume import Volume, bounding_box_ijk, box_corners
 from ..errors import InputError
 from ..io.images import volume_to_image
 from ..io.transforms import resampling_transform
@@ -203,8 +203,7 @@ def _field_grid(labelmap: Labelmap, poses: dict[str, np.ndarray], spacing_mm: fl
     lo, hi = np.zeros(3), (np.array(volume.shape_ijk) - 1) * volume.spacing_mm
     for name, label in labelmap.labels.items():
         start, stop = bounding_box_ijk(volume.array == label)
-        corners = np.array([[i, j, k] for i in (start[0], stop[0] - 1) for j in (start[1], stop[1] - 1)
-                            for k in (start[2], stop[2] - 1)], dtype=np.float64)
+        corners = box_corners(start, stop - 1)
         along = (apply_matrix(poses[name], volume.ijk_to_ras_points(corners)) - origin) @ axes
         lo = np.minimum(lo, along.min(axis=0) - 2 * spacing_mm)
         hi = np.maximum(hi, along.max(axis=0) + 2 * spacing_mm)

@@ -26,7 +26,7 @@ import torch
 
 from ..core.labelmap import Labelmap
 from ..core.metrics import rotation_error_deg, translation_error_mm
-from ..core.volume import Volume, bounding_box_ijk, mask_center_ras
+from ..core.volume import Volume, bounding_box_ijk, box_corners, mask_center_ras
 from ..geometry import XrayGeometry
 from ..io.images import volume_to_image
 from ..render.drr import Detectors, DRRRenderer, hu_to_mu
@@ -199,8 +199,7 @@ def _window(view: View, volume: Volume, masks: dict[str, np.ndarray], poses: dic
     corners = []
     for name, mask in masks.items():
         start, stop = bounding_box_ijk(mask)
-        box = np.array([[a, b, c] for a in (start[0], stop[0]) for b in (start[1], stop[1]) for c in (start[2], stop[2])],
-                       float)
+        box = box_corners(start, stop)
         matrix = poses[name][0].double().cpu().numpy()
         corners.append(volume.ijk_to_ras_points(box) @ matrix[:3, :3].T + matrix[:3, 3])
     pixels = view.geometry.project(np.concatenate(corners))

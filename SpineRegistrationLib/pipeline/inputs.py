@@ -23,7 +23,7 @@ import numpy as np
 from ..core.box import OrientedBox, mask_box_center_ras
 from ..core.labelmap import check_same_grid
 from ..core.labels import get_scheme
-from ..core.volume import Volume, bounding_box_ijk
+from ..core.volume import Volume, bounding_box_ijk, box_corners
 from ..errors import InputError
 from ..geometry import XrayGeometry
 from ..geometry.triangulation import DetectorBox, triangulate_boxes
@@ -291,8 +291,7 @@ def check_volume_seen(geometry: XrayGeometry, volume: Volume, mask: np.ndarray |
         start, stop = np.zeros(3, int), np.array(volume.shape_ijk)
     else:
         start, stop = bounding_box_ijk(mask)
-    box = np.array([[i, j, k] for i in (start[0] - 0.5, stop[0] - 0.5) for j in (start[1] - 0.5, stop[1] - 0.5)
-                    for k in (start[2] - 0.5, stop[2] - 0.5)], float)
+    box = box_corners(start - 0.5, stop - 0.5)
     corners = volume.ijk_to_ras_points(box)
     corners = corners @ np.asarray(matrix_ras)[:3, :3].T + np.asarray(matrix_ras)[:3, 3]
     if geometry.sees_any(corners):

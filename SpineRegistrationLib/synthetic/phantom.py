@@ -29,7 +29,7 @@ import numpy as np
 
 from ..core.labels import SCHEMES
 from ..core.pose import euler_zyx_to_rotation, params_to_matrix
-from ..core.volume import Volume
+from ..core.volume import Volume, box_corners
 
 _VERSE = SCHEMES["verse"].label_of
 
@@ -586,11 +586,6 @@ def _pose_params(name: str, config: PhantomConfig, rng: np.random.Generator) -> 
 
 
 # --------------------------------------------------------------------------- voxelisation
-def _corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """(8, 3) corners of the axis-aligned box [lo, hi]."""
-    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-
-
 @dataclass(frozen=True)
 class _Lattice:
     """Axis-aligned voxel grid: voxel (i, j, k) sits at ``origin + step * (i, j, k)`` (mm,
@@ -613,7 +608,7 @@ class _Lattice:
     def box(self, lo: np.ndarray, hi: np.ndarray, frame: np.ndarray) -> tuple[slice, slice, slice] | None:
         """Array slices (k, j, i) of the voxels around the local box [lo, hi] placed by
         ``frame`` (local -> lattice frame); None if it misses the grid."""
-        index = (_corners(lo, hi) @ frame[:3, :3].T + frame[:3, 3] - self.origin) / self.step
+        index = (box_corners(lo, hi) @ frame[:3, :3].T + frame[:3, 3] - self.origin) / self.step
         first = np.maximum(np.floor(index.min(axis=0)).astype(int), 0)
         stop = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 1, self.shape_ijk)
         if np.any(stop <= first):
@@ -669,7 +664,7 @@ def _volume_lattice(frames: list[np.ndarray], bones: list[list], config: Phantom
     z_all = []
     for frame, bone in zip(frames, bones):
         for p in bone:
-            z_all.append(_corners(*p.bounds()) @ frame[2, :3] + frame[2, 3])
+            z_all.append(box_corners(*p.bounds()) @ frame[2, :3] + frame[2, 3])
     z_lo, z_hi = np.min(z_all) - config.margin_mm, np.max(z_all) + config.margin_mm
     n_i, n_j = (int(np.ceil(fov / s)) for fov in config.field_of_view_mm)
     k_first = int(np.floor(z_lo / s))
