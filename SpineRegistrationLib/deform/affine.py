@@ -40,6 +40,11 @@ from .similarity import SIMILARITIES, similarity_loss
 TRANSFORMS = ("rigid", "affine_noscale", "affine")
 #: Parameter units (what one optimiser unit means): rotation and shear (rad), translation (mm), log-scale.
 _UNITS = {"rotation": 0.05, "translation": 5.0, "shear": 0.05, "scale": 0.05}
+#: Similarities of independent voxels: each level samples a list of the voxels that count (mask,
+#: ``max_points``) rather than the whole grid.
+POINTWISE = ("mse", "ncc", "mi")
+#: Those whose lists of several problems stack into one batch (mi's histogram takes no weights).
+STACKABLE = ("mse", "ncc")
 #: Body voxels for ``init="centre"``: HU above this.
 _BODY_HU = -500.0
 
@@ -172,11 +177,11 @@ def register_affine_batch(problems: list[Problem], config: AffineConfig | None =
     stacked parameters, one sampling of all their points per step. Their losses are summed, so
     each problem's gradient is its own, and Adam is element-wise: every result is its own
     registration's, up to rounding; what is shared is the per-step overhead (the 17 vertebrae
-    of the real CT, :mod:`.articulated`: 2.9 s one by one, 0.9 s together). Point-wise
-    similarities of a list of points (mse, ncc) stack; the others run one problem at a time.
+    of the real CT, :mod:`.articulated`: 2.9 s one by one, 0.9 s together). The
+    :data:`STACKABLE` similarities stack; the others run one problem at a time.
     Each result's ``time_s`` is the batch's."""
     config = config or AffineConfig()
-    if len(problems) > 1 and config.similarity not in ("mse", "ncc"):
+    if len(problems) > 1 and config.similarity not in STACKABLE:
         return [result for problem in problems for result in register_affine_batch([problem], config)]
     start = time.perf_counter()
     boxes = [region_box(p.fixed, p.mask, p.box_ras, config.margin_mm) for p in problems]
@@ -255,7 +260,7 @@ def _level_setup(fixed: Volume, moving: Volume, moving_array: torch.Tensor, lo, 
         weight = (volume_on_grid(mask_volume, grid, labels=True) > 0.5).float()[None, None]
     level_moving, level_matrix = _pooled(moving_array, moving.ijk_to_ras, level_mm)
     points = grid.points_ras()
-    if config.similarity in ("mse", "ncc", "mi"):  # point-wise: only the voxels that count are sampled
+    if config.similarity in POINTWISE:  # only the voxels that count are sampled
         keep = torch.arange(grid.voxels) if mask_volume is None else torch.nonzero(weight.reshape(-1) > 0)[:, 0]
         if len(keep) > config.max_points:
             keep = keep[torch.as_tensor(np.random.default_rng(0).choice(len(keep), config.max_points, replace=False))]
