@@ -46,7 +46,7 @@ from ..core.grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
 #: ``learned`` (the rigid keypoint network alone, one forward pass per pass: fast, ~1-2 mm) or
 #: ``learned+iterative`` (the keypoint network's matrix as the iterative stage's start). Either
 #: way the network's pose is kept only when the CTs agree better there than at the identity;
-#: when it is not, the iterative stage runs from the identity.
+#: when it is not, the iterative stage runs as without the network.
 RIGID_STARTS = ("iterative", "learned", "learned+iterative")
 #: The level (mm) at which the learned pose is checked against the identity.
 CHECK_LEVEL_MM = 4.0
@@ -111,8 +111,8 @@ def linear_stage(fixed: Volume, moving: Volume, config: PairConfig, box_ras) -> 
                "loss_learned": losses[0], "loss_identity": losses[1]}
     if config.rigid_start == "learned" and kept:
         return matrix, {"transform": "rigid", "start": "learned", "learned": learned, "time_s": learned["time_s"]}
-    # Refused: the iterative stage from the identity, as if no network had been asked.
-    affine = register_affine(fixed, moving, config.affine, box_ras=box_ras, init=matrix if kept else np.eye(4))
+    # Refused: the iterative stage as if no network had been asked (from config.affine.init's start).
+    affine = register_affine(fixed, moving, config.affine, box_ras=box_ras, init=matrix if kept else None)
     return affine.matrix, {**affine.info, "start": "learned", "learned": learned}
 
 
