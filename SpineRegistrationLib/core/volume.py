@@ -95,17 +95,20 @@ def bounding_box_ijk(mask: np.ndarray, margin_vox: int | tuple[int, int, int] = 
         raise ValueError(f"mask must be 3D (K, J, I), got shape {mask.shape}")
     if not mask.any():
         raise InputError("cannot take the bounding box of an empty mask")
-    margin = np.broadcast_to(np.asarray(margin_vox, dtype=int), (3,))
-    shape_ijk = np.array(mask.shape[::-1])
     start, stop = [], []
     for axis_kji in range(3):
         other = tuple(a for a in range(3) if a != axis_kji)
         hits = np.flatnonzero(mask.any(axis=other))
         start.append(hits[0])
         stop.append(hits[-1] + 1)
-    start_ijk = np.maximum(np.array(start[::-1]) - margin, 0)
-    stop_ijk = np.minimum(np.array(stop[::-1]) + margin, shape_ijk)
-    return start_ijk, stop_ijk
+    return grown_box(np.array(start[::-1]), np.array(stop[::-1]), margin_vox, mask.shape)
+
+
+def grown_box(start_ijk, stop_ijk, margin_vox, shape_kji) -> tuple[np.ndarray, np.ndarray]:
+    """The voxel box [start, stop) (i, j, k) grown by ``margin_vox`` and clipped to a (K, J, I) array."""
+    margin = np.broadcast_to(np.asarray(margin_vox, dtype=int), (3,))
+    return (np.maximum(np.asarray(start_ijk) - margin, 0),
+            np.minimum(np.asarray(stop_ijk) + margin, np.array(shape_kji[::-1])))
 
 
 def box_corners(lo, hi) -> np.ndarray:

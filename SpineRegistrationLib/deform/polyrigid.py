@@ -33,9 +33,9 @@ import SimpleITK as sitk
 import torch
 
 from ..core.frames import apply_matrix
-from ..core.labelmap import Labelmap, centroids_ras
+from ..core.labelmap import Labelmap, centroids_ras, label_boxes
 from ..core.pose import se3_exp, se3_log
-from ..core.volume import Volume, bounding_box_ijk, box_corners
+from ..core.volume import Volume, box_corners, grown_box
 from ..errors import InputError
 from ..io.images import volume_to_image
 from ..io.transforms import resampling_transform
@@ -125,10 +125,12 @@ def polyrigid_field(labelmap: Labelmap, registered: dict[str, np.ndarray],
     origin = np.mean([apply_matrix(registered[name], centres[name]) for name in registered], axis=0)
     poses = complete_poses(order, registered, origin)
 
-    grid = _field_grid(labelmap, poses, config.spacing_mm)
+    boxes = label_boxes(labelmap)
+    grid = _field_grid(labelmap, poses, config.spacing_mm, boxes)
     reference = volume_to_image(grid)
     n_nodes = grid.array.size
-    distances = np.stack([_distance_to_moved(labelmap, labelmap.labels[name], poses[name], reference).ravel()
+    distances = np.stack([_distance_to_moved(labelmap, labelmap.labels[name], poses[name], reference,
+                                             boxes[labelmap.labels[name]]).ravel()
                           for name in order])  # (vertebrae, nodes) float32 mm
     nearest_two = np.partition(distances, 1, axis=0)[:2] if len(order) > 1 else np.vstack([distances, distances + np.inf])
     owner = np.argmin(distances, axis=0)
@@ -194,15 +196,16 @@ def _pose_of_twist(twist: np.ndarray, origin: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def _field_grid(labelmap: Labelmap, poses: dict[str, np.ndarray], spacing_mm: float) -> Volume:
+def _field_grid(labelmap: Labelmap, poses: dict[str, np.ndarray], spacing_mm: float, boxes: dict) -> Volume:
     """The field's grid (array of zeros): the CT's axes, nodes every ``spacing_mm``, covering the
-    CT and every vertebra at its pose (grown by two nodes), so that no moved vertebra leaves it."""
+    CT and every vertebra at its pose (grown by two nodes), so that no moved vertebra leaves it.
+    boxes: label -> voxel box (:func:`..core.labelmap.label_boxes`)."""
     volume = labelmap.volume
     axes = volume.ijk_to_ras[:3, :3] / volume.spacing_mm  # unit columns
     origin = volume.ijk_to_ras[:3, 3]
     lo, hi = np.zeros(3), (np.array(volume.shape_ijk) - 1) * volume.spacing_mm
     for name, label in labelmap.labels.items():
-        start, stop = bounding_box_ijk(volume.array == label)
+        start, stop = boxes[label]
         corners = box_corners(start, stop - 1)
         along = (apply_matrix(poses[name], volume.ijk_to_ras_points(corners)) - origin) @ axes
         lo = np.minimum(lo, along.min(axis=0) - 2 * spacing_mm)
@@ -214,11 +217,13 @@ def _field_grid(labelmap: Labelmap, poses: dict[str, np.ndarray], spacing_mm: fl
     return Volume(np.zeros(tuple(counts[::-1]), dtype=np.uint8), ijk_to_ras)
 
 
-def _distance_to_moved(labelmap: Labelmap, label: int, pose: np.ndarray, reference: sitk.Image) -> np.ndarray:
+def _distance_to_moved(labelmap: Labelmap, label: int, pose: np.ndarray, reference: sitk.Image,
+                       box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """(K, J, I) float32 distance (mm, 0 inside; inf when it moves off the grid) on ``reference``'s
-    grid (world) to the vertebra ``label`` moved by ``pose``: its CT mask (cropped to its box) resampled through pose^-1,
-    linearly and cut at one half, then SimpleITK's signed Maurer distance map."""
-    start, stop = bounding_box_ijk(labelmap.volume.array == label, margin_vox=2)
+    grid (world) to the vertebra ``label`` moved by ``pose``: its CT mask (cropped to its voxel ``box``
+    grown by two voxels) resampled through pose^-1, linearly and cut at one half, then SimpleITK's
+    signed Maurer distance map."""
+    start, stop = grown_box(*box, 2, labelmap.volume.array.shape)
     crop = labelmap.volume.array[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] == label
     crop_ijk_to_ras = labelmap.volume.ijk_to_ras.copy()
     crop_ijk_to_ras[:3, 3] = labelmap.volume.ijk_to_ras_points(start.astype(np.float64))

@@ -31,6 +31,7 @@ from SpineRegistrationLib.io import (
     write_volume,
     write_xray,
 )
+from SpineRegistrationLib.core.labelmap import label_boxes
 from SpineRegistrationLib.core.labels import SCHEMES
 from SpineRegistrationLib.core.volume import Volume
 
@@ -241,6 +242,20 @@ def test_bounding_box_ijk_with_margin_and_clipping():
     assert start.tolist() == [1, 0, 0] and stop.tolist() == [10, 8, 6]
     with pytest.raises(InputError, match="empty mask"):
         bounding_box_ijk(np.zeros((2, 2, 2), bool))
+
+
+def test_label_boxes_in_one_pass_are_each_vertebras_bounding_box():
+    array = np.zeros((6, 8, 10), np.uint8)
+    array[2:5, 3:7, 4:9] = 20
+    array[0:2, 6:8, 0:3] = 21
+    array[5, 0, 9] = 21  # one stray voxel widens L2's box
+    labelmap = Labelmap(Volume(array, np.eye(4)), "verse")
+    for margin in (0, 3):
+        boxes = label_boxes(labelmap, margin)
+        assert set(boxes) == {20, 21}
+        for label, (start, stop) in boxes.items():
+            expected = bounding_box_ijk(array == label, margin)
+            assert start.tolist() == expected[0].tolist() and stop.tolist() == expected[1].tolist()
 
 
 # --------------------------------------------------------------------------- .seg.nrrd
