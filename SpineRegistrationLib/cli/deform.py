@@ -91,8 +91,13 @@ def _add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     pair.add_argument("--articulated", action="store_true",
                       help="after the linear stage (its coarsest level), register every vertebra of --moving-seg "
                            "rigidly on its own voxels (all in one batch) and blend the poses poly-rigidly (rigid "
-                           "inside each vertebra, smooth between); the deformable network refines that field only "
-                           "when --model or --instance-steps is given")
+                           "inside each vertebra, smooth between), then refine that field near the bone "
+                           "(--refine-steps); the deformable network refines it further only when --model or "
+                           "--instance-steps is given")
+    pair.add_argument("--refine-steps", type=int, default=20, metavar="N",
+                      help="with --articulated: Adam steps of the free-form refinement near the bone (a smooth "
+                           "displacement before the poly-rigid field, fitted to the CTs' intensities at random points "
+                           "around the vertebrae; 0: the poly-rigid blend alone; default: %(default)s)")
     pair.add_argument("--linear-only", action="store_true", help="stop after the linear stage (no network)")
     pair.add_argument("--instance-steps", type=int, default=0, metavar="N",
                       help="test-time optimisation steps of the network's field (LNCC + bending; 0: off)")
@@ -168,15 +173,16 @@ def _run_pair(args: argparse.Namespace) -> int:
     missing = [f"--{name}" for name in ("fixed", "moving") if not hasattr(args, name)]
     if missing:
         raise InputError(f"deform from CT to CT needs {' and '.join(missing)}")
-    if args.instance_steps < 0:
-        raise InputError(f"--instance-steps must be >= 0, got {args.instance_steps}")
+    for option in ("instance_steps", "refine_steps"):
+        if getattr(args, option) < 0:
+            raise InputError(f"--{option.replace('_', '-')} must be >= 0, got {getattr(args, option)}")
     if args.articulated and args.linear_only:
         raise InputError("--articulated registers every vertebra after the linear stage: drop --linear-only")
     started = time.perf_counter()
     config = PairConfig(model=None if args.model is None else Path(args.model), deformable=not args.linear_only,
                         affine=AffineConfig(transform=args.transform, similarity=args.similarity),
                         margin_mm=args.margin, instance_steps=args.instance_steps, device=resolve_device(args.device),
-                        rigid_start=args.rigid_start, articulated=args.articulated,
+                        rigid_start=args.rigid_start, articulated=args.articulated, refine_steps=args.refine_steps,
                         rigid_model=None if args.rigid_model is None else Path(args.rigid_model))
     with staged_output_dir(args.out, args.overwrite) as staging:
         fixed, moving = read_volume(args.fixed), read_volume(args.moving)

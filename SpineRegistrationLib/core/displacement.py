@@ -50,16 +50,29 @@ class DisplacementField:
     def map_points(self, points_ras: np.ndarray, border: bool = False) -> np.ndarray:
         """(N, 3) world RAS mm -> (N, 3) CT RAS mm, trilinear as ITK (zero displacement off the grid;
         with ``border``, the nearest edge node's, so that a composition does not jump at the edge)."""
-        points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
-        ijk = points @ np.linalg.inv(self.ijk_to_ras)[:3, :3].T + np.linalg.inv(self.ijk_to_ras)[:3, 3]
+        points = torch.as_tensor(np.asarray(points_ras, dtype=np.float64).reshape(-1, 3))
+        return self.torch_map(torch.float64, border)(points).numpy()
+
+    def torch_map(self, dtype: torch.dtype = torch.float32, border: bool = False):
+        """The map as a torch function of (N, 3) world RAS mm (``dtype``) -> (N, 3) CT RAS mm, as
+        :meth:`map_points` and differentiable in the points; the field is converted once, here."""
+        field = torch.as_tensor(self.displacement, dtype=dtype).permute(3, 0, 1, 2)[None]  # (1, 3, K, J, I)
         size = np.array(self.displacement.shape[2::-1], dtype=np.float64)  # (I, J, K)
-        normalised = torch.as_tensor(2.0 * ijk / np.maximum(size - 1.0, 1.0) - 1.0)
-        field = torch.as_tensor(self.displacement).permute(3, 0, 1, 2)[None]  # (1, 3, K, J, I)
-        sampled = torch.nn.functional.grid_sample(
-            field, normalised.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border" if border else "zeros",
-            align_corners=True)[0, :, :, 0, 0].T.numpy()
-        inside = border | np.all((ijk >= 0) & (ijk <= size - 1), axis=1)
-        return points + np.where(inside[:, None], sampled, 0.0)
+        ras_to_ijk = torch.as_tensor(np.linalg.inv(self.ijk_to_ras)[:3], dtype=dtype)
+        scale = torch.as_tensor(2.0 / np.maximum(size - 1.0, 1.0), dtype=dtype)
+        last = torch.as_tensor(size - 1.0, dtype=dtype)
+
+        def mapped(points: torch.Tensor) -> torch.Tensor:
+            ijk = points @ ras_to_ijk[:, :3].T + ras_to_ijk[:, 3]
+            sampled = torch.nn.functional.grid_sample(
+                field, (ijk * scale - 1.0).view(1, -1, 1, 1, 3), mode="bilinear",
+                padding_mode="border" if border else "zeros", align_corners=True)[0, :, :, 0, 0].T
+            if border:
+                return points + sampled
+            inside = ((ijk >= 0) & (ijk <= last)).all(-1, keepdim=True)
+            return points + torch.where(inside, sampled, torch.zeros_like(sampled))
+
+        return mapped
 
     def jacobian_determinant(self) -> np.ndarray:
         """(K, J, I) det(I + dd/dy) at the nodes, central differences in world mm.

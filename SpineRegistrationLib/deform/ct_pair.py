@@ -14,9 +14,9 @@ through A (:mod:`.network`), optionally refined by instance optimisation (Adam o
 network's velocity field against LNCC + bending energy, so it stays diffeomorphic).
 
 With ``PairConfig.articulated`` the field after the linear stage is instead the poly-rigid blend
-of every vertebra's own rigid registration (:mod:`.articulated`), rigid inside each vertebra;
-given a model or instance steps, the network then refines it: x = P(y + u(y)), with P the
-poly-rigid map in place of A.
+of every vertebra's own rigid registration (:mod:`.articulated`), rigid inside each vertebra,
+refined near the bone (:mod:`.freeform`, ``PairConfig.refine_steps``); given a model or instance
+steps, the network then refines it: x = P(y + u(y)), with P that map in place of A.
 
 The network's field lives on the working grid: the network's spacing, RAS-aligned, over the fixed
 segmentation's box plus ``margin_mm`` (the whole fixed CT without one). Outside that grid
@@ -38,7 +38,8 @@ from ..core.labelmap import Labelmap
 from ..core.volume import Volume
 from ..errors import InputError
 from .affine import AffineConfig, region_box, register_affine, similarity_losses
-from .articulated import articulated_field, start_config
+from .articulated import ArticulatedConfig, articulated_field, start_config
+from .freeform import FreeFormConfig
 from ..core.displacement import DisplacementField, available_memory_bytes
 from ..core.grid import Grid, hu_to_unit, voxel_to_ras_mm, volume_on_grid
 
@@ -65,6 +66,8 @@ class PairConfig:
     articulated: after the linear stage, register every vertebra of the moving segmentation on
         its own and blend the poses (:mod:`.articulated`); the deformable network runs after it only
         when a model or instance steps are given.
+    refine_steps: Adam steps of the articulated field's free-form refinement near the bone
+        (:mod:`.freeform`; 0: the poly-rigid blend as it is).
     instance_steps / instance_lr / instance_bending: test-time optimisation (0 steps: off).
     memory_bytes: refuse working grids needing more (None: 75 % of the memory available now).
     device: torch device of the network."""
@@ -76,6 +79,7 @@ class PairConfig:
     rigid_start: str = "iterative"
     rigid_model: Path | None = None
     articulated: bool = False
+    refine_steps: int = FreeFormConfig.steps
     instance_steps: int = 0
     instance_lr: float = 0.2
     instance_bending: float = 0.5
@@ -83,6 +87,8 @@ class PairConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.refine_steps < 0:
+            raise InputError(f"the free-form refinement's steps must be >= 0, got {self.refine_steps}")
         if self.rigid_start not in RIGID_STARTS:
             raise InputError(f"unknown rigid start {self.rigid_start!r}; choose one of {', '.join(RIGID_STARTS)}")
 
@@ -229,7 +235,8 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
                      "origin_ras": grid.ijk_to_ras[:3, 3].tolist()},
             "model": None if model_path is None else str(model_path), "instance_steps": 0}
     if config.articulated:
-        articulated, info["articulated"] = articulated_field(fixed, moving, moving_seg, linear)
+        stage = ArticulatedConfig(freeform=FreeFormConfig(steps=config.refine_steps))
+        articulated, info["articulated"] = articulated_field(fixed, moving, moving_seg, linear, stage)
 
         def before(points: torch.Tensor) -> torch.Tensor:  # (..., 3) fixed RAS -> moving RAS, float64
             mapped = articulated.map_points(points.reshape(-1, 3).numpy(), border=True)

@@ -10,8 +10,9 @@ vertebrae plus 20 mm), deformed the same way.
 Methods: ``identity``; ``rigid`` (our iterative linear stage alone); ``learned rigid`` (the
 keypoint network of ``deform.rigid_network`` alone), ``learned rigid + iterative`` (its pose as
 the iterative stage's start), ``ours fast`` (learned rigid + the shipped deformable network);
-``articulated`` (vertebra by vertebra, from the iterative or the learned rigid start, and followed by
-``--articulated-io-steps`` of instance optimisation);
+``articulated`` (vertebra by vertebra, without and with its free-form refinement near the bone, from
+the iterative or the learned rigid start, and followed by ``--articulated-io-steps`` of instance
+optimisation);
 ``ours`` (iterative rigid + the shipped network); ``ours+io`` (plus instance optimisation, ``--io-steps``); ``elastix`` (itk-elastix,
 the default ``rigid`` then ``bspline`` parameter maps, 10 mm final grid, Mattes MI;
 ``--elastix-iterations`` / ``--elastix-resolutions`` shorten the B-spline stage).
@@ -49,6 +50,7 @@ from SpineRegistrationLib.core.labelmap import Labelmap  # noqa: E402
 from SpineRegistrationLib.core.metrics import dice_per_label, hd95_mm  # noqa: E402
 from SpineRegistrationLib.core.volume import Volume, bounding_box_ijk  # noqa: E402
 from SpineRegistrationLib.deform.ct_pair import PairConfig, register_ct_pair, warp_labelmap  # noqa: E402
+from SpineRegistrationLib.deform.freeform import FreeFormConfig  # noqa: E402
 from SpineRegistrationLib.core.displacement import DisplacementField, jacobian_stats  # noqa: E402
 from SpineRegistrationLib.io.displacement import field_from_image  # noqa: E402
 from SpineRegistrationLib.deform.network import load_network, shipped_network_path  # noqa: E402
@@ -166,6 +168,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rigid-model", type=Path, default=None,
                         help="the learned rigid network (default: the shipped one; its rows are left out without one)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", metavar="TEXT", default=None,
+                        help="run only the methods whose name contains one of these (e.g. articulated elastix); "
+                             "the identity row always")
     parser.add_argument("--global-rotation-deg", type=float, default=PAIR_DEFORMATION.global_rotation_deg,
                         help="the pairs' global rotation, uniform +- per axis")
     parser.add_argument("--global-translation-mm", type=float, default=PAIR_DEFORMATION.global_translation_mm,
@@ -195,7 +200,8 @@ def main(argv=None) -> int:
                                                                  rigid_model=rigid_model)),
                         ("ours fast: learned rigid + network", PairConfig(rigid_start="learned",
                                                                            rigid_model=rigid_model))]
-        methods += [("articulated: rigid + every vertebra + poly-rigid", PairConfig(articulated=True))]
+        methods += [("articulated: rigid + every vertebra + poly-rigid", PairConfig(articulated=True, refine_steps=0)),
+                    (f"articulated + free-form near the bone ({FreeFormConfig.steps} steps)", PairConfig(articulated=True))]
         if rigid_model is not None:
             methods += [("articulated from learned rigid", PairConfig(articulated=True, rigid_start="learned",
                                                                       rigid_model=rigid_model))]
@@ -205,6 +211,8 @@ def main(argv=None) -> int:
         methods += [("ours", PairConfig())]
         if args.io_steps > 0:
             methods += [("ours+io", PairConfig(instance_steps=args.io_steps))]
+        if args.methods is not None:
+            methods = [(method, config) for method, config in methods if any(text in method for text in args.methods)]
         for method, config in methods:
             start = time.perf_counter()
             field, info = register_ct_pair(fixed, moving, fixed_seg, moving_seg, config,
@@ -213,7 +221,7 @@ def main(argv=None) -> int:
             row["deformable_s"] = info.get("deformable_s")
             row["linear_s"] = info["affine"].get("time_s")
             rows.append(row)
-        if not args.no_elastix:
+        if not args.no_elastix and (args.methods is None or any(text in "elastix" for text in args.methods)):
             field, seconds = elastix_field(fixed, moving, args.elastix_iterations, args.elastix_resolutions)
             rows.append(score("elastix", fixed, fixed_seg, moving_seg, truth, field, seconds))
         for row in rows:
