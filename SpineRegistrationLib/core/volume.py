@@ -116,6 +116,20 @@ def box_corners(lo, hi) -> np.ndarray:
     return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], float)
 
 
+def scan_axis(volume: Volume) -> int:
+    """The voxel axis (0 = I, 1 = J, 2 = K) nearest the patient's long axis (RAS S): the CT's scan axis."""
+    return int(np.argmax(np.abs(volume.ijk_to_ras[2, :3]) / volume.spacing_mm))
+
+
+def scan_end_distance_mm(mask: np.ndarray, volume: Volume) -> float:
+    """How far (mm) the (K, J, I) ``mask`` lies from the nearer end of the scanned range: from its
+    outermost voxel's face to the volume's first or last slice face along :func:`scan_axis`."""
+    axis = scan_axis(volume)
+    start, stop = bounding_box_ijk(mask)
+    gap_vox = min(start[axis], volume.shape_ijk[axis] - stop[axis])
+    return float(gap_vox * volume.spacing_mm[axis])
+
+
 def mask_center_ras(mask: np.ndarray, volume: Volume) -> np.ndarray:
     """(3,) RAS mm: the mean of the voxel centres of a (K, J, I) mask on ``volume``'s grid."""
     k, j, i = np.nonzero(mask)

@@ -59,6 +59,11 @@ class RigidConfig:
         neighbours moved on their own (the context is drawn at the vertebra's pose); the second
         is flattered by a pose that wandered off (it was set up where the level started).
         Calibrated on right and wrong results on the real CT (Testing/benchmarks/bench_verdict.py).
+    ct_edge_mm / edge_doubt_below / edge_optimiser_doubt_below: a vertebra whose CT ends within
+        ``ct_edge_mm`` of it (:func:`..core.volume.scan_end_distance_mm`; the finest level's
+        window then holds the CT's cut end, and the neighbour beyond it is missing from the
+        context) is judged with these stricter thresholds instead: there, wrong poses score as
+        well as right ones elsewhere (the real CT's T1, 2.5 mm under its top slice).
     ambiguity_margin: the verdict is also "doubt" when a rival candidate elsewhere (a
         wrong vertebra level, typically) scored within this of the winner.
     seed: seeds CMA-ES.
@@ -88,7 +93,10 @@ class RigidConfig:
     fine_dilate_mm: float = 4.0
     tournament_margin: float = 0.05
     doubt_below: float = 0.63
-    optimiser_doubt_below: float = 0.73
+    optimiser_doubt_below: float = 0.66
+    ct_edge_mm: float = 4.0
+    edge_doubt_below: float = 0.68
+    edge_optimiser_doubt_below: float = 0.76
     ambiguity_margin: float = 0.01
     seed: int = 0
 

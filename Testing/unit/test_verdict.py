@@ -9,12 +9,14 @@ import torch
 
 from SpineRegistrationLib.core.labelmap import Labelmap, vertebra_mask
 from SpineRegistrationLib.core.pose import params_to_matrix
+from SpineRegistrationLib.core.volume import Volume, bounding_box_ijk, scan_axis, scan_end_distance_mm
 from SpineRegistrationLib.io.results import VertebraResult
 from SpineRegistrationLib.render.drr import hu_to_mu
 from SpineRegistrationLib.rigid import RigidConfig
 from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
 from SpineRegistrationLib.rigid.refine import level_problem
-from SpineRegistrationLib.rigid.verdict import final_similarities, judge
+from SpineRegistrationLib.rigid.register import register_vertebra
+from SpineRegistrationLib.rigid.verdict import AT_CT_EDGE, final_similarities, judge
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig
 from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample
 
@@ -72,3 +74,47 @@ def test_judge_names_the_first_reason_to_doubt(similarity, optimiser, margin, re
     verdict, why = judge(similarity, margin, RigidConfig(), optimiser)
     assert verdict == ("pass" if reason is None else "doubt")
     assert (why is None) if reason is None else why.startswith(reason)
+
+
+@pytest.mark.parametrize("similarity, optimiser, edge_verdict", [
+    (0.66, 0.74, "doubt"),  # enough elsewhere, not next to the CT's end
+    (0.70, 0.74, "pass"),  # high enough afresh even there
+    (0.66, 0.78, "pass"),  # the refinement vouches for it even there
+])
+def test_a_vertebra_at_the_ct_edge_is_held_to_stricter_thresholds(similarity, optimiser, edge_verdict):
+    config = RigidConfig()
+    assert judge(similarity, None, config, optimiser) == ("pass", None)
+    verdict, why = judge(similarity, None, config, optimiser, at_ct_edge=True)
+    assert verdict == edge_verdict
+    assert (why is None) if verdict == "pass" else (why.startswith("low similarity") and AT_CT_EDGE in why)
+
+
+def test_scan_end_distance_follows_the_scan_axis():
+    mask = np.zeros((20, 10, 12), bool)  # (K, J, I)
+    mask[15:18, 3:6, 4:8] = True
+    axial = Volume(mask.astype(np.uint8), np.diag([0.7, 0.7, 2.5, 1.0]))  # K along S
+    assert scan_axis(axial) == 2
+    assert scan_end_distance_mm(mask, axial) == pytest.approx(2 * 2.5)  # slices 18 and 19 lie beyond it
+    # The same array stored with I along S (a sagittal stack): its scan axis is I, 4 voxels each side.
+    sagittal = Volume(mask.astype(np.uint8), np.array([[0, 0, 2.5, 0], [0, 0.7, 0, 0], [0.7, 0, 0, 0], [0, 0, 0, 1.0]]))
+    assert scan_axis(sagittal) == 0
+    assert scan_end_distance_mm(mask, sagittal) == pytest.approx(4 * 0.7)
+
+
+def test_registration_judges_a_vertebra_the_ct_ends_next_to_by_the_edge_thresholds(problem):
+    vertebra, levels, truth, _ = problem
+    # A verdict that always doubts at the CT's edge and never elsewhere shows which rule was applied.
+    config = RigidConfig(pixel_mm=(3.2, 1.6), iterations=(0, 0), global_search="none", doubt_below=-2.0,
+                         edge_doubt_below=2.0, edge_optimiser_doubt_below=2.0)
+    _, stop = bounding_box_ijk(vertebra.mask)
+    xrays = [views[0].image.numpy() for views in levels]
+    geometries = [views[0].geometry for views in levels]
+    whole = register_vertebra("L2", vertebra.mu, vertebra.mask, xrays, geometries, truth, config)
+    assert whole.verdict == "pass"
+    # The same CT cut one 2 mm slice past the vertebra along K, its scan axis: now it lies at the CT's edge.
+    cut_stop = np.array(vertebra.mu.shape_ijk)
+    cut_stop[2] = stop[2] + 1
+    cut = vertebra.mu.cropped((0, 0, 0), cut_stop)
+    mask = vertebra.mask[: cut_stop[2]]
+    at_edge = register_vertebra("L2", cut, mask, xrays, geometries, truth, config)
+    assert at_edge.verdict == "doubt" and AT_CT_EDGE in at_edge.verdict_reason
