@@ -35,7 +35,7 @@ from ..core.volume import Volume
 from ..errors import InputError
 from ..core.displacement import DisplacementField
 from ..core.grid import Grid, _pooled, hu_to_unit, normalising_matrix, volume_on_grid
-from .similarity import SIMILARITIES, similarity_loss
+from .similarity import PER_SAMPLE, SIMILARITIES, similarity_loss
 
 TRANSFORMS = ("rigid", "affine_noscale", "affine")
 #: Parameter units (what one optimiser unit means): rotation and shear (rad), translation (mm), log-scale.
@@ -43,8 +43,9 @@ _UNITS = {"rotation": 0.05, "translation": 5.0, "shear": 0.05, "scale": 0.05}
 #: Similarities of independent voxels: each level samples a list of the voxels that count (mask,
 #: ``max_points``) rather than the whole grid.
 POINTWISE = ("mse", "ncc", "mi")
-#: Those whose lists of several problems stack into one batch (mi's histogram takes no weights).
-STACKABLE = ("mse", "ncc")
+#: Those whose lists of several problems stack into one batch: one loss per problem (mi's
+#: histogram takes no weights).
+STACKABLE = PER_SAMPLE
 #: Body voxels for ``init="centre"``: HU above this.
 _BODY_HU = -500.0
 
@@ -309,6 +310,8 @@ def _level_loss(params, config, centres, points, fixed_image, weight, moving, to
     w = weight * ((coords >= -1.0) & (coords <= upper)).all(-1).float().reshape(weight.shape)
     if bool((w.flatten(1).sum(1) < 1.0).any()):
         raise InputError("the moving CT does not overlap the fixed CT's region (non-overlapping volumes?)")
+    if config.similarity in STACKABLE:
+        return similarity_loss(config.similarity, fixed_image, warped, w, per_sample=True)
     return torch.stack([similarity_loss(config.similarity, fixed_image[b:b + 1], warped[b:b + 1], w[b:b + 1])
                         for b in range(len(params))])
 

@@ -225,7 +225,8 @@ def register_ct_pair(fixed: Volume, moving: Volume, fixed_seg: Labelmap | None =
         network, model_config = network
     grid = working_grid(fixed, fixed_seg, model_config.spacing_mm, model_config.multiple, config.margin_mm,
                         config.memory_bytes)
-    lo, hi = grid.points_ras()[0, 0, 0].double().numpy(), grid.points_ras()[-1, -1, -1].double().numpy()
+    lo = grid.ijk_to_ras[:3, 3]  # the first and the last node (RAS-aligned): not every node's point
+    hi = lo + grid.spacing_mm * (np.array(grid.shape[::-1]) - 1.0)
     if config.articulated:
         config = replace(config, affine=start_config(config.affine))
     linear, linear_info = linear_stage(fixed, moving, config, (lo, hi))

@@ -43,7 +43,7 @@ class FreeFormConfig:
 
     steps: int = 20
     points: int = 20000
-    control_mm: float = 4.0
+    control_mm: float = 5.0
     band_mm: float = 4.0
     lr_mm: float = 0.3
     smoothness: float = 0.05

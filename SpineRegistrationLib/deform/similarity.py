@@ -2,7 +2,8 @@
 
 Images are (B, 1, K, J, I) tensors, intensities in [0, 1] (:func:`.grid.hu_to_unit`);
 ``weight`` is an optional (B, 1, K, J, I) tensor (a mask, or where the moving image was
-sampled inside its volume) over which the loss is averaged.
+sampled inside its volume) over which the loss is averaged. The loss pools the whole batch, or,
+for ``mse`` and ``ncc`` with ``per_sample``, is one loss per batch element, (B,).
 
 - ``mse``:  mean squared difference.
 - ``ncc``:  1 - global normalised cross-correlation (gain and offset invariant), in [0, 2].
@@ -21,27 +22,38 @@ import torch
 import torch.nn.functional as F
 
 SIMILARITIES = ("mse", "ncc", "lncc", "mi", "mind")
+#: Those with one loss per batch element (``per_sample``); the others pool the batch.
+PER_SAMPLE = ("mse", "ncc")
 _EPS = 1e-8
 
 
-def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def _pooled_dims(values: torch.Tensor, per_sample: bool) -> tuple[int, ...]:
+    """The dimensions a loss sums over: all, or all but the batch's."""
+    return tuple(range(1 if per_sample else 0, values.dim()))
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None, per_sample: bool = False) -> torch.Tensor:
+    dims = _pooled_dims(values, per_sample)
     if weight is None:
-        return values.mean()
+        return values.mean(dims)
     weight = weight.expand_as(values)
-    return (values * weight).sum() / weight.sum().clamp(min=_EPS)
+    return (values * weight).sum(dims) / weight.sum(dims).clamp(min=_EPS)
 
 
-def mse(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    return _weighted_mean((fixed - warped) ** 2, weight)
+def mse(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None,
+        per_sample: bool = False) -> torch.Tensor:
+    return _weighted_mean((fixed - warped) ** 2, weight, per_sample)
 
 
-def ncc(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def ncc(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None,
+        per_sample: bool = False) -> torch.Tensor:
     """1 - global NCC (written out: three weighted moments, not worth a dependency)."""
     w = torch.ones_like(fixed) if weight is None else weight.expand_as(fixed)
-    total = w.sum().clamp(min=_EPS)
-    a = fixed - (w * fixed).sum() / total
-    b = warped - (w * warped).sum() / total
-    return 1.0 - (w * a * b).sum() / torch.sqrt((w * a * a).sum() * (w * b * b).sum() + _EPS)
+    dims = _pooled_dims(fixed, per_sample)
+    total = w.sum(dims, keepdim=True).clamp(min=_EPS)
+    a = fixed - (w * fixed).sum(dims, keepdim=True) / total
+    b = warped - (w * warped).sum(dims, keepdim=True) / total
+    return 1.0 - (w * a * b).sum(dims) / torch.sqrt((w * a * a).sum(dims) * (w * b * b).sum(dims) + _EPS)
 
 
 def lncc(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None,
@@ -91,9 +103,14 @@ def mind(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None 
 
 
 def similarity_loss(name: str, fixed: torch.Tensor, warped: torch.Tensor,
-                    weight: torch.Tensor | None = None) -> torch.Tensor:
-    """The loss ``name`` (one of :data:`SIMILARITIES`) of the warped moving image against the fixed one."""
+                    weight: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
+    """The loss ``name`` (one of :data:`SIMILARITIES`) of the warped moving image against the fixed
+    one; ``per_sample`` (:data:`PER_SAMPLE`): one per batch element."""
     functions = {"mse": mse, "ncc": ncc, "lncc": lncc, "mi": mi, "mind": mind}
     if name not in functions:
         raise ValueError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}")
+    if per_sample:
+        if name not in PER_SAMPLE:
+            raise ValueError(f"the {name} loss pools the batch: no per-sample losses")
+        return functions[name](fixed, warped, weight, per_sample=True)
     return functions[name](fixed, warped, weight)

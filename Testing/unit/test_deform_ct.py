@@ -25,7 +25,7 @@ from SpineRegistrationLib.deform.affine import params_to_matrix as affine_matrix
 from SpineRegistrationLib.core.displacement import DisplacementField, jacobian_stats
 from SpineRegistrationLib.core.grid import Grid, ras_mm_to_voxel, sample, voxel_to_ras_mm, volume_on_grid
 from SpineRegistrationLib.deform.network import DeformModelConfig, build_network
-from SpineRegistrationLib.deform.similarity import SIMILARITIES, similarity_loss
+from SpineRegistrationLib.deform.similarity import PER_SAMPLE, SIMILARITIES, similarity_loss
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.io import write_labelmap, write_volume
 from SpineRegistrationLib.synthetic.deformation_pairs import DeformationConfig, PairSource, synthetic_pair
@@ -128,6 +128,20 @@ def test_similarities_are_lowest_for_identical_images_and_see_through_gain(name)
         assert similarity_loss(name, image, 0.5 * image + 0.2) < shifted
     if name in ("mse", "ncc", "mind"):
         assert float(same) == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", PER_SAMPLE)
+def test_per_sample_losses_are_each_elements_own(name):
+    """Stacked with other images and weights, each element's loss is the one it has alone."""
+    generator = torch.Generator().manual_seed(1)
+    fixed, warped = torch.rand(3, 1, 6, 7, 8, generator=generator), torch.rand(3, 1, 6, 7, 8, generator=generator)
+    weight = (torch.rand(3, 1, 6, 7, 8, generator=generator) > 0.3).float()
+    stacked = similarity_loss(name, fixed, warped, weight, per_sample=True)
+    alone = [similarity_loss(name, fixed[b:b + 1], warped[b:b + 1], weight[b:b + 1]) for b in range(3)]
+    assert stacked.shape == (3,) and torch.allclose(stacked, torch.stack(alone), atol=1e-6)
+    assert len(set(stacked.tolist())) == 3
+    with pytest.raises(ValueError, match="pools the batch"):
+        similarity_loss("lncc", fixed, warped, per_sample=True)
 
 
 @pytest.mark.parametrize("name", SIMILARITIES)
