@@ -27,7 +27,7 @@ drive the progress bar.
                     --moving-seg <work>/input/seg.nii.gz --articulated --out <work>/output
 
 (the rigid stage, then every vertebra registered rigidly on its own and the poses blended
-poly-rigidly, ``--articulated``; with a model of the user's, the learned deformable network
+poly-rigidly, ``--articulated``, the blend refined near the bone; with a model of the user's, the learned deformable network
 instead; progress line ``deform: registering the CTs``).
 The field maps a point of the second CT's frame to the point of the CT it shows, the warped
 segmentation lies on the second CT's grid; no DRRs.
@@ -383,6 +383,8 @@ def deformation_summary(document: dict) -> str:
         if registration.get("articulated"):
             count = len(registration["articulated"].get("vertebrae", {}))
             stages = f"{linear} stage, then {count} vertebrae each rigid on its own, blended"
+            if (registration["articulated"].get("freeform") or {}).get("steps"):
+                stages += ", refined near the bone"
         elif registration.get("model"):
             stages = f"{linear} stage, then the deformable network"
         else:

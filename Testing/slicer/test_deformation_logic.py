@@ -661,6 +661,10 @@ def test_summary_of_a_ct_to_ct_deformation_vertebra_by_vertebra():
     assert logic.deformation_summary(document).startswith(
         "Deformed the CT onto the second CT (rigid stage, then 2 vertebrae each rigid on its own, blended): "
         "folding 0.0000 %")
+    document["registration"]["articulated"]["freeform"] = {"steps": 20, "band_nodes": 900}
+    assert logic.deformation_summary(document).startswith(
+        "Deformed the CT onto the second CT (rigid stage, then 2 vertebrae each rigid on its own, blended, refined "
+        "near the bone): folding 0.0000 %")
 
 
 def test_summary_says_how_far_the_refinement_moved_the_poses():
