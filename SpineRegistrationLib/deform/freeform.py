@@ -13,9 +13,11 @@ difference of the two CTs' intensities (both in HU, so one tissue has one value;
 :func:`..core.grid.hu_to_unit`) plus a membrane penalty (the mean squared first differences of
 u per control spacing). Each step draws ``points`` new random points (elastix's random sampler
 with new samples every iteration) in the band around the vertebrae: the cells of P's grid whose
-nodes P takes into a vertebra of the moving segmentation, grown by ``band_mm``, and inside the
-fixed CT. A step costs its points, not a grid: both CTs are sampled at them at full resolution.
-The result is written on P's grid (P's extent; u is zero one control cell beyond the band).
+nodes P takes into a vertebra of the moving segmentation, grown by ``band_mm`` (rounded to whole
+nodes), and inside the fixed CT. A step costs its points, not a grid: both CTs are sampled at
+them at full resolution. u is not invertible by construction (unlike the network's scaling and
+squaring); the membrane penalty keeps it smooth (no folding on the benchmark's pairs). The result
+is written on P's grid (P's extent; u is zero one control cell beyond the band).
 """
 
 from __future__ import annotations
