@@ -97,6 +97,21 @@ def test_acquisitions_from_either_side_with_flipped_detectors_and_offset_princip
     assert len(seen) >= 6  # both sides, both flips
 
 
+def test_training_draws_frontal_and_lateral_views_from_either_side():
+    """The network meets both sides in training (the shipped model, trained on one frontal side,
+    reads the other badly: see training_acquisition)."""
+    from SpineRegistrationLib.learned.data import training_acquisition
+    from SpineRegistrationLib.synthetic.acquisition import draw_geometries
+
+    center = np.array([0.0, 20.0, -40.0])
+    sides = set()
+    for seed in range(16):
+        geometries, _ = draw_geometries(np.random.default_rng(seed), training_acquisition(), center)
+        ap, lat = geometries[:2]
+        sides.add((bool(ap.source[1] > center[1]), bool(lat.source[0] > center[0])))
+    assert sides == {(True, True), (True, False), (False, True), (False, False)}
+
+
 @pytest.mark.parametrize("primary, flip_u, flip_v", [(180.0, False, False), (0.0, True, False), (0.0, False, True),
                                                     (180.0, True, True)])
 def test_patches_read_pa_and_flipped_detectors_as_the_default_ap(primary, flip_u, flip_v):
