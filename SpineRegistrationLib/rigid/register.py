@@ -30,7 +30,7 @@ import torch
 
 from ..core.box import OrientedBox
 from ..core.pose import matrix_to_params
-from ..core.volume import Volume
+from ..core.volume import Volume, scan_end_distance_mm
 from ..errors import InputError
 from ..geometry import XrayGeometry
 from ..geometry.triangulation import DetectorBox
@@ -119,7 +119,8 @@ def register_vertebra(
     optimiser_similarity = float(similarity)
     views = final_similarities(vertebra, levels, pose, config, device)
     similarity = float(np.mean(views))
-    verdict, reason = judge(similarity, margin, config, optimiser_similarity, at_ct_edge(vertebra.mask, mu, config))
+    edge = at_ct_edge(scan_end_distance_mm(vertebra.mask, mu), config)
+    verdict, reason = judge(similarity, margin, config, optimiser_similarity, edge)
     report("done", 1.0)
     return VertebraResult(
         name=name,

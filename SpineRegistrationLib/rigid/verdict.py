@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.volume import Volume, scan_end_distance_mm
 from .config import RigidConfig
 from .problem import VertebraDRR, View
 from .refine import level_problem
@@ -40,9 +39,10 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
     return "pass", None
 
 
-def at_ct_edge(mask: np.ndarray, volume: Volume, config: RigidConfig) -> bool:
-    """Does the CT end within ``config.ct_edge_mm`` of the vertebra ``mask`` (K, J, I) along its scan axis?"""
-    return scan_end_distance_mm(mask, volume) < config.ct_edge_mm
+def at_ct_edge(scan_end_mm: float, config: RigidConfig) -> bool:
+    """Does the CT end within ``config.ct_edge_mm`` of the vertebra? ``scan_end_mm``: its distance to
+    the nearer end of the scanned range (:func:`..core.volume.scan_end_distance_mm`)."""
+    return scan_end_mm < config.ct_edge_mm
 
 
 def final_similarities(vertebra: VertebraDRR, levels: list[list[View]], pose: np.ndarray, config: RigidConfig,

@@ -87,8 +87,9 @@ def scan_end_distances(ct, labelmap) -> dict[str, float]:
 def verdict_edge(record: dict) -> bool:
     """Is the record's vertebra judged as one at the CT's edge?"""
     from SpineRegistrationLib.rigid import RigidConfig
+    from SpineRegistrationLib.rigid.verdict import at_ct_edge
 
-    return record["ct_edge_mm"] < RigidConfig().ct_edge_mm
+    return at_ct_edge(record["ct_edge_mm"], RigidConfig())
 
 
 def score(records: list[dict]) -> str:
