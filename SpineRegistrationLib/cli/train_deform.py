@@ -20,7 +20,8 @@ import argparse
 from .training_options import add_run_options, add_training_cts, run_fields, run_training, training_cts
 
 DESCRIPTION = (
-    "Train the deformable CT-to-CT network (MONAI VoxelMorph, diffeomorphic) on pairs synthesised on the fly "
+    "Train the deformable CT-to-CT network (MONAI VoxelMorph, diffeomorphic, reading the pair's optical-flow terms; "
+    "--inputs images: the two images alone, plain VoxelMorph) on pairs synthesised on the fly "
     "from CTs with vertebra labelmaps: each vertebra moved rigidly, smooth soft-tissue warps between them, the "
     "known field as one loss term beside LNCC, bending energy and Dice. With --network rigid, train the rigid "
     "keypoint network (MONAI BasicUNet heat maps, fitted by Kabsch) on the same pairs turned by up to 10 deg / "
@@ -43,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     training.add_argument("--dice-weight", type=float, default=1.0, help="deformable: weight of the Dice term (0: no labels)")
     training.add_argument("--truth-weight", type=float, default=1.0, help="deformable: weight of the known-field term")
     parser.add_argument("--spacing-mm", type=float, default=2.0, help="deformable: working-grid spacing of a new model, mm")
+    parser.add_argument("--inputs", choices=("flow", "images"), default="flow",
+                        help="deformable, new models: 'flow' (optical-flow terms before the UNet) or 'images' "
+                             "(plain MONAI VoxelMorph)")
     parser.set_defaults(func=run)
     return parser
 
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = TrainDeformConfig(**run_fields(args, shipped_network_path), crop=args.crop,
                                    dice_weight=args.dice_weight, truth_weight=args.truth_weight,
-                                   model=DeformModelConfig(spacing_mm=args.spacing_mm))
+                                   model=DeformModelConfig(spacing_mm=args.spacing_mm, inputs=args.inputs))
     payload = check_run(config) if int(os.environ.get("RANK", "0")) == 0 else None
     if payload is None and config.init_model is not None:  # fine-tuning keeps the model's own working grid
         from ..learned.checkpoint import read_payload

@@ -157,15 +157,19 @@ def working_grid(fixed: Volume, fixed_seg: Labelmap | None, spacing_mm: float, m
 
 
 def _velocity(network, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-    """VoxelMorph's half-resolution stationary velocity (B, 3, K/2, J/2, I/2), voxels of that grid
-    (the first half of MONAI's VoxelMorph.forward, kept apart so that it can be optimised)."""
+    """VoxelMorph's stationary velocity (B, 3, ...), voxels of its grid (halved with ``half_res``):
+    the first half of MONAI's VoxelMorph.forward, kept apart so that it can be optimised."""
     x = network.backbone(torch.cat([moving, fixed], dim=1))
+    if not network.half_res:
+        return x
     return F.interpolate(x, scale_factor=0.5, mode="trilinear", align_corners=True) * 2.0
 
 
 def _displacement(network, velocity: torch.Tensor) -> torch.Tensor:
-    """The second half of MONAI's VoxelMorph.forward: integrate, back to full resolution (voxels)."""
+    """The second half of MONAI's VoxelMorph.forward: integrate (and back to full resolution), voxels."""
     ddf = network.dvf2ddf(velocity) if network.diffeomorphic else velocity
+    if not network.half_res:
+        return ddf
     return F.interpolate(ddf * 0.5, scale_factor=2.0, mode="trilinear", align_corners=True)
 
 

@@ -44,7 +44,7 @@ from . import rigid_network
 from .network import CHECKPOINT_FORMAT, MODEL_FORMAT, DeformModelConfig, build_network, model_payload, network_from_payload
 from .rigid_network import RigidNetConfig
 
-LOG_FIELDS = ("step", "loss", "lncc", "dice", "bending", "truth_mm", "bone_mm", "lr", "pairs_per_s")
+LOG_FIELDS = ("step", "loss", "lncc", "dice", "bending", "truth_mm", "bone_mm", "bone_start_mm", "lr", "pairs_per_s")
 MODEL_FORMATS = (MODEL_FORMAT, CHECKPOINT_FORMAT)
 #: Vertebrae one-hot encoded per crop (a 128 mm crop holds at most five).
 MAX_LABELS = 6
@@ -170,6 +170,9 @@ class DeformLoss(torch.nn.Module):
         error = error2.detach().sqrt() * c.model.spacing_mm
         values["truth_mm"] = float(error.mean())
         values["bone_mm"] = float((error * bone).sum() / bone.sum().clamp(min=1.0))
+        # The identity's error there, for comparison: what the pair's truth moves the vertebrae by.
+        start = batch["truth"].detach().norm(dim=1) * c.model.spacing_mm
+        values["bone_start_mm"] = float((start * bone).sum() / bone.sum().clamp(min=1.0))
         return total, values
 
 
@@ -242,7 +245,8 @@ RIGID = Recipe("train-rigid3d", (rigid_network.MODEL_FORMAT, rigid_network.CHECK
                lambda row: {"point_mm": f"{row['point_mm']:.2f}", "start_mm": f"{row['start_mm']:.2f}"})
 DEFORMABLE = Recipe("train-deform", MODEL_FORMATS, build_network, network_from_payload, model_payload, PairStream,
                     _deformable_loss, LOG_FIELDS,
-                    lambda row: {"bone_mm": f"{row['bone_mm']:.2f}", "lncc": f"{row['lncc']:.3f}"})
+                    lambda row: {"bone_mm": f"{row['bone_mm']:.2f}", "start_mm": f"{row['bone_start_mm']:.2f}",
+                                 "lncc": f"{row['lncc']:.3f}"})
 
 
 def recipe_of(config: RunConfig) -> Recipe:

@@ -13,10 +13,11 @@ the iterative stage's start), ``ours fast`` (learned rigid + the shipped deforma
 ``articulated`` (vertebra by vertebra, without and with its free-form refinement near the bone, from
 the iterative or the learned rigid start, and followed by ``--articulated-io-steps`` of instance
 optimisation);
-``ours`` (iterative rigid + the shipped network); ``ours+io`` (plus instance optimisation, ``--io-steps``); ``elastix`` (itk-elastix,
+``ours`` (iterative rigid + the shipped network); ``ours+io`` (plus instance optimisation, ``--io-steps``);
+``VoxelMorph`` (iterative rigid + ``--peer-model``: plain MONAI VoxelMorph trained the same way,
+``spinereg train-deform --inputs images``; with and without instance optimisation); ``elastix`` (itk-elastix,
 the default ``rigid`` then ``bspline`` parameter maps, 10 mm final grid, Mattes MI;
 ``--elastix-iterations`` / ``--elastix-resolutions`` shorten the B-spline stage).
-The shipped network is plain MONAI VoxelMorph, so it stands for the VoxelMorph peer.
 
 Metrics per case and method: Dice and HD95 per vertebra (the moved moving segmentation
 against the fixed one, on the fixed grid), the mean displacement error (mm) against the
@@ -164,7 +165,9 @@ def main(argv=None) -> int:
                         help="instance optimisation steps after vertebra by vertebra (0: no such row)")
     parser.add_argument("--elastix-iterations", type=int, default=256, help="B-spline iterations per resolution")
     parser.add_argument("--elastix-resolutions", type=int, default=4)
-    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=None, help="the deformable network (default: the shipped one)")
+    parser.add_argument("--peer-model", type=Path, default=None,
+                        help="plain MONAI VoxelMorph trained the same way (its rows are left out without one)")
     parser.add_argument("--rigid-model", type=Path, default=None,
                         help="the learned rigid network (default: the shipped one; its rows are left out without one)")
     parser.add_argument("--threads", type=int, default=2)
@@ -181,6 +184,7 @@ def main(argv=None) -> int:
                                       global_translation_mm=args.global_translation_mm)
     model_path = args.model or shipped_network_path()
     network = load_network(model_path)
+    peer = None if args.peer_model is None else load_network(args.peer_model)
     rigid_model = args.rigid_model or shipped_rigid_path()
     cases = [phantom_case(9000 + i) for i in range(args.phantoms)]
     if not args.no_real:
@@ -211,12 +215,19 @@ def main(argv=None) -> int:
         methods += [("ours", PairConfig())]
         if args.io_steps > 0:
             methods += [("ours+io", PairConfig(instance_steps=args.io_steps))]
+        networks = {method: network for method, _ in methods}
+        if peer is not None:
+            peer_methods = [("VoxelMorph (trained the same way)", PairConfig())]
+            if args.io_steps > 0:
+                peer_methods += [("VoxelMorph + io", PairConfig(instance_steps=args.io_steps))]
+            methods += peer_methods
+            networks.update({method: peer for method, _ in peer_methods})
         if args.methods is not None:
             methods = [(method, config) for method, config in methods if any(text in method for text in args.methods)]
         for method, config in methods:
             start = time.perf_counter()
             field, info = register_ct_pair(fixed, moving, fixed_seg, moving_seg, config,
-                                           network=network if config.deformable else None)
+                                           network=networks[method] if config.deformable else None)
             row = score(method, fixed, fixed_seg, moving_seg, truth, field, time.perf_counter() - start)
             row["deformable_s"] = info.get("deformable_s")
             row["linear_s"] = info["affine"].get("time_s")
@@ -231,7 +242,8 @@ def main(argv=None) -> int:
                   f"SDlogJ {row['sdlogj']:.3f} {row['time_s']:.1f} s", file=sys.stderr, flush=True)
         records += rows
     timing = inference_times(network)
-    document = {"model": str(model_path), "rigid_model": None if rigid_model is None else str(rigid_model), "deformation": dataclasses.asdict(deformation), "records": records,
+    document = {"model": str(model_path), "peer_model": None if args.peer_model is None else str(args.peer_model),
+                "rigid_model": None if rigid_model is None else str(rigid_model), "deformation": dataclasses.asdict(deformation), "records": records,
                 "inference_s": timing, "command": " ".join(["python", "Testing/benchmarks/bench_deform_ct.py"]
                                                           + (argv if argv is not None else sys.argv[1:]))}
     args.out.mkdir(parents=True, exist_ok=True)
