@@ -178,10 +178,12 @@ def deformable_displacement(network, moving: torch.Tensor, fixed: torch.Tensor, 
     """(1, 1, K, J, I) moving (already affinely aligned) and fixed in [0, 1] -> (1, 3, K, J, I)
     displacement in voxels, with ``instance_steps`` of test-time optimisation of the velocity,
     started from the network's prediction (``predict``) or from zero velocity."""
-    with torch.no_grad():
-        velocity = _velocity(network, moving, fixed)
-        if not predict:
-            velocity = torch.zeros_like(velocity)
+    if predict:
+        with torch.no_grad():
+            velocity = _velocity(network, moving, fixed)
+    else:  # no forward pass: a zero field on the velocity's grid (halved with half_res)
+        size = [n // 2 if network.half_res else n for n in moving.shape[2:]]
+        velocity = moving.new_zeros((moving.shape[0], 3, *size))
     if instance_steps <= 0:
         with torch.no_grad():
             return _displacement(network, velocity)
