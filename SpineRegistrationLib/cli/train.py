@@ -43,6 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model = parser.add_argument_group("model input (new models only; a model's own input is kept)")
     model.add_argument("--size-px", type=int, default=64, help="patch side in pixels (a multiple of 16)")
     model.add_argument("--mm-per-px", type=float, default=2.5, help="patch pixel at the vertebra centre, mm")
+    model.add_argument("--template-context-mm", type=float, default=None,
+                       help="the template shows the CT within this of the vertebra's box (mm), which tells the "
+                            "levels apart; 0: the vertebra alone (default: --init-model's own, else 0; fine-tuning "
+                            "may change it)")
+    training.add_argument("--translation-mm", type=float, default=15.0,
+                          help="training poses: translation range per axis (mm); past half a vertebra's spacing "
+                               "only a template with context tells the levels apart")
     parser.set_defaults(func=run)
     return parser
 
@@ -63,17 +70,38 @@ def sources_from_args(args: argparse.Namespace, spec) -> list:
     return [TrainingCT(ct, labelmap, spec, name=name, vertebrae=vertebrae or None) for name, ct, labelmap in cts]
 
 
+def template_context(args: argparse.Namespace, shipped_model) -> float:
+    """--template-context-mm, or else the resumed run's or the starting model's own (0 for a new model)."""
+    if args.template_context_mm is not None:
+        return args.template_context_mm
+    from pathlib import Path
+
+    from ..learned.checkpoint import read_payload
+    from ..learned.network import ModelConfig
+    from ..learned.training import CHECKPOINT_FILE
+
+    checkpoint = Path(args.out) / CHECKPOINT_FILE
+    start = checkpoint if args.resume and checkpoint.is_file() else run_fields(args, shipped_model)["init_model"]
+    return 0.0 if start is None else ModelConfig.from_dict(read_payload(start)["config"]).template_context_mm
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from dataclasses import replace
+
+    from ..learned.data import SynthesisConfig, training_acquisition
     from ..learned.network import ModelConfig
     from ..learned.training import TrainConfig, check_run, train
     from ..learned.models import shipped_model
 
     config = TrainConfig(**run_fields(args, shipped_model), tensorboard=args.tensorboard,
                          validate_every=args.validate_every,
-                         model=ModelConfig(size_px=args.size_px, mm_per_px=args.mm_per_px))
+                         model=ModelConfig(size_px=args.size_px, mm_per_px=args.mm_per_px,
+                                           template_context_mm=template_context(args, shipped_model)),
+                         synthesis=SynthesisConfig(acquisition=replace(training_acquisition(),
+                                                                       trans_mm=args.translation_mm)))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, process 0 owns the folder
         check_run(config)  # the folder and checkpoint first: cheap, and nothing is built for a refused run
     sources = sources_from_args(args, config.model.patch)

@@ -13,6 +13,8 @@ never code.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import os
 from pathlib import Path
 
@@ -89,9 +91,12 @@ def read_payload(path: str | os.PathLike, formats: tuple[str, ...] = (MODEL_FORM
 
 def model_from_payload(payload: dict, path: str | os.PathLike, expect: ModelConfig | None = None) -> PoseNet:
     """Build the network a payload describes and load its weights; InputError when they disagree,
-    or when ``expect`` (the input the caller will feed) differs from what the model was trained for."""
+    or when ``expect`` (the input the caller will feed) differs in its patches from what the model
+    was trained for. The template's context is ``expect``'s: fine-tuning may change it (same weights)."""
     try:
         config = ModelConfig.from_dict(payload["config"])
+        if expect is not None:
+            config = replace(config, template_context_mm=expect.template_context_mm)
         model = PoseNet(config)
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"{path}: unusable model configuration ({error})") from None

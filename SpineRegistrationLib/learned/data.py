@@ -7,7 +7,8 @@ the network's patch detectors (:func:`.patches.patch_geometry`, centred on the n
 centre) by the project's one simulator (:class:`..render.spine_xray.PosedSpine`) as realistic
 X-rays (:mod:`..render.xray_sim`: spectral attenuation, noise, scatter, heel, blur, gamma,
 collimation, and sometimes inverted polarity). The template channel is the vertebra's own DRR
-at the nominal pose (registration attenuation, :func:`..render.drr.hu_to_mu`).
+at the nominal pose, alone or with the CT around it (:func:`.patches.template_renderer`;
+registration attenuation, :func:`..render.drr.hu_to_mu`).
 Samples whose vertebra is cut by the patch border are drawn again.
 
 Everything random derives from ``(seed, rank, step)``, so a batch is the same whenever it
@@ -31,7 +32,8 @@ from ..render.drr import Detectors, DRRRenderer, hu_to_mu
 from ..render.spine_xray import PosedSpine, ours_render_factory
 from ..render.xray_sim import simulate_xray
 from ..synthetic.acquisition import AcquisitionConfig, draw_geometries, draw_pose_offset, draw_sim
-from .patches import PatchSpec, normalize_xray, offset_in_frame, patch_geometry, standardize, view_frame, volume_downsample
+from .patches import (PatchSpec, normalize_xray, offset_in_frame, patch_geometry, template_channel, template_renderer,
+                      view_frame, volume_downsample)
 
 
 def training_acquisition() -> AcquisitionConfig:
@@ -109,10 +111,16 @@ class TrainingCT:
             mask = scene.masks[vertebra]
             self._renderers[vertebra] = (
                 scene,
-                DRRRenderer(self.ct.with_array(hu_to_mu(self.ct.array)), mask=mask, downsample=self.factor),
-                vertebra_points(mask, self.ct, max_points=self.points),
+                template_renderer(self.ct.with_array(hu_to_mu(self.ct.array)), mask, self.spec),
+                _fixed_count(vertebra_points(mask, self.ct, max_points=self.points), self.points),
             )
         return self._renderers[vertebra]
+
+
+def _fixed_count(points: np.ndarray, count: int) -> np.ndarray:
+    """(count, 3): ``points`` repeated in turn up to ``count`` when a small (cut) vertebra has
+    fewer voxels, so that every sample of a batch has as many points."""
+    return points[np.arange(count) % len(points)]
 
 
 def _rim_fraction(images: torch.Tensor, width: int = 2) -> torch.Tensor:
@@ -160,7 +168,7 @@ def draw_sample(source: TrainingCT, config: SynthesisConfig, rng: np.random.Gene
     frame = view_frame(geometries[0])
     rotation, translation = offset_in_frame(pose, np.eye(4), center, frame)
     return {
-        "patches": torch.stack([normalize_xray(xrays), standardize(templates)], dim=1),
+        "patches": torch.stack([normalize_xray(xrays), template_channel(templates, source.spec)], dim=1),
         "rotation": torch.as_tensor(rotation, dtype=torch.float32),
         "translation": torch.as_tensor(translation, dtype=torch.float32),
         "points": torch.as_tensor((points - center) @ frame.T, dtype=torch.float32),

@@ -2,7 +2,7 @@
 
 :class:`PosePredictor` feeds the network (:mod:`.network`) the patches of :mod:`.patches`:
 the first two X-rays (AP, LAT) resampled around the vertebra's projected centre and the
-vertebra's DRR at the current pose; it applies the predicted offset and, with
+vertebra's DRR at the current pose (alone, or with its context when the model was trained so); it applies the predicted offset and, with
 ``passes`` > 1, looks again from there: later passes re-centre the patches and re-render the
 template, and take the predicted translation only (the network, trained with its template at
 the nominal pose, reads the whole rotation again rather than the residual).
@@ -38,9 +38,9 @@ from ..rigid import Progress, RigidConfig, register_vertebra
 from ..io.results import VertebraResult
 from ..core.volume import Volume, mask_center_ras
 from .checkpoint import load_model
-from .patches import volume_downsample
 from .network import PoseNet
-from .patches import normalize_xray, patch_geometry, pose_from_offset, resample_to_patch, standardize, view_frame
+from .patches import (normalize_xray, patch_geometry, pose_from_offset, resample_to_patch, template_channel,
+                      template_renderer, view_frame)
 
 
 class PosePredictor:
@@ -61,7 +61,7 @@ class PosePredictor:
         matrix = torch.as_tensor(pose, dtype=torch.float32, device=self.device)[None]
         with torch.no_grad():
             drr = template(matrix, Detectors.from_geometries(patches, device=self.device))[0]
-        return torch.stack([normalize_xray(images.to(self.device)), standardize(drr)], dim=1)[None]
+        return torch.stack([normalize_xray(images.to(self.device)), template_channel(drr, self.spec)], dim=1)[None]
 
     def predict(self, mu: Volume, mask: np.ndarray, xrays: Sequence[np.ndarray], geometries: Sequence[XrayGeometry],
                 init: np.ndarray | None = None) -> np.ndarray:
@@ -71,7 +71,7 @@ class PosePredictor:
         arrays, bone bright, one per geometry, in any order (:func:`ap_lat_pair` picks two).
         """
         center_ct = mask_center_ras(mask, mu)
-        template = DRRRenderer(mu, mask=mask, downsample=volume_downsample(mu, self.spec)).to(self.device)
+        template = template_renderer(mu, mask, self.spec).to(self.device)
         pair = ap_lat_pair(geometries)
         views = [torch.as_tensor(np.asarray(xrays[i], np.float32)) for i in pair]
         geometries = [geometries[i] for i in pair]

@@ -1,8 +1,8 @@
 """The dual-view pose network: AP and LAT patches in, the vertebra's pose offset out.
 
-Input (B, V=2, C=2, n, n): per view the X-ray patch and the DRR of the vertebra alone at the
-nominal pose (the template, which tells the network which vertebra, of which shape, to
-look for), both standardised (:mod:`.patches`). One convolutional encoder, shared by the
+Input (B, V=2, C=2, n, n): per view the X-ray patch and the DRR of the vertebra at the
+nominal pose, alone or with the CT around it (the template, which tells the network which
+vertebra, of which shape, at which level, to look for), both standardised (:mod:`.patches`). One convolutional encoder, shared by the
 views, turns each view into a grid of tokens; a transformer runs over the tokens of both
 views together with a learned view and position embedding, so that every token attends
 to the other view (cross-view fusion); pooled tokens give the offset as a 6D rotation
@@ -32,6 +32,8 @@ class ModelConfig:
     channels: encoder widths, one residual stage each, every stage halving the resolution.
     fusion_layers / heads: the cross-view transformer.
     translation_scale_mm: the translation output is in these units (mm / scale ~ 1).
+    template_context_mm: the template channel's context (:class:`.patches.PatchSpec` ``context_mm``;
+        0, the vertebra alone, for models saved before it existed).
     """
 
     size_px: int = 64
@@ -40,10 +42,11 @@ class ModelConfig:
     fusion_layers: int = 2
     heads: int = 4
     translation_scale_mm: float = 20.0
+    template_context_mm: float = 0.0
 
     @property
     def patch(self) -> PatchSpec:
-        return PatchSpec(self.size_px, self.mm_per_px)
+        return PatchSpec(self.size_px, self.mm_per_px, self.template_context_mm)
 
     @property
     def tokens_per_view(self) -> int:

@@ -22,17 +22,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.volume import Volume
+from ..core.volume import Volume, bounding_box_ijk
 from ..geometry import XrayGeometry
+from ..render.drr import DRRRenderer, hu_to_mu
+from ..render.spine_xray import SOFT_TISSUE_HU
 from ..render.xray_sim import gaussian_blur
 
 
 @dataclass(frozen=True)
 class PatchSpec:
-    """The network's input patch: ``size_px`` x ``size_px`` pixels of ``mm_per_px`` mm at the vertebra centre."""
+    """The network's input patch: ``size_px`` x ``size_px`` pixels of ``mm_per_px`` mm at the vertebra centre.
+
+    ``context_mm``: the template channel draws the CT inside the vertebra's box grown by this
+    (CT mm), above soft tissue: the neighbours, ribs, sternum and shoulders around it, which
+    tell its level from the next (:func:`template_renderer`); 0 draws the vertebra alone.
+    """
 
     size_px: int = 64
     mm_per_px: float = 2.5
+    context_mm: float = 0.0
 
     @property
     def field_mm(self) -> float:
@@ -128,6 +136,25 @@ def pose_from_offset(rotation: np.ndarray, translation: np.ndarray, nominal: np.
     offset[:3, :3] = frame.T @ np.asarray(rotation, np.float64) @ frame
     offset[:3, 3] = center + frame.T @ np.asarray(translation, np.float64) - offset[:3, :3] @ center
     return offset @ np.asarray(nominal, np.float64)
+
+
+def template_renderer(mu: Volume, mask: np.ndarray, spec: PatchSpec) -> DRRRenderer:
+    """The renderer of the template channel (``spec.context_mm``): mu (1/mm) and the vertebra's
+    (K, J, I) mask, the volume averaged to the patch's resolution (:func:`volume_downsample`)."""
+    factor = volume_downsample(mu, spec)
+    if spec.context_mm <= 0:
+        return DRRRenderer(mu, mask=mask, downsample=factor)
+    # Above soft tissue only, so that the box's faces draw no edge across the body.
+    start, stop = bounding_box_ijk(mask, np.ceil(spec.context_mm / mu.spacing_mm).astype(int))
+    box = mu.cropped(start, stop)
+    soft = float(hu_to_mu(np.float32(SOFT_TISSUE_HU)))
+    return DRRRenderer(box.with_array(np.clip(box.array - soft, 0.0, None)), downsample=factor)
+
+
+def template_channel(drr: torch.Tensor, spec: PatchSpec) -> torch.Tensor:
+    """Template DRRs (..., n, n) as the network reads them: the vertebra alone standardised, its
+    context (which has the body's slow shading, as an X-ray has) high-passed like the X-ray."""
+    return normalize_xray(drr) if spec.context_mm > 0 else standardize(drr)
 
 
 def volume_downsample(volume: Volume, spec: PatchSpec) -> int:

@@ -52,6 +52,21 @@ def test_fine_tuning_starts_from_the_given_weights(trained, phantom_dir, tmp_pat
     assert all(torch.allclose(before[n], after[n], atol=1e-6) for n in weights)
 
 
+def test_fine_tuning_can_give_the_template_context_and_later_runs_keep_it(trained, phantom_dir, tmp_path, spinereg):
+    out, _ = trained
+    data = ("--ct", phantom_dir / "ct.nii.gz", "--seg", phantom_dir / "seg.nii.gz", "--vertebra", "l2", *TINY,
+            "--steps", "1")
+    result = spinereg("train", *data, "--init-model", out / "model.pt", "--template-context-mm", "20",
+                      "--translation-mm", "22", "--out", tmp_path / "context")
+    assert result.code == 0, result.err
+    assert load_model(tmp_path / "context" / "model.pt").config.template_context_mm == 20.0
+    config = json.loads((tmp_path / "context" / "config.json").read_text())
+    assert config["synthesis"]["acquisition"]["trans_mm"] == 22.0
+    result = spinereg("train", *data, "--init-model", tmp_path / "context" / "model.pt", "--out", tmp_path / "again")
+    assert result.code == 0, result.err
+    assert load_model(tmp_path / "again" / "model.pt").config.template_context_mm == 20.0
+
+
 def test_register_uses_a_trained_model(trained, phantom_dir, tmp_path, spinereg):
     out, _ = trained
     views = []

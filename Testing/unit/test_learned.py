@@ -26,8 +26,12 @@ from SpineRegistrationLib.learned.patches import (
     patch_geometry,
     pose_from_offset,
     resample_to_patch,
+    template_renderer,
     view_frame,
 )
+from SpineRegistrationLib.core.volume import Volume
+from SpineRegistrationLib.render.drr import Detectors
+from SpineRegistrationLib.render.spine_xray import SOFT_TISSUE_HU
 from SpineRegistrationLib.render.drr import hu_to_mu
 from SpineRegistrationLib.learned.training import TrainConfig, pose_errors, train
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
@@ -186,6 +190,46 @@ def test_without_an_offset_the_xray_shows_the_vertebra_where_the_template_is(sma
             assert inside > float(xray[torch.roll(support, shift, -1)].mean()) + 0.05
 
 
+def test_the_context_template_draws_bone_around_the_vertebra_and_no_edge_of_its_box():
+    """A bone cube (the vertebra) and a bone rod beside it, in soft tissue: with context the
+    template draws both, each ray their excess attenuation over soft tissue times the length
+    crossed; the box's faces, cut through soft tissue, draw nothing. Alone: the cube only."""
+    hu = np.full((60, 60, 60), SOFT_TISSUE_HU, np.float32)  # 1 mm voxels, (K, J, I)
+    hu[25:35, 25:35, 25:35] = 1000.0  # the vertebra: a 10 mm cube at the centre
+    hu[25:35, 25:35, 41:45] = 1000.0  # a neighbour 6 mm to its side (RAS +x), 4 mm wide
+    matrix = np.eye(4)
+    matrix[:3, 3] = -29.5
+    mu = Volume(hu_to_mu(hu), matrix)
+    mask = np.zeros(hu.shape, bool)
+    mask[25:35, 25:35, 25:35] = True
+    geometry = patch_geometry(preset_geometry("AP"), np.zeros(3), PatchSpec(size_px=64, mm_per_px=1.0))
+    pose, detectors = torch.eye(4)[None], Detectors.from_geometries([geometry])
+    spec = PatchSpec(size_px=64, mm_per_px=1.0, context_mm=20.0)
+    with torch.no_grad():
+        context = template_renderer(mu, mask, spec)(pose, detectors)[0, 0].numpy()
+        alone = template_renderer(mu, mask, PatchSpec(size_px=64, mm_per_px=1.0))(pose, detectors)[0, 0].numpy()
+    excess = float(hu_to_mu(np.float32(1000.0)) - hu_to_mu(np.float32(SOFT_TISSUE_HU)))
+    world = np.array([[0.0, 0.0, 0.0], [13.0, 0.0, 0.0], [-20.0, 0.0, 12.0]])  # cube, rod, soft tissue in the box
+    (c0, r0), (c1, r1), (c2, r2) = np.round(geometry.project(world)).astype(int)
+    # A central ray crosses 10 mm of each (the magnification of 1 mm changes it by < 2 %).
+    assert context[r0, c0] == pytest.approx(10.0 * excess, rel=0.03)
+    assert context[r1, c1] == pytest.approx(10.0 * excess, rel=0.03)
+    assert abs(context[r2, c2]) < 1e-3 * context.max()
+    assert alone[r0, c0] > 0 and alone[r1, c1] == 0
+
+
+def test_a_cut_vertebra_with_few_voxels_still_gives_every_sample_its_points(small_ct):
+    labels = small_ct.labelmap.volume.array.copy()
+    value = small_ct.labelmap.labels["L4"]
+    kept = np.argwhere(labels == value)[:20]
+    labels[labels == value] = 0
+    labels[tuple(kept.T)] = value
+    source = TrainingCT(small_ct.ct, Labelmap(small_ct.labelmap.volume.with_array(labels), "verse"), TINY.patch,
+                        points=64)
+    points = source.renderers("L4")[2]
+    assert points.shape == (64, 3) and len(np.unique(points, axis=0)) == 20
+
+
 def test_a_patch_too_small_for_the_vertebra_is_refused(small_ct):
     cramped = TrainingCT(small_ct.ct, small_ct.labelmap, PatchSpec(size_px=16, mm_per_px=1.0), "cramped")
     assert draw_sample(cramped, SynthesisConfig(), np.random.default_rng(0)) is None
@@ -239,6 +283,17 @@ def test_model_file_round_trip_and_bad_files_are_one_line_errors(tmp_path):
         assert "\n" not in str(error.value)
     with pytest.raises(InputError, match="trained for 32-pixel patches of 5 mm"):
         load_model(path, expect=ModelConfig())
+
+
+def test_fine_tuning_may_change_the_template_and_older_files_read_as_the_vertebra_alone(tmp_path):
+    path = save_model(PoseNet(TINY), tmp_path / "m.pt")
+    assert load_model(path).config.template_context_mm == 0.0
+    wider = ModelConfig(**{**TINY.to_dict(), "channels": TINY.channels, "template_context_mm": 30.0})
+    assert load_model(path, expect=wider).config.patch.context_mm == 30.0
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["template_context_mm"]  # a file saved before templates had context
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").config.patch == PatchSpec(32, 5.0, 0.0)
 
 
 # ---------------------------------------------------------------------- training
