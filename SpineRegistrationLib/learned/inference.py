@@ -2,10 +2,9 @@
 
 :class:`PosePredictor` feeds the network (:mod:`.network`) the patches of :mod:`.patches`:
 the first two X-rays (AP, LAT) resampled around the vertebra's projected centre and the
-vertebra's DRR at the current pose (alone, or with its context when the model was trained so); it applies the predicted offset and, with
-``passes`` > 1, looks again from there: later passes re-centre the patches and re-render the
-template, and take the predicted translation only (the network, trained with its template at
-the nominal pose, reads the whole rotation again rather than the residual).
+vertebra's DRR at the current pose (alone, or with its context when the model was trained so);
+it applies the predicted offset, by default as the consensus of 9 looks from about the start
+(:class:`PosePredictor`).
 
 :func:`register_vertebra_learned` is the ``learned`` and ``auto`` methods of
 ``spinereg register``: the network's pose alone (scored, not moved), or its rotation handed to
@@ -21,6 +20,7 @@ result is kept.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import replace
@@ -42,15 +42,27 @@ from .network import PoseNet
 from .patches import (normalize_xray, patch_geometry, pose_from_offset, resample_to_patch, template_channel,
                       template_renderer, view_frame)
 
+#: :class:`PosePredictor`'s default cube of looks, mm (README, "The network on this CT").
+LOOK_MM = 6.0
+
 
 class PosePredictor:
-    """A pose network ready to predict (a :class:`.network.PoseNet` or a model file path)."""
+    """A pose network ready to predict (a :class:`.network.PoseNet` or a model file path).
 
-    def __init__(self, model: PoseNet | str | os.PathLike, device: str | torch.device = "cpu", passes: int = 2) -> None:
+    ``look_mm`` > 0: the first pass looks from the start and from the 8 corners of a cube of
+    +-``look_mm`` about it (one batch) and takes the median of the 9 answers' vertebra centres
+    and the mean of their rotations: each look crops the X-rays elsewhere, and the answers'
+    errors partly cancel. ``passes`` > 1: later passes re-centre on the answer and take the
+    predicted translation only (the network, trained with its template at the nominal pose,
+    reads the whole rotation again rather than the residual).
+    """
+
+    def __init__(self, model: PoseNet | str | os.PathLike, device: str | torch.device = "cpu", passes: int = 1,
+                 look_mm: float = LOOK_MM) -> None:
         self.device = torch.device(device)
         self.model = (model if isinstance(model, PoseNet) else load_model(model, self.device)).to(self.device).eval()
         self.spec = self.model.config.patch
-        self.passes = int(passes)
+        self.passes, self.look_mm = int(passes), float(look_mm)
 
     def patches(self, template: DRRRenderer, xrays: Sequence[torch.Tensor], geometries: Sequence[XrayGeometry],
                 pose: np.ndarray, center_ct: np.ndarray) -> torch.Tensor:
@@ -62,6 +74,14 @@ class PosePredictor:
         with torch.no_grad():
             drr = template(matrix, Detectors.from_geometries(patches, device=self.device))[0]
         return torch.stack([normalize_xray(images.to(self.device)), template_channel(drr, self.spec)], dim=1)[None]
+
+    def _answers(self, template, views, geometries, starts: list[np.ndarray], center_ct, frame) -> list[np.ndarray]:
+        """The network's pose from each of ``starts`` (one batch)."""
+        batch = torch.cat([self.patches(template, views, geometries, start, center_ct) for start in starts])
+        with torch.no_grad():
+            rotations, translations = self.model(batch)
+        return [pose_from_offset(r.double().cpu().numpy(), t.double().cpu().numpy(), start, center_ct, frame)
+                for r, t, start in zip(rotations, translations, starts)]
 
     def predict(self, mu: Volume, mask: np.ndarray, xrays: Sequence[np.ndarray], geometries: Sequence[XrayGeometry],
                 init: np.ndarray | None = None) -> np.ndarray:
@@ -77,15 +97,30 @@ class PosePredictor:
         geometries = [geometries[i] for i in pair]
         frame = view_frame(geometries[0])
         pose = np.eye(4) if init is None else np.asarray(init, np.float64)
-        for index in range(self.passes):
-            with torch.no_grad():
-                rotation, translation = self.model(self.patches(template, views, geometries, pose, center_ct))
-            # Later passes re-centre on the vertebra and take the translation only: a network
-            # trained with its template at the nominal pose reads the whole rotation again, not the
-            # residual (measured: the real CT's patient model went from 2-3 deg after one pass to 11-13).
-            turn = rotation[0].double().cpu().numpy() if index == 0 else np.eye(3)
-            pose = pose_from_offset(turn, translation[0].double().cpu().numpy(), pose, center_ct, frame)
+        shifts = [np.zeros(3)] + ([self.look_mm * np.array(c, float) for c in itertools.product((-1, 1), repeat=3)]
+                                  if self.look_mm > 0 else [])
+        starts = [pose.copy() for _ in shifts]
+        for start, shift in zip(starts, shifts):
+            start[:3, 3] += shift
+        pose = consensus(self._answers(template, views, geometries, starts, center_ct, frame), center_ct)
+        for _ in range(1, self.passes):
+            # Re-centred on the answer, the translation only (see the class docstring; measured: the
+            # real CT's patient model went from 2-3 deg after one pass to 11-13 when it turned again).
+            moved = self._answers(template, views, geometries, [pose], center_ct, frame)[0]
+            pose = _moved_to(pose, moved, center_ct)
         return pose
+
+
+def consensus(poses: Sequence[np.ndarray], center_ct: np.ndarray) -> np.ndarray:
+    """One pose (CT RAS -> world) from several answers: the median of where they put the vertebra's
+    centre (``center_ct``, CT RAS mm), which an answer on a neighbour cannot drag, and the chordal
+    mean of their rotations (the mean matrix projected onto the rotations)."""
+    centres = np.median([p[:3, :3] @ center_ct + p[:3, 3] for p in poses], axis=0)
+    u, _, vt = np.linalg.svd(np.mean([p[:3, :3] for p in poses], axis=0))
+    rotation = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = rotation, centres - rotation @ center_ct
+    return pose
 
 
 def _moved_to(pose: np.ndarray, init: np.ndarray | None, center: np.ndarray) -> np.ndarray:

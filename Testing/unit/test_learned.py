@@ -18,7 +18,7 @@ from SpineRegistrationLib.io import Labelmap
 from SpineRegistrationLib.learned.checkpoint import load_model, save_model
 from SpineRegistrationLib.core.labelmap import vertebra_mask
 from SpineRegistrationLib.learned.data import SampleStream, SynthesisConfig, TrainingCT, draw_sample
-from SpineRegistrationLib.learned.inference import PosePredictor
+from SpineRegistrationLib.learned.inference import PosePredictor, consensus
 from SpineRegistrationLib.learned.network import ModelConfig, PoseNet
 from SpineRegistrationLib.learned.patches import (
     PatchSpec,
@@ -387,3 +387,15 @@ def test_later_passes_do_not_turn_the_vertebra_again(small_ct):
     rotation, translation = offset_in_frame(pose, np.eye(4), center, frame)
     assert np.allclose(rotation, turn, atol=1e-5)  # once, not turn @ turn
     assert np.allclose(translation, 0.0, atol=1e-4)
+
+
+def test_the_looks_agree_on_the_median_centre_and_the_mean_rotation():
+    """Nine answers: the centre is their median (one answer on a neighbour 25 mm away does not
+    move it), the rotation their chordal mean (turns of -4, 0, +4 deg about one axis -> none)."""
+    center = np.array([3.0, -2.0, 10.0])
+    answers = []
+    for index, (turn, shift) in enumerate(zip([-4.0, 0.0, 4.0] * 3, [0.0, 1.0, -1.0, 0.5, -0.5, 0.2, -0.2, 0.0, 25.0])):
+        answers.append(params_to_matrix(np.array([0.0, 0.0, turn, 5.0, 0.0, 7.0 + shift]), center))
+    pose = consensus(answers, center)
+    assert np.allclose(pose[:3, :3], np.eye(3), atol=1e-9)
+    assert np.allclose(pose[:3, :3] @ center + pose[:3, 3], center + [5.0, 0.0, 7.0], atol=1e-9)
