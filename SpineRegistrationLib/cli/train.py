@@ -88,7 +88,6 @@ def template_context(args: argparse.Namespace, shipped_model) -> float:
 def run(args: argparse.Namespace) -> int:
     import os
     import sys
-
     from dataclasses import replace
 
     from ..learned.data import SynthesisConfig, training_acquisition

@@ -13,9 +13,8 @@ never code.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch

@@ -42,7 +42,7 @@ from .network import PoseNet
 from .patches import (normalize_xray, patch_geometry, pose_from_offset, resample_to_patch, template_channel,
                       template_renderer, view_frame)
 
-#: :class:`PosePredictor`'s default cube of looks, mm (README, "The network on this CT").
+#: :class:`PosePredictor`'s default cube of looks, mm (Testing/benchmarks/bench_pose_looks.py).
 LOOK_MM = 6.0
 
 

@@ -2,10 +2,10 @@
 
 Input (B, V=2, C=2, n, n): per view the X-ray patch and the DRR of the vertebra at the
 nominal pose, alone or with the CT around it (the template, which tells the network which
-vertebra, of which shape, at which level, to look for), both standardised (:mod:`.patches`). One convolutional encoder, shared by the
-views, turns each view into a grid of tokens; a transformer runs over the tokens of both
-views together with a learned view and position embedding, so that every token attends
-to the other view (cross-view fusion); pooled tokens give the offset as a 6D rotation
+vertebra, of which shape, at which level, to look for), both standardised (:mod:`.patches`).
+One convolutional encoder, shared by the views, turns each view into a grid of tokens; a
+transformer runs over the tokens of both views together with a learned view and position
+embedding, so that every token attends to the other view (cross-view fusion); pooled tokens give the offset as a 6D rotation
 (:func:`..pose.rotation_6d_to_matrix`) and a translation in units of ``translation_scale_mm``,
 in the AP detector frame (:func:`.patches.view_frame`).
 
