@@ -5,9 +5,9 @@ nominal pose, alone or with the CT around it (the template, which tells the netw
 vertebra, of which shape, at which level, to look for), both standardised (:mod:`.patches`).
 One convolutional encoder, shared by the views, turns each view into a grid of tokens; a
 transformer runs over the tokens of both views together with a learned view and position
-embedding, so that every token attends to the other view (cross-view fusion); pooled tokens give the offset as a 6D rotation
-(:func:`..pose.rotation_6d_to_matrix`) and a translation in units of ``translation_scale_mm``,
-in the AP detector frame (:func:`.patches.view_frame`).
+embedding, so that every token attends to the other view (cross-view fusion); pooled tokens
+give the offset as a 6D rotation (:func:`..pose.rotation_6d_to_matrix`) and a translation in
+units of ``translation_scale_mm``, in the AP detector frame (:func:`.patches.view_frame`).
 
 Built from plain torch layers (torchvision does not import beside the CPU torch wheel, and
 MONAI's 2D residual units are the same few layers).
