@@ -40,7 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     training.add_argument("--validate-every", type=int, default=250, metavar="STEPS", help="validation errors in log.csv")
     training.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (needs tensorboard)")
 
-    model = parser.add_argument_group("model input (the patch: new models only, a model keeps its own; the template may change)")
+    model = parser.add_argument_group(
+        "model input (the patch: new models only, a model keeps its own; the template may change)")
     model.add_argument("--size-px", type=int, default=64, help="patch side in pixels (a multiple of 16)")
     model.add_argument("--mm-per-px", type=float, default=2.5, help="patch pixel at the vertebra centre, mm")
     model.add_argument("--template-context-mm", type=float, default=None,
