@@ -222,6 +222,10 @@ def check_run(config: TrainConfig) -> dict | None:
             raise InputError(f"{config.out / CHECKPOINT_FILE} was trained for {saved.size_px}-pixel patches of "
                              f"{saved.mm_per_px:g} mm, not {config.model.size_px} of {config.model.mm_per_px:g}: "
                              "resume with its own input")
+        if saved.template_context_mm != config.model.template_context_mm:
+            raise InputError(f"{config.out / CHECKPOINT_FILE} was trained with a template context of "
+                             f"{saved.template_context_mm:g} mm, not {config.model.template_context_mm:g}: "
+                             "resume with its own input")
         return payload
     if config.init_model is not None:
         model_from_payload(read_payload(config.init_model), config.init_model, expect=config.model)

@@ -356,6 +356,23 @@ def test_an_interrupt_between_steps_keeps_the_last_steps_statistics(small_ct, tm
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
 
 
+def test_a_run_resumes_only_with_the_template_it_was_trained_with(small_ct, tmp_path):
+    from dataclasses import replace
+
+    from SpineRegistrationLib.learned.checkpoint import CHECKPOINT_FORMAT
+    from SpineRegistrationLib.learned.training import check_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    payload = torch.load(save_model(PoseNet(TINY), tmp_path / "m.pt"), weights_only=True)
+    torch.save({**payload, "format": CHECKPOINT_FORMAT, "step": 1, "train_config": {"steps": 4}},
+               out / "checkpoint.pt")
+    config = TrainConfig(out=out, steps=4, resume=True, model=TINY)
+    assert check_run(config)["step"] == 1
+    with pytest.raises(InputError, match="template context of 0 mm, not 30"):
+        check_run(replace(config, model=replace(TINY, template_context_mm=30.0)))
+
+
 def test_training_refuses_to_clobber_or_resume_nothing(small_ct, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
