@@ -28,7 +28,8 @@ DESCRIPTION = (
     "similarity, pass/doubt verdict with its reason, time), one ITK transform per vertebra (L1.h5, loads in Slicer as the "
     "vertebra's transform) and drr_<VIEW>.nrrd per X-ray (the registered vertebrae's DRR, optical depth, the "
     "X-ray's size; VIEW is the geometry file's stem, e.g. AP). Progress goes to stderr, a summary table to "
-    "stdout. Exit status 0 when every vertebra was registered (check verdicts marked 'doubt'), 2 for bad input."
+    "stdout. Exit status 0 when every vertebra was registered (check verdicts marked 'doubt'), 2 for bad input, "
+    "130 when interrupted (Ctrl-C): the vertebrae it finished are kept and --resume continues."
 )
 
 
@@ -85,7 +86,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "synchronisation; measured on a shared 2-core CPU, one vertebra took 14-22 s with 1 thread "
                         "and 97-112 s with 2. Try more on a many-core CPU with fine (< 1 mm) CTs")
 
-    add_output_folder(parser.add_argument_group("output"))
+    output = parser.add_argument_group("output")
+    add_output_folder(output)
+    output.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run of the same command: the vertebrae it finished (kept in "
+                        ".DIR.register-journal.json beside DIR) are taken, not registered again; refused if any "
+                        "input, the method, the model or a setting changed")
     parser.set_defaults(func=run)
     return parser
 
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.atomic import staged_output_dir
     from ..pipeline import RegisterConfig, iter_register_case, load_case, write_result
+    from ..pipeline.journal import RegisterJournal
     from ..rigid import RigidConfig
 
     started = time.perf_counter()
@@ -151,24 +158,42 @@ def run(args: argparse.Namespace) -> int:
         roi=getattr(args, "roi", None),
         boxes=getattr(args, "boxes", None),
     )
-    with staged_output_dir(args.out, args.overwrite) as staging:
-        case = load_case(config)  # every bad-input check, before any line of progress
-        for note in case.notes:
-            print(f"spinereg: note: {note}", file=sys.stderr)
-        print(f"registering {len(case.vertebrae)} vertebra(e) ({', '.join(case.vertebrae)}) to "
-              f"{len(case.views)} views ({', '.join(case.views)}), method {case.method}, device {case.device}",
-              file=sys.stderr, flush=True)
-        printer = _ProgressPrinter(sys.stderr)
-        results = []
-        try:
-            for result in iter_register_case(case, progress=printer):
+    journal = None
+    try:
+        with staged_output_dir(args.out, args.overwrite) as staging:
+            case = load_case(config)  # every bad-input check, before any line of progress
+            journal = RegisterJournal(args.out, case, resume=args.resume, overwrite=args.overwrite)
+            for note in case.notes:
+                print(f"spinereg: note: {note}", file=sys.stderr)
+            if args.resume:
+                print(f"resuming: {len(journal.done)} of {len(case.vertebrae)} vertebra(e) done before"
+                      if journal.done else "nothing to resume: starting afresh", file=sys.stderr)
+            print(f"registering {len(case.vertebrae)} vertebra(e) ({', '.join(case.vertebrae)}) to "
+                  f"{len(case.views)} views ({', '.join(case.views)}), method {case.method}, device {case.device}",
+                  file=sys.stderr, flush=True)
+            printer = _ProgressPrinter(sys.stderr)
+            results, resumed = [], dict(journal.done)
+            try:
+                for result in iter_register_case(case, progress=printer, done=resumed):
+                    printer.close()
+                    results.append(result)
+                    if result.name in resumed:
+                        print(f"{result.name}: similarity {result.similarity:.3f} ({result.verdict}), from the "
+                              "interrupted run", file=sys.stderr, flush=True)
+                        continue
+                    journal.record(result)
+                    print(f"{result.name}: similarity {result.similarity:.3f} ({result.verdict}), "
+                          f"{result.time_s:.1f} s, {result.evaluations} renders", file=sys.stderr, flush=True)
+            finally:
                 printer.close()
-                results.append(result)
-                print(f"{result.name}: similarity {result.similarity:.3f} ({result.verdict}), "
-                      f"{result.time_s:.1f} s, {result.evaluations} renders", file=sys.stderr, flush=True)
-        finally:
-            printer.close()
-        paths = write_result(staging, results, case, total_time_s=time.perf_counter() - started)
+            paths = write_result(staging, results, case, total_time_s=time.perf_counter() - started)
+    except KeyboardInterrupt:
+        if journal is None or not journal.done:
+            raise
+        print(f"spinereg: interrupted with {len(journal.done)} vertebra(e) done, kept in {journal.path}: "
+              "the same command with --resume continues", file=sys.stderr)
+        return 130
+    journal.discard()
     doubt = [r.name for r in results if r.verdict != "pass"]
     if doubt:
         reasons = "; ".join(f"{r.name}: {r.verdict_reason or 'in doubt'}" for r in results if r.verdict != "pass")

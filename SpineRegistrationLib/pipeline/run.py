@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -40,19 +40,23 @@ class CaseProgress:
 
 
 def register_case(
-    case: CaseInputs | RegisterConfig, progress: Callable[[CaseProgress], None] | None = None
+    case: CaseInputs | RegisterConfig, progress: Callable[[CaseProgress], None] | None = None,
+    done: Mapping[str, VertebraResult] | None = None,
 ) -> list[VertebraResult]:
     """Register every vertebra of ``case`` (a :class:`RegisterConfig` is loaded first), one
     after the other, each from its start (:meth:`CaseInputs.start`: the initial pose, moved by
     its ROI or X-ray boxes); returns one result per vertebra, in order.
 
-    progress: called with a :class:`CaseProgress` at each stage of each vertebra.
+    progress: called with a :class:`CaseProgress` at each stage of each vertebra. done: results
+    already known (name -> result, e.g. a resumed run's :class:`.journal.RegisterJournal`), taken
+    as they are in their place, without progress.
     """
-    return list(iter_register_case(case, progress))
+    return list(iter_register_case(case, progress, done))
 
 
 def iter_register_case(
-    case: CaseInputs | RegisterConfig, progress: Callable[[CaseProgress], None] | None = None
+    case: CaseInputs | RegisterConfig, progress: Callable[[CaseProgress], None] | None = None,
+    done: Mapping[str, VertebraResult] | None = None,
 ) -> Iterator[VertebraResult]:
     """:func:`register_case` one vertebra at a time: yields each result as soon as it is done."""
     import torch
@@ -71,6 +75,9 @@ def iter_register_case(
     try:
         count = len(case.vertebrae)
         for index, name in enumerate(case.vertebrae, start=1):
+            if done and name in done:
+                yield done[name]
+                continue
 
             def report(stage: str, fraction: float, index=index, name=name) -> None:
                 if progress is not None:
