@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from ..methods import EVALUATION_METHODS as METHODS
-from .options import add_ct_options, add_output_folder
+from .options import add_ct_options, add_output_folder, add_resume, interrupted
 
 #: Default torch CPU threads: as ``spinereg register`` (one vertebra's tensors are small).
 DEFAULT_THREADS = 1
@@ -29,7 +29,8 @@ DESCRIPTION = (
     "with each method and report, per case and per method: mTRE over the vertebra's voxels, success rates at "
     "mTRE < 1 / 2 / 10 mm, rotation and translation errors, capture range (success by initial mTRE) and time "
     "per vertebra. Writes DIR/results.json (format spinereg-evaluation) and DIR/plot.png; DIR appears only "
-    "once complete. Progress goes to stderr, the summary table to stdout."
+    "once complete. Progress goes to stderr, the summary table to stdout. Interrupted (Ctrl-C: exit status 130), "
+    "it keeps the cases it finished and --resume continues."
 )
 
 
@@ -70,7 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     method.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
                         help="torch CPU threads (torch.set_num_threads), as for 'spinereg register'")
 
-    add_output_folder(parser.add_argument_group("output"))
+    output = parser.add_argument_group("output")
+    add_output_folder(output)
+    add_resume(output, "evaluate", "cases")
     parser.set_defaults(func=run)
     return parser
 
@@ -120,6 +123,22 @@ def _load_data(args: argparse.Namespace):
     }
 
 
+def _fingerprint(args: argparse.Namespace, config, methods: list[str]) -> str:
+    """What decides an evaluation's records, hashed (:func:`..io.journal.fingerprint`): the CT and
+    labelmap files (or the default phantom), the model file, the label scheme and the cases' settings.
+    Not their number (case i is the same for any --cases > i) nor the methods (a record is per method
+    and case): a resumed run may add cases or methods."""
+    from dataclasses import asdict
+
+    from ..io.journal import fingerprint
+    from ..learned.models import shipped_model
+
+    model = getattr(args, "model", None) or (shipped_model() if {"learned", "auto"} & set(methods) else None)
+    settings = {key: value for key, value in asdict(config).items() if key != "cases"}
+    return fingerprint([getattr(args, "ct", None), getattr(args, "seg", None), model],
+                       {"label_scheme": args.label_scheme, "cases": settings})
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     import time
@@ -139,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..methods import resolve_device
     from ..io.atomic import staged_output_dir
+    from ..io.journal import RunJournal
 
     started = time.perf_counter()
     methods = parse_methods(args.methods)
@@ -160,12 +180,18 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    journal = None
     try:
         with staged_output_dir(args.out, args.overwrite) as staging:
             model = getattr(args, "model", None)  # a bad model file fails before the data are made
             runners = {name: make_method(name, device=device, **({"model": model} if model and name in
                                                                    ("learned", "auto") else {}))
                        for name in methods}
+            journal = RunJournal(args.out, "evaluate", _fingerprint(args, config, methods), args.resume,
+                                 args.overwrite)
+            if args.resume:
+                print(f"resuming: {len(journal.done)} case run(s) done before" if journal.done
+                      else "nothing to resume: starting afresh", file=sys.stderr)
             print("loading the CT and labelmap ..." if getattr(args, "ct", None) else "generating the phantom ...",
                   file=sys.stderr, flush=True)
             ct, labelmap, inputs = _load_data(args)
@@ -174,19 +200,29 @@ def run(args: argparse.Namespace) -> int:
                               file=sys.stderr, mininterval=0.5))
             records = []
             for name, method in runners.items():
-                progress = tqdm(iter_run_method(cases, method, name), total=len(cases), desc=name, unit="case",
-                                file=sys.stderr, mininterval=0.5)
+                done = {case.index: journal.done[f"{name}/{case.index}"] for case in cases
+                        if f"{name}/{case.index}" in journal.done}
+                todo = [case for case in cases if case.index not in done]
+                progress = tqdm(iter_run_method(todo, method, name), total=len(cases), initial=len(done), desc=name,
+                                unit="case", file=sys.stderr, mininterval=0.5)
                 for record in progress:
-                    records.append(record)
+                    done[record["case"]] = record
+                    journal.record(f"{name}/{record['case']}", record)
                     if record["error"] is None:
                         progress.set_postfix_str(f"last mTRE {record['mtre_mm']:.2f} mm", refresh=False)
+                records += [done[case.index] for case in cases]
             summaries = summarize_by_method(records)
             metadata = {"inputs": inputs, "methods": methods, "device": str(device), "threads": args.threads,
                         "vertebrae": sorted({case.vertebra for case in cases}),
                         "total_s": round(time.perf_counter() - started, 1)}
             paths = write_report(staging, summaries, records, config=config, metadata=metadata)
+    except KeyboardInterrupt:
+        if journal is None or not journal.done:
+            raise
+        return interrupted(journal, "case run(s)")
     finally:
         torch.set_num_threads(threads_before)
+    journal.discard()
     errors = [r for r in records if r["error"] is not None]
     if errors:
         print(f"spinereg: warning: {len(errors)} run(s) failed and count as failures; first: {errors[0]['method']} "

@@ -1,5 +1,6 @@
 """Option groups that several subcommands share: the CT and its vertebrae (``register``,
-``evaluate``) and the output folder (``register``, ``evaluate``, ``deform``).
+``evaluate``), the output folder (``register``, ``evaluate``, ``deform``) and resuming an
+interrupted run (``register``, ``evaluate``).
 
 The training commands' shared options are in :mod:`.training_options`.
 """
@@ -33,3 +34,22 @@ def add_output_folder(group: argparse._ActionsContainer) -> None:
     group.add_argument("--out", required=True, metavar="DIR", default=argparse.SUPPRESS,
                        help="output folder (created; must be new or empty unless --overwrite)")
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder (only once complete)")
+
+
+def add_resume(group: argparse._ActionsContainer, command: str, units: str) -> None:
+    """--resume into ``group``: an interrupted ``command`` keeps its finished ``units`` in a journal
+    (:mod:`..io.journal`)."""
+    group.add_argument("--resume", action="store_true",
+                       help=f"continue an interrupted run of the same command: the {units} it finished (kept in "
+                       f".DIR.{command}-journal.json beside DIR) are taken, not computed again; refused if an input "
+                       "file's contents or a setting changed")
+
+
+def interrupted(journal, units: str) -> int:
+    """Say what an interrupted run kept in ``journal`` (a :class:`..io.journal.RunJournal`) and how to go
+    on; the exit status 130 (Ctrl-C)."""
+    import sys
+
+    print(f"spinereg: interrupted with {len(journal.done)} {units} done, kept in {journal.path}: the same command "
+          "with --resume continues", file=sys.stderr)
+    return 130

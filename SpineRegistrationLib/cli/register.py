@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from ..methods import METHODS
-from .options import add_ct_options, add_output_folder
+from .options import add_ct_options, add_output_folder, add_resume, interrupted
 
 
 #: Default torch CPU threads, see the --threads help.
@@ -88,10 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     output = parser.add_argument_group("output")
     add_output_folder(output)
-    output.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run of the same command: the vertebrae it finished (kept in "
-                        ".DIR.register-journal.json beside DIR) are taken, not registered again; refused if any "
-                        "input, the method, the model or a setting changed")
+    add_resume(output, "register", "vertebrae")
     parser.set_defaults(func=run)
     return parser
 
@@ -136,8 +133,9 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..io.atomic import staged_output_dir
-    from ..pipeline import RegisterConfig, iter_register_case, load_case, write_result
-    from ..pipeline.journal import RegisterJournal
+    from ..io.journal import RunJournal
+    from ..io.results import VertebraResult
+    from ..pipeline import RegisterConfig, case_fingerprint, iter_register_case, load_case, write_result
     from ..rigid import RigidConfig
 
     started = time.perf_counter()
@@ -162,17 +160,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         with staged_output_dir(args.out, args.overwrite) as staging:
             case = load_case(config)  # every bad-input check, before any line of progress
-            journal = RegisterJournal(args.out, case, resume=args.resume, overwrite=args.overwrite)
+            journal = RunJournal(args.out, "register", case_fingerprint(case), args.resume, args.overwrite)
+            resumed = {name: VertebraResult.from_json(name, journal.done[name], str(journal.path))
+                       for name in case.vertebrae if name in journal.done}
             for note in case.notes:
                 print(f"spinereg: note: {note}", file=sys.stderr)
             if args.resume:
-                print(f"resuming: {len(journal.done)} of {len(case.vertebrae)} vertebra(e) done before"
-                      if journal.done else "nothing to resume: starting afresh", file=sys.stderr)
+                print(f"resuming: {len(resumed)} of {len(case.vertebrae)} vertebra(e) done before"
+                      if resumed else "nothing to resume: starting afresh", file=sys.stderr)
             print(f"registering {len(case.vertebrae)} vertebra(e) ({', '.join(case.vertebrae)}) to "
                   f"{len(case.views)} views ({', '.join(case.views)}), method {case.method}, device {case.device}",
                   file=sys.stderr, flush=True)
             printer = _ProgressPrinter(sys.stderr)
-            results, resumed = [], dict(journal.done)
+            results = []
             try:
                 for result in iter_register_case(case, progress=printer, done=resumed):
                     printer.close()
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
                         print(f"{result.name}: similarity {result.similarity:.3f} ({result.verdict}), from the "
                               "interrupted run", file=sys.stderr, flush=True)
                         continue
-                    journal.record(result)
+                    journal.record(result.name, result.to_json())
                     print(f"{result.name}: similarity {result.similarity:.3f} ({result.verdict}), "
                           f"{result.time_s:.1f} s, {result.evaluations} renders", file=sys.stderr, flush=True)
             finally:
@@ -190,9 +190,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if journal is None or not journal.done:
             raise
-        print(f"spinereg: interrupted with {len(journal.done)} vertebra(e) done, kept in {journal.path}: "
-              "the same command with --resume continues", file=sys.stderr)
-        return 130
+        return interrupted(journal, "vertebra(e)")
     journal.discard()
     doubt = [r.name for r in results if r.verdict != "pass"]
     if doubt:

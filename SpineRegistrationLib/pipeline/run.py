@@ -102,6 +102,19 @@ def iter_register_case(
             torch.set_num_threads(previous_threads)
 
 
+def case_fingerprint(case: CaseInputs) -> str:
+    """What decides the results of ``case``, hashed (:func:`..io.journal.fingerprint`): its input
+    files' contents, the label scheme, --invert, the method, the model file and the rigid
+    configuration. Paths and the device do not count."""
+    from ..io.journal import fingerprint
+
+    config = case.config
+    files = [config.ct, config.seg, *config.xrays, *config.geometries, config.init, config.roi, config.boxes,
+             case.model_path]
+    return fingerprint(files, {"label_scheme": case.labelmap.scheme.name, "invert": bool(config.invert),
+                               "method": case.method, "rigid": asdict(config.rigid)})
+
+
 def render_vertebra_drrs(case: CaseInputs, poses: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Per view, the sum of the vertebrae's DRRs at ``poses`` (name -> matrix_ras, any vertebra of
     the segmentation): (rows, columns) float32 optical depth, the X-ray's size."""

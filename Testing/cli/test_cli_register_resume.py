@@ -17,7 +17,7 @@ import pytest
 
 import SpineRegistrationLib.learned.inference as inference
 from SpineRegistrationLib.learned.models import shipped_model
-from SpineRegistrationLib.pipeline.journal import journal_path
+from SpineRegistrationLib.io.journal import journal_path
 
 pytestmark = pytest.mark.skipif(shipped_model() is None, reason="no shipped pose network for --method learned")
 
@@ -75,14 +75,15 @@ def test_an_interrupted_run_keeps_what_it_finished(interrupted):
     assert result.err_lines[-1].startswith("spinereg: interrupted with 1 vertebra(e) done")
     assert "--resume" in result.err_lines[-1]
     assert not out.exists(), "no output folder from an interrupted run"
-    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["inputs", journal_path(out).name])
-    journal = json.loads(journal_path(out).read_text())
-    assert journal["format"] == "spinereg-register-journal" and list(journal["vertebrae"]) == ["L1"]
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["inputs", journal_path(out, "register").name])
+    journal = json.loads(journal_path(out, "register").read_text())
+    assert journal["format"] == "spinereg-journal" and journal["command"] == "register"
+    assert list(journal["entries"]) == ["L1"]
 
 
 def test_resume_takes_the_finished_vertebrae_and_registers_the_rest(spinereg, inputs, interrupted, registered_names):
     _, out = interrupted
-    kept = json.loads(journal_path(out).read_text())["vertebrae"]["L1"]
+    kept = json.loads(journal_path(out, "register").read_text())["entries"]["L1"]
     result = spinereg(*_argv(inputs, out, "--resume"))
     assert result.code == 0, result.err
     assert registered_names == ["L2", "L3"], "L1 came from the journal, not from a new registration"
@@ -93,24 +94,24 @@ def test_resume_takes_the_finished_vertebrae_and_registers_the_rest(spinereg, in
     np.testing.assert_array_equal(document["vertebrae"]["L1"]["matrix_ras"], kept["matrix_ras"])
     assert sorted(p.name for p in out.iterdir()) == ["L1.h5", "L2.h5", "L3.h5", "drr_AP.nrrd", "drr_LAT.nrrd",
                                                      "result.json"]
-    assert not journal_path(out).exists(), "a complete run deletes its journal"
+    assert not journal_path(out, "register").exists(), "a complete run deletes its journal"
 
 
 def test_a_fresh_run_does_not_throw_an_interrupted_one_away(spinereg, inputs, interrupted, assert_one_line_error,
                                                             snapshot, registered_names):
     _, out = interrupted
-    before = snapshot(journal_path(out))
+    before = snapshot(journal_path(out, "register"))
     result = spinereg(*_argv(inputs, out))
     assert_one_line_error(result)
     assert "--resume" in result.err and "--overwrite" in result.err
-    assert registered_names == [] and not out.exists() and snapshot(journal_path(out)) == before
+    assert registered_names == [] and not out.exists() and snapshot(journal_path(out, "register")) == before
 
 
 def test_overwrite_starts_over(spinereg, inputs, interrupted, registered_names):
     _, out = interrupted
     result = spinereg(*_argv(inputs, out, "--overwrite"))
     assert result.code == 0, result.err
-    assert registered_names == ["L1", "L2", "L3"] and not journal_path(out).exists()
+    assert registered_names == ["L1", "L2", "L3"] and not journal_path(out, "register").exists()
 
 
 @pytest.mark.parametrize("change", ["geometry", "method"])
@@ -124,16 +125,16 @@ def test_resume_refuses_a_journal_of_other_inputs(spinereg, inputs, interrupted,
         (inputs / "AP.json").write_text(json.dumps(geometry))
     else:
         argv[argv.index("learned")] = "auto"
-    before = snapshot(journal_path(out))
+    before = snapshot(journal_path(out, "register"))
     result = spinereg(*argv)
     assert_one_line_error(result)
     assert "written for other inputs" in result.err
-    assert registered_names == [] and not out.exists() and snapshot(journal_path(out)) == before
+    assert registered_names == [] and not out.exists() and snapshot(journal_path(out, "register")) == before
 
 
 def test_resume_refuses_a_corrupt_journal(spinereg, inputs, interrupted, assert_one_line_error, registered_names):
     _, out = interrupted
-    journal_path(out).write_text("{not json")
+    journal_path(out, "register").write_text("{not json")
     result = spinereg(*_argv(inputs, out, "--resume"))
     assert_one_line_error(result)
     assert "cannot resume" in result.err and registered_names == [] and not out.exists()

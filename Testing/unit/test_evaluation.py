@@ -341,3 +341,61 @@ def test_the_evaluation_offers_exactly_the_named_methods():
     from SpineRegistrationLib.methods import EVALUATION_METHODS
 
     assert set(FACTORIES) == set(EVALUATION_METHODS)
+
+
+@pytest.fixture
+def counted_cases(monkeypatch):
+    """The case indices the evaluation's methods run, in order; Ctrl-C when the ``interrupt_at``-th
+    starts (0: never)."""
+    import SpineRegistrationLib.evaluation as evaluation
+
+    real = evaluation.make_method
+
+    class Runs(list):
+        interrupt_at = 0
+
+    runs = Runs()
+
+    def make_method(name, **kwargs):
+        method = real(name, **kwargs)
+
+        def counting(case):
+            runs.append(case.index)
+            if len(runs) == runs.interrupt_at:
+                raise KeyboardInterrupt
+            return method(case)
+
+        return counting
+
+    monkeypatch.setattr(evaluation, "make_method", make_method)
+    return runs
+
+
+def test_cli_interrupted_evaluation_resumes_and_may_add_cases(capsys, tmp_path, ct_files, counted_cases):
+    """Ctrl-C during the second case keeps the first in the journal; --resume with more cases runs only
+    the new ones and writes records equal to the journal's; a fresh run does not throw it away."""
+    from SpineRegistrationLib.io.journal import journal_path
+
+    ct, seg = ct_files
+    out = tmp_path / "eval"
+    argv = ("evaluate", "--ct", ct, "--seg", seg, "--methods", "intensity", "--detector-size", 128, 128,
+            "--pixel-mm", 4, "--out", out)
+    counted_cases.interrupt_at = 2
+    code, _, stderr = _spinereg(capsys, *argv, "--cases", 2)
+    assert code == 130 and "interrupted with 1 case run(s) done" in stderr and "--resume" in stderr
+    assert not out.exists() and journal_path(out, "evaluate").is_file()
+    kept = json.loads(journal_path(out, "evaluate").read_text())["entries"]
+    assert list(kept) == ["intensity/0"]
+
+    code, _, stderr = _spinereg(capsys, *argv, "--cases", 2)  # without --resume: refused, journal kept
+    assert code == 2 and "--resume" in stderr and not out.exists() and journal_path(out, "evaluate").is_file()
+
+    counted_cases.clear()
+    counted_cases.interrupt_at = 0
+    code, _, stderr = _spinereg(capsys, *argv, "--cases", 3, "--resume")
+    assert code == 0, stderr
+    assert counted_cases == [1, 2], "case 0 came from the journal"
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert [r["case"] for r in records] == [0, 1, 2]
+    assert records[0]["matrix_ras"] == kept["intensity/0"]["matrix_ras"]
+    assert not journal_path(out, "evaluate").exists()
