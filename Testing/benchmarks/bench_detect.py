@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, help="rendered cases (default OUT/cases), shared with bench_real_ct")
     parser.add_argument("--score", type=float, default=0.3, help="detections kept for recall, level accuracy, IoU")
-    parser.add_argument("--pictures", type=int, default=2, help="cases drawn in OUT/detect_cases.png")
+    parser.add_argument("--pictures", type=int, default=2, help="cases drawn in OUT/detect_cases.png (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -210,7 +210,8 @@ def main(argv=None) -> int:
     command = "python Testing/benchmarks/bench_detect.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "detect.json").write_text(json.dumps({"summary": summary, "command": command}, indent=1))
     (args.out / "detect.md").write_text(markdown(summary, command))
-    draw(args.out / "detect_cases.png", cases, results, min(args.pictures, len(cases)))
+    if args.pictures > 0:
+        draw(args.out / "detect_cases.png", cases, results, min(args.pictures, len(cases)))
     print(markdown(summary, command))
     return 0
 
