@@ -736,6 +736,7 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             method=parameterNode.method,
             device=parameterNode.device,
             boxes=self.scene().collect_boxes(slicer.mrmlScene, xrays, accepted_only=True)[0],
+            model=self.ui.poseModelPathLineEdit.currentPath.strip() or None,
         )
 
     def startRegistration(self, parameterNode):

@@ -46,6 +46,8 @@ class RegistrationInputs:
     vertebrae: names to register; empty: every vertebra both views see.
     method, device: one of SpineRegistrationLib.methods.METHODS, DEVICES ("auto" device: the GPU when there is one).
     boxes: accepted vertebra boxes on the X-rays, view -> [XrayBox] (``--boxes``); empty: none.
+    model: the pose network's model file for auto/learned (``--model``), e.g. a patient-specific
+    one from ``spinereg train --ct``; None or "": the shipped model.
     """
 
     ct_node: object
@@ -55,6 +57,7 @@ class RegistrationInputs:
     method: str = "auto"
     device: str = "auto"
     boxes: dict = field(default_factory=dict)
+    model: str | None = None
 
 
 @dataclass
@@ -63,7 +66,8 @@ class CheckedInputs:
 
     vertebrae: names, cranial -> caudal; geometries, xray_arrays: by view; notes: the
     validator's one-line remarks (e.g. method ``auto`` falls back to ``intensity``);
-    init: (4, 4) initial pose, world <- CT RAS (the CT's parent transform; identity without one).
+    init: (4, 4) initial pose, world <- CT RAS (the CT's parent transform; identity without one);
+    model: the user's pose-network file, checked (None: the shipped one, or no network needed).
     """
 
     ct: Volume
@@ -73,6 +77,7 @@ class CheckedInputs:
     xray_arrays: dict
     notes: list = field(default_factory=list)
     init: np.ndarray = field(default_factory=lambda: np.eye(4))
+    model: Path | None = None
 
 
 def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
@@ -107,6 +112,7 @@ def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
         views=list(VIEWS),
         roi=roi_boxes(inputs.ct_node.GetScene(), init) or None,
         boxes=inputs.boxes or None,
+        model=inputs.model or None,
     ))
     return CheckedInputs(
         ct=case.ct,
@@ -116,6 +122,7 @@ def check_inputs(inputs: RegistrationInputs) -> CheckedInputs:
         xray_arrays=dict(zip(case.views, case.xrays)),
         notes=list(case.notes),
         init=case.init,
+        model=case.model_path if inputs.model else None,
     )
 
 
@@ -189,11 +196,11 @@ def write_registration_inputs(checked: CheckedInputs, folder: str | os.PathLike)
     return paths
 
 
-def register_arguments(paths: dict, vertebrae: list, method: str, device: str, out_dir) -> list[str]:
+def register_arguments(paths: dict, vertebrae: list, method: str, device: str, out_dir, model=None) -> list[str]:
     """The ``spinereg register`` arguments (without the program name) for files from
     :func:`write_registration_inputs` (``--init`` when it wrote init.json, ``--roi`` with the
     scene's vertebra boxes, :func:`.rois.write_scene_rois`; ``--boxes`` with the accepted X-ray
-    boxes, ``paths["boxes"]``). ``--device``
+    boxes, ``paths["boxes"]``; ``--model`` with the user's pose-network file). ``--device``
     always: the CLI's own default is the CPU, "auto" takes the GPU when there is one."""
     args = ["register", "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
     for name in vertebrae:
@@ -204,6 +211,8 @@ def register_arguments(paths: dict, vertebrae: list, method: str, device: str, o
     if "roi" in paths:
         args += ["--roi", str(paths["roi"])]
     args += ["--method", method, "--device", device]
+    if model is not None:
+        args += ["--model", str(model)]
     if "boxes" in paths:
         args += ["--boxes", str(paths["boxes"])]
     args += ["--out", str(out_dir)]
@@ -229,7 +238,7 @@ def prepare_registration(inputs: RegistrationInputs, work_dir: str | os.PathLike
         shutil.rmtree(work, ignore_errors=True)
         raise
     out_dir = work / "output"
-    args = register_arguments(paths, checked.vertebrae, inputs.method, inputs.device, out_dir)
+    args = register_arguments(paths, checked.vertebrae, inputs.method, inputs.device, out_dir, checked.model)
     return checked, args, work, out_dir
 
 

@@ -195,3 +195,35 @@ def test_the_cli_runs_the_library_the_module_imported(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", str(ROOT)]))
     environment = logic.CliProcess(["--version"])._env
     assert environment["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/elsewhere"]
+
+
+# ---------------------------------------------------------------------- the pose network
+def test_a_chosen_pose_model_is_checked_and_passed_to_the_cli(loaded, tmp_path):
+    """A patient-specific model (``spinereg train --ct``) is what makes ``auto``/``learned`` work on a
+    real CT: the module passes the user's file as ``--model``; the shipped one is the CLI's default."""
+    from SpineRegistrationLib.learned.models import shipped_model
+
+    model = shipped_model()
+    if model is None:
+        pytest.skip("no pose network shipped to stand for a trained one")
+    copy = tmp_path / "patient" / "model.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(model.read_bytes())
+    (tmp_path / "work").mkdir()
+    checked, args, _, _ = logic.prepare_registration(_inputs(loaded, model=str(copy)), tmp_path / "work")
+    assert checked.model == copy and _value(args, "--model") == str(copy)
+    _, args, _, _ = logic.prepare_registration(_inputs(loaded), tmp_path / "work")
+    assert "--model" not in args
+    _, args, _, _ = logic.prepare_registration(_inputs(loaded, model=str(copy), method="intensity"), tmp_path / "work")
+    assert "--model" not in args  # no network runs
+
+
+@pytest.mark.parametrize("which", ["missing", "not a pose network"])
+def test_a_bad_pose_model_is_refused_in_one_line_before_anything_is_written(loaded, tmp_path, which):
+    path = (tmp_path / "nowhere.pt" if which == "missing"
+            else ROOT / "Resources" / "Models" / "vertebra_detector_phantoms.pt")
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(InputError) as error:
+        logic.prepare_registration(_inputs(loaded, model=str(path)), work)
+    assert "\n" not in str(error.value) and list(work.iterdir()) == []
