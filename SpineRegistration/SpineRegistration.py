@@ -214,7 +214,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None
-        self._runKind = None  # "register" or "deform"
+        self._runKind = None  # "register", "deform" or "train"
         self._updatingVertebrae = False
         self._shownSegmentation = None  # (node ID, packages there) the check list was made for; None: none yet
         self._pollTimer = qt.QTimer()
@@ -239,6 +239,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.deformButton.connect("clicked(bool)", self.onDeform)
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.trainPoseModelButton.connect("clicked(bool)", self.onTrainPoseModel)
         self.ui.apXraySelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showGeometryPath("AP", node))
         self.ui.latXraySelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showGeometryPath("LAT", node))
         self.ui.vertebraListWidget.connect("itemChanged(QListWidgetItem*)", self.onVertebraChecked)
@@ -311,6 +312,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             if ready else _("Select the CT, its segmentation and both X-rays first.")
         )
         self.ui.cancelButton.enabled = running
+        self.ui.trainPoseModelButton.enabled = bool(p.ctVolume and p.segmentation) and not running
         self.ui.resetButton.enabled = not running
         self.ui.loadXraysButton.enabled = not running
         canDeform, why = self.logic.deformationAvailable(p)
@@ -414,6 +416,9 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         self._pollTimer.stop()
         self._run = None
+        if self._runKind == "train":
+            self.finishTraining(run)
+            return
         deforming = self._runKind == "deform"
         self.ui.progressBar.value = 0
         try:
@@ -439,16 +444,42 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.progressBar.setVisible(False)
             self.onParameterNodeModified()
 
+    def finishTraining(self, run) -> None:
+        """A finished Train run: point the pose network at its model (or say why it failed)."""
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
+                model = run.finish()
+                self.ui.poseModelPathLineEdit.currentPath = str(model)
+                self.ui.statusLabel.text = _("Pose network trained on this CT; Register uses it: {path}").format(path=model)
+                self.ui.progressBar.value = 100
+        finally:
+            if self.ui.progressBar.value != 100:
+                self.ui.statusLabel.text = _("Training failed; Train goes on from its last checkpoint.")
+            self._runKind = None
+            self.ui.progressBar.setVisible(False)
+            self.onParameterNodeModified()
+
     def onCancel(self) -> None:
         if self._run is None:
             return
         self._pollTimer.stop()
         with slicer.util.WaitCursor():
             self._run.cancel()
+        training = self._runKind == "train"
         self._run = None
         self._runKind = None
         self.ui.progressBar.setVisible(False)
-        self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+        self.ui.statusLabel.text = (_("Cancelled; Train goes on from its checkpoint.") if training
+                                    else _("Cancelled; the scene is unchanged."))
+        self.onParameterNodeModified()
+
+    def onTrainPoseModel(self) -> None:
+        if not self.ensureDependencies(self.logic):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Training could not start."), waitCursor=True):
+            self._run = self.logic.startPatientModel(self._parameterNode, int(self.ui.trainStepsSpinBox.value))
+            self._startPolling("train", _("Training the pose network on this CT (resumed) ...") if self._run.resumed
+                               else _("Training the pose network on this CT ..."))
         self.onParameterNodeModified()
 
     def onDeform(self) -> None:
@@ -748,6 +779,25 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
         return scene.RegistrationRun(
             self.registrationInputs(parameterNode), python=self.pythonExecutable(), work_dir=slicer.app.temporaryPath
         ).start()
+
+    def patientModelFolder(self, ctNode) -> Path:
+        """Where the pose network trained on ``ctNode`` lives: Slicer's cache, one folder per CT name
+        (training it again there resumes)."""
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in ctNode.GetName()) or "CT"
+        return Path(slicer.app.cachePath) / "SpineRegistration" / "pose-models" / name
+
+    def startPatientModel(self, parameterNode, steps: int):
+        """Write the CT and segmentation out and start ``spinereg train`` on them in the background
+        (``--resume`` when an earlier run on this CT left a checkpoint). Raises ValueError (nothing
+        started) for bad inputs."""
+        scene = self.scene()
+        if "train" not in scene.available_commands():
+            raise ValueError("the installed SpineRegistration library has no 'spinereg train' command; update it")
+        if parameterNode.ctVolume is None:
+            raise ValueError("select the CT first")
+        inputs = scene.PatientModelInputs(parameterNode.ctVolume, parameterNode.segmentation,
+                                          self.patientModelFolder(parameterNode.ctVolume), steps, parameterNode.device)
+        return scene.PatientModelRun(inputs, python=self.pythonExecutable()).start()
 
     def finishRun(self, run, parameterNode) -> dict:
         """Apply a finished Register or Deform run's result to the scene and show it; ValueError if

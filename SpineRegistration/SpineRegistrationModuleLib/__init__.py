@@ -21,6 +21,8 @@ Modules (each imports only those above it):
                         export and import, projected from the CT, detected (``spinereg detect``)
 - :mod:`.deformation`   the Deform step: ``spinereg deform`` from the scene's result and X-rays, or from
                         the CT to a second CT; its folder into the scene
+- :mod:`.patient_model` the pose network trained on this patient's CT before surgery (``spinereg train``),
+                        cancelled and resumed
 
 Scene representation (DESIGN.md):
 
@@ -153,6 +155,15 @@ from .deformation import (
     scene_result_vertebrae,
     write_deformation_inputs,
 )
+from .patient_model import (
+    DEFAULT_STEPS,
+    PatientModelInputs,
+    PatientModelRun,
+    can_resume,
+    model_paths,
+    train_arguments,
+    write_training_inputs,
+)
 from .rois import ROI_MARGIN_MM, create_vertebra_rois, roi_box_ijk
 from .views import set_drr_opacity, set_results_visibility, show_xray_in_slice_view
 from .xrays import (
@@ -218,6 +229,13 @@ __all__ = [
     "RegistrationInputs",
     "RegistrationResult",
     "RegistrationRun",
+    "PatientModelInputs",
+    "PatientModelRun",
+    "DEFAULT_STEPS",
+    "can_resume",
+    "model_paths",
+    "train_arguments",
+    "write_training_inputs",
     "SceneChange",
     "accept_all",
     "add_box",

@@ -100,7 +100,7 @@ from .nodes import (
     volume_of,
 )
 from .process import CliProcess, ProgressEvent
-from .registration import _as_verse, write_xray_inputs, xray_arguments, xray_inputs
+from .registration import as_verse, write_xray_inputs, xray_arguments, xray_inputs
 from .results import _drr_color_node, _read_image_with_mrml, _read_in_private_scene, _style_drr
 from .xrays import REF_DEFORMED_DRR, VIEWS, xray_size
 
@@ -220,7 +220,7 @@ def write_deformation_inputs(scene, inputs: DeformationInputs, folder) -> dict:
         geometries, arrays = xray_inputs(inputs.xrays)
     paths["ct"].parent.mkdir(parents=True, exist_ok=True)
     write_volume(ct, paths["ct"])
-    write_labelmap(_as_verse(labelmap), paths["seg"])
+    write_labelmap(as_verse(labelmap), paths["seg"])
     if pair:
         paths["fixed"] = folder / "input" / "fixed.nii.gz"
         write_volume(fixed, paths["fixed"])

