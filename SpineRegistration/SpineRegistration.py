@@ -100,6 +100,9 @@ transform above the CT and its segmentation (e.g. a rough manual alignment) is t
 pose. Each X-ray is shown on its detector plane (a DICOM X-ray, whose tags do not place the
 patient, centred on the vertebrae to register), the DRR of the registered vertebrae is
 blended over it, and the moved vertebrae are shown in 3D.
+The shipped pose network was trained on phantoms; before surgery, "Train on this CT" trains it
+on the patient's own CT and segmentation (one background run, progress bar; Cancel keeps its
+checkpoint and Train goes on from it), and Register then uses that network ("Pose network").
 Deform then turns the registration into one smooth spine-wide deformation, in one
 background run (progress bar, Cancel). From the vertebra poses: the registered vertebrae's
 poses are first refined jointly against the AP and LAT X-rays (uncheck "Refine poses
