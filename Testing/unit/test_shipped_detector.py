@@ -1,9 +1,10 @@
 """The vertebra detector shipped in Resources/Models, on views of a phantom it was not trained on.
 
-It was trained on varied phantoms of seeds 3000-3005 (``spinereg train-detect --phantoms 6``); here a
-phantom of another seed is seen by the training's C-arm distribution (rendered by our simulator) and
-the detector must find about half of its vertebrae with boxes of IoU >= 0.5 (naming them is left to
-the patient-specific model: see README, "Vertebra boxes on the X-rays").
+It was trained on varied phantoms of seeds 3000-3011 (``spinereg train-detect --phantoms 12``, from the
+6-phantom model before it); here a phantom of another seed is seen by the training's C-arm distribution
+(rendered by our simulator) and the detector must find three quarters of its vertebrae with boxes of
+IoU >= 0.5 and name two fifths of them right (a real patient's levels are the patient-specific
+model's work: see README, "Vertebra boxes on the X-rays").
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def shipped():
 def test_the_shipped_detector_is_small_and_says_what_it_was_trained_on(shipped):
     assert shipped.stat().st_size < 5 * 2**20
     payload = read_payload(shipped, (DETECTOR_FORMAT,))
-    assert payload["info"]["steps"] > 0 and all(name.startswith("phantom-300") for name in payload["info"]["sources"])
+    assert payload["info"]["steps"] > 0 and all(name.startswith("phantom-30") for name in payload["info"]["sources"])
 
 
 def test_the_shipped_detector_finds_the_vertebrae_of_an_unseen_phantom(shipped):
@@ -40,7 +41,7 @@ def test_the_shipped_detector_finds_the_vertebrae_of_an_unseen_phantom(shipped):
     predictor = DetectorPredictor(shipped)
     source = DetectorCT(phantom.ct, Labelmap(phantom.labels, "verse"), "unseen", predictor.model.config.mm_per_px)
     synthesis = DetectorSynthesis(acquisition=detector_acquisition(predictor.model.config.mm_per_px))
-    found = total = 0
+    found = named = total = 0
     for draw in range(3):
         rng = np.random.default_rng([11, draw])
         for geometry, depth, truth in source.draw(synthesis, rng):
@@ -48,8 +49,10 @@ def test_the_shipped_detector_finds_the_vertebrae_of_an_unseen_phantom(shipped):
             boxes = predictor.detect(image, geometry)
             for box in truth:
                 overlaps = [box_iou(box.corners_px, b.corners_px) for b in boxes]
-                found += bool(overlaps) and max(overlaps) >= 0.5
+                if overlaps and max(overlaps) >= 0.5:
+                    found += 1
+                    named += boxes[int(np.argmax(overlaps))].vertebra == box.vertebra
             total += len(truth)
-    # Measured when shipped (600 CPU steps): 23 of 41 boxes found, 1 of them named right: the phantoms'
-    # levels look alike, so the phantom model finds vertebrae but cannot tell which they are.
-    assert found >= 0.45 * total, (found, total)
+    # Measured when shipped (12 phantoms, 6 000 more CPU steps): 36 of 41 boxes found, 24 of them named
+    # right; the model before it (6 phantoms, 600 steps) found 30 and named 1.
+    assert found >= 0.75 * total and named >= 0.4 * total, (found, named, total)
