@@ -783,12 +783,6 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             self.registrationInputs(parameterNode), python=self.pythonExecutable(), work_dir=slicer.app.temporaryPath
         ).start()
 
-    def patientModelFolder(self, ctNode) -> Path:
-        """Where the pose network trained on ``ctNode`` lives: Slicer's cache, one folder per CT name
-        (training it again there resumes)."""
-        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in ctNode.GetName()) or "CT"
-        return Path(slicer.app.cachePath) / "SpineRegistration" / "pose-models" / name
-
     def startPatientModel(self, parameterNode, steps: int):
         """Write the CT and segmentation out and start ``spinereg train`` on them in the background
         (``--resume`` when an earlier run on this CT left a checkpoint). Raises ValueError (nothing
@@ -798,8 +792,11 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError("the installed SpineRegistration library has no 'spinereg train' command; update it")
         if parameterNode.ctVolume is None:
             raise ValueError("select the CT first")
-        inputs = scene.PatientModelInputs(parameterNode.ctVolume, parameterNode.segmentation,
-                                          self.patientModelFolder(parameterNode.ctVolume), steps, parameterNode.device)
+        # Slicer's cache, one folder per CT and segmentation (training them again there resumes).
+        folder = scene.patient_model_folder(Path(slicer.app.cachePath) / "SpineRegistration" / "pose-models",
+                                            parameterNode.ctVolume, parameterNode.segmentation)
+        inputs = scene.PatientModelInputs(parameterNode.ctVolume, parameterNode.segmentation, folder, steps,
+                                          parameterNode.device)
         return scene.PatientModelRun(inputs, python=self.pythonExecutable()).start()
 
     def finishRun(self, run, parameterNode) -> dict:

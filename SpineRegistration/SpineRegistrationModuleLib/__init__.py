@@ -161,6 +161,8 @@ from .patient_model import (
     PatientModelRun,
     can_resume,
     model_paths,
+    patient_model_folder,
+    source_fingerprint,
     train_arguments,
     write_training_inputs,
 )
@@ -234,6 +236,8 @@ __all__ = [
     "DEFAULT_STEPS",
     "can_resume",
     "model_paths",
+    "patient_model_folder",
+    "source_fingerprint",
     "train_arguments",
     "write_training_inputs",
     "SceneChange",

@@ -103,3 +103,34 @@ def test_bad_input_is_one_line_and_writes_nothing(nodes, tmp_path, change, messa
     with pytest.raises(InputError, match=message) as error:
         logic.PatientModelRun(inputs).start()
     assert "\n" not in str(error.value) and not (tmp_path / "model").exists()
+
+
+def test_each_ct_and_segmentation_gets_its_own_folder(scene, nodes, phantom_dir, tmp_path):
+    import numpy as np
+
+    from SpineRegistrationLib.io import write_labelmap
+    from SpineRegistrationLib.io.labelmaps import Labelmap
+
+    ct, seg = nodes
+    first = logic.patient_model_folder(tmp_path, ct, seg)
+    assert first == logic.patient_model_folder(tmp_path, ct, seg) and first.name.startswith(ct.GetName())
+    labelmap = read_labelmap(phantom_dir / "seg.nii.gz")
+    fewer = np.where(labelmap.volume.array == labelmap.labels["L3"], 0, labelmap.volume.array)
+    write_labelmap(Labelmap(labelmap.volume.with_array(fewer.astype(labelmap.volume.array.dtype)), labelmap.scheme),
+                   tmp_path / "fewer.nii.gz")
+    other = logic.load_segmentation(scene, tmp_path / "fewer.nii.gz")
+    assert logic.patient_model_folder(tmp_path, ct, other) != first
+
+
+def test_a_folder_trained_on_another_ct_is_not_resumed(nodes, tmp_path):
+    folder = tmp_path / "model"
+    paths = logic.model_paths(folder)
+    paths["run"].mkdir(parents=True)
+    (paths["run"] / "checkpoint.pt").write_bytes(b"another CT's training")
+    paths["source"].parent.mkdir(parents=True)
+    paths["source"].write_text("0" * 64 + "\n")
+    before = sorted((p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file())
+    with pytest.raises(InputError, match="another CT or segmentation") as error:
+        logic.PatientModelRun(_inputs(nodes, folder)).start()
+    assert "\n" not in str(error.value)
+    assert sorted((p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file()) == before
