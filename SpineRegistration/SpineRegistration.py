@@ -390,11 +390,17 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     # ------------------------------------------------------------------ registration
     def onRegister(self) -> None:
+        self._startRun("register", _("Registration could not start."),
+                       lambda: self.logic.startRegistration(self._parameterNode), lambda run: _("Registering ..."))
+
+    def _startRun(self, kind: str, failure: str, start, text) -> None:
+        """Start a background run (``start()`` returns it; errors shown as ``failure``, nothing
+        started) and follow it; ``text(run)`` is the status line while it runs."""
         if not self.ensureDependencies(self.logic):
             return
-        with slicer.util.tryWithErrorDisplay(_("Registration could not start."), waitCursor=True):
-            self._run = self.logic.startRegistration(self._parameterNode)
-            self._startPolling("register", _("Registering ..."))
+        with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+            self._run = start()
+            self._startPolling(kind, text(self._run))
         self.onParameterNodeModified()
 
     def _startPolling(self, kind: str, text: str) -> None:
@@ -477,21 +483,14 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.onParameterNodeModified()
 
     def onTrainPoseModel(self) -> None:
-        if not self.ensureDependencies(self.logic):
-            return
-        with slicer.util.tryWithErrorDisplay(_("Training could not start."), waitCursor=True):
-            self._run = self.logic.startPatientModel(self._parameterNode, int(self.ui.trainStepsSpinBox.value))
-            self._startPolling("train", _("Training the pose network on this CT (resumed) ...") if self._run.resumed
-                               else _("Training the pose network on this CT ..."))
-        self.onParameterNodeModified()
+        self._startRun("train", _("Training could not start."),
+                       lambda: self.logic.startPatientModel(self._parameterNode, int(self.ui.trainStepsSpinBox.value)),
+                       lambda run: _("Training the pose network on this CT (resumed) ...") if run.resumed
+                       else _("Training the pose network on this CT ..."))
 
     def onDeform(self) -> None:
-        if not self.ensureDependencies(self.logic):
-            return
-        with slicer.util.tryWithErrorDisplay(_("Deformation could not start."), waitCursor=True):
-            self._run = self.logic.startDeformation(self._parameterNode)
-            self._startPolling("deform", _("Deforming ..."))
-        self.onParameterNodeModified()
+        self._startRun("deform", _("Deformation could not start."),
+                       lambda: self.logic.startDeformation(self._parameterNode), lambda run: _("Deforming ..."))
 
     def onReset(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Reset failed."), waitCursor=True):
