@@ -184,6 +184,7 @@ class SpineRegistrationParameterNode:
     showXrayPlanes3D - show the X-ray planes and their sources in 3D.
     secondCtVolume - optional second CT (operating room): Deform registers the CT to it instead.
     refinePoses - Deform refines the registered poses against the X-rays first.
+    poseModel - the pose network's model file for auto/learned (e.g. from Train on this CT); "": the shipped one.
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
@@ -198,6 +199,7 @@ class SpineRegistrationParameterNode:
     showXrayPlanes3D: bool = True
     secondCtVolume: vtkMRMLScalarVolumeNode
     refinePoses: bool = True
+    poseModel: str = ""
 
 
 #
@@ -390,6 +392,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     # ------------------------------------------------------------------ registration
     def onRegister(self) -> None:
+        self._parameterNode.poseModel = self.ui.poseModelPathLineEdit.currentPath.strip()
         self._startRun("register", _("Registration could not start."),
                        lambda: self.logic.startRegistration(self._parameterNode), lambda run: _("Registering ..."))
 
@@ -459,6 +462,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
                 model = run.finish()
                 self.ui.poseModelPathLineEdit.currentPath = str(model)
+                self._parameterNode.poseModel = str(model)
                 self.ui.statusLabel.text = _("Pose network trained on this CT; Register uses it: {path}").format(path=model)
                 self.ui.progressBar.value = 100
         finally:
@@ -769,7 +773,7 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             method=parameterNode.method,
             device=parameterNode.device,
             boxes=self.scene().collect_boxes(slicer.mrmlScene, xrays, accepted_only=True)[0],
-            model=self.ui.poseModelPathLineEdit.currentPath.strip() or None,
+            model=parameterNode.poseModel or None,
         )
 
     def startRegistration(self, parameterNode):

@@ -628,3 +628,17 @@ def test_module_file_compiles_and_its_ui_has_every_widget_it_uses():
     # Node selectors say which node types they take.
     for combo in (w for w in tree.iter("widget") if w.get("class") == "qMRMLNodeComboBox"):
         assert any(p.get("name") == "nodeTypes" for p in combo.iter("property")), combo.get("name")
+
+
+def test_the_module_logic_reads_no_widget_and_only_parameter_node_fields():
+    """The Logic runs without the widget (scripts, the self-test): it must not touch ``self.ui``, and
+    every ``parameterNode.<field>`` the module file reads is a field of the parameter node class."""
+    import re
+
+    source = (MODULE_DIR / "SpineRegistration.py").read_text()
+    logic_class = source.split("class SpineRegistrationLogic")[1].split("\nclass ")[0]
+    assert "self.ui" not in logic_class
+    fields = set(re.findall(r"^    (\w+): ", source.split("class SpineRegistrationParameterNode")[1].split("\nclass ")[0], re.M))
+    read = set(re.findall(r"(?:parameterNode|self\._parameterNode|\bp)\.(\w+)\b(?!\()", source))
+    methods = {"GetID", "GetName", "GetNodeReference", "SetParameter", "GetParameter", "StartModify", "EndModify"}
+    assert read - methods <= fields, f"not parameter-node fields: {sorted(read - methods - fields)}"
