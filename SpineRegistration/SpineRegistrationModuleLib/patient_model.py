@@ -11,15 +11,13 @@ checkpoint on Ctrl-C); starting again on the same folder passes ``--resume`` and
 
 from __future__ import annotations
 
-import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from SpineRegistrationLib.core.volume import Volume
 from SpineRegistrationLib.errors import InputError
-from SpineRegistrationLib.io import write_labelmap, write_volume
+from SpineRegistrationLib.io import Labelmap, write_labelmap, write_volume
+from SpineRegistrationLib.io.journal import fingerprint
 
 from .nodes import vertebra_labelmap, volume_of
 from .process import CliProcess, ProgressEvent
@@ -54,23 +52,18 @@ def model_paths(folder: str | Path) -> dict[str, Path]:
             "source": folder / "input" / "source.sha256", "run": folder / "run", "model": folder / "run" / "model.pt"}
 
 
-def source_fingerprint(ct_node, segmentation_node) -> str:
+def source_fingerprint(ct: Volume, labelmap: Labelmap) -> str:
     """SHA-256 (hex) of what the training learns from: the CT's voxels and grid and its vertebra
-    labels (of the arrays, not of files, whose compression headers carry a time)."""
-    ct = volume_of(ct_node)
-    labelmap = as_verse(vertebra_labelmap(segmentation_node, ct_node))
-    digest = hashlib.sha256()
-    for array in (ct.array, np.asarray(ct.ijk_to_ras, np.float64), labelmap.volume.array):
-        digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+    labels, numbered VerSe's way (of the arrays, not of files, whose compression headers carry a time)."""
+    return fingerprint([ct.array, ct.ijk_to_ras, as_verse(labelmap).volume.array], {})
 
 
 def patient_model_folder(base: str | Path, ct_node, segmentation_node) -> Path:
     """The model folder of this CT and segmentation under ``base``: their name and fingerprint, so
     that training again resumes and another CT of the same name never shares it."""
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in ct_node.GetName()) or "CT"
-    return Path(base) / f"{name}-{source_fingerprint(ct_node, segmentation_node)[:12]}"
+    source = source_fingerprint(volume_of(ct_node), vertebra_labelmap(segmentation_node, ct_node))
+    return Path(base) / f"{name}-{source[:12]}"
 
 
 def can_resume(folder: str | Path) -> bool:
@@ -88,12 +81,13 @@ def write_training_inputs(inputs: PatientModelInputs) -> dict[str, Path]:
     labelmap = vertebra_labelmap(inputs.segmentation_node, inputs.ct_node)
     if not labelmap.labels:
         raise InputError("the segmentation holds no vertebra the label schemes know")
+    ct = volume_of(inputs.ct_node)
     paths = model_paths(inputs.folder)
-    source = source_fingerprint(inputs.ct_node, inputs.segmentation_node)
+    source = source_fingerprint(ct, labelmap)
     if can_resume(inputs.folder) and (not paths["source"].is_file() or paths["source"].read_text().strip() != source):
         raise InputError(f"{inputs.folder} holds a training on another CT or segmentation: choose another folder")
     paths["ct"].parent.mkdir(parents=True, exist_ok=True)
-    write_volume(volume_of(inputs.ct_node), paths["ct"])
+    write_volume(ct, paths["ct"])
     write_labelmap(as_verse(labelmap), paths["seg"])
     paths["source"].write_text(source + "\n")
     return paths
@@ -163,10 +157,8 @@ class PatientModelRun:
         """start, wait (``callback(event)`` per progress line) and finish, blocking; on a timeout or
         any other exception the training is cancelled (its checkpoint kept)."""
         self.start()
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            self.process.wait(timeout_s=None if deadline is None else max(0.0, deadline - time.monotonic()),
-                              callback=callback)
+            self.process.wait(timeout_s=timeout_s, callback=callback)
         except BaseException:
             self.cancel()
             raise

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from ..errors import InputError
 
 FORMAT = "spinereg-journal"
@@ -42,14 +44,17 @@ def _hash_path(digest, path: Path) -> None:
 
 
 def fingerprint(files: Iterable, settings: dict) -> str:
-    """SHA-256 (hex) of the contents of ``files`` (paths of files or folders, in order; anything else,
-    e.g. None or an in-memory object, by its repr) and of ``settings`` (JSON, keys sorted). Where the
-    files are does not count, what they hold does."""
+    """SHA-256 (hex) of the contents of ``files`` (in order: paths of files or folders; numpy arrays
+    by shape, dtype and every value; anything else, e.g. None, by its repr) and of ``settings`` (JSON,
+    keys sorted). Which folder the files are in does not count; their names and what they hold do."""
     digest = hashlib.sha256()
     for value in files:
         digest.update(b"\0")
         if isinstance(value, (str, os.PathLike)) and Path(value).exists():
             _hash_path(digest, Path(value))
+        elif isinstance(value, np.ndarray):  # its repr elides the middle of a large array
+            digest.update(f"{value.shape}{value.dtype}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
         else:
             digest.update(repr(value).encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())

@@ -48,7 +48,7 @@ def register_case(
     its ROI or X-ray boxes); returns one result per vertebra, in order.
 
     progress: called with a :class:`CaseProgress` at each stage of each vertebra. done: results
-    already known (name -> result, e.g. a resumed run's :class:`.journal.RegisterJournal`), taken
+    already known (name -> result, e.g. a resumed run's, from :class:`..io.journal.RunJournal`), taken
     as they are in their place, without progress.
     """
     return list(iter_register_case(case, progress, done))

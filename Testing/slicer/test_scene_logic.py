@@ -557,7 +557,7 @@ PACKAGE_FILES = sorted(path.name for path in PACKAGE_DIR.glob("*.py"))
 #: Import order inside the package: each module imports only modules left of it (no circles).
 PACKAGE_LAYERS = ["process", "nodes", "xrays", "rois", "results", "registration", "patient_model", "boxes", "views",
                   "deformation", "__init__"]
-ALLOWED_SCENE_LOGIC_IMPORTS = {"__future__", "hashlib", "json", "os", "re", "shutil", "tempfile", "time", "dataclasses", "pathlib",
+ALLOWED_SCENE_LOGIC_IMPORTS = {"__future__", "json", "os", "re", "shutil", "tempfile", "time", "dataclasses", "pathlib",
                                "numpy", "vtk", "slicer", "SpineRegistrationLib"}
 
 

@@ -534,3 +534,25 @@ def test_write_xray_png_scales_to_16_bit_and_float_formats_keep_values(tmp_path)
         np.testing.assert_array_equal(read_xray(tmp_path / f"x{suffix}").array, array)
     with pytest.raises(InputError, match="expected extension .png"):
         write_xray(array, tmp_path / "x.bmp")
+
+
+def test_a_fingerprint_reads_files_by_content_and_arrays_by_every_value(tmp_path):
+    """What decides whether a journal may be resumed (io.journal): a file's name and bytes, not its
+    folder, and every value of an in-memory array (numpy's repr elides the middle of a large one)."""
+    from SpineRegistrationLib.io.journal import fingerprint
+
+    first, second = tmp_path / "one" / "AP.json", tmp_path / "two" / "AP.json"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    first.write_text('{"x": 1}')
+    second.write_text('{"x": 1}')
+    assert fingerprint([first], {}) == fingerprint([second], {})
+    second.write_text('{"x": 2}')
+    assert fingerprint([first], {}) != fingerprint([second], {})
+    image = np.zeros((512, 512), np.float32)
+    changed = image.copy()
+    changed[256, 256] = 1.0
+    assert repr(image) == repr(changed)
+    assert fingerprint([image], {}) != fingerprint([changed], {})
+    assert fingerprint([image], {}) == fingerprint([image.copy()], {})
+    assert fingerprint([image], {"method": "auto"}) != fingerprint([image], {"method": "learned"})
