@@ -99,7 +99,20 @@ def test_voxel_ras_position_matches_analytic_and_simpleitk(tmp_path):
 
 
 def write_dicom_series(image, folder, series_uid, first_instance=1):
-    """Write a 3D image as one CT DICOM file per slice, geometry in the standard tags."""
+    """Write a 3D image as one CT DICOM file per slice, geometry in the standard tags.
+
+    GDCM's writer sets the process locale to "C" (text then reads as ASCII in later tests); the
+    caller's locale is put back."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(image, folder, series_uid, first_instance)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(image, folder, series_uid, first_instance):
     d = image.GetDirection()
     orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     writer = sitk.ImageFileWriter()
