@@ -814,11 +814,7 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
     def register(self, parameterNode, callback=None, timeoutSeconds: float | None = None) -> dict:
         """Blocking registration (scripts, the self-test): start, wait, apply."""
         run = self.startRegistration(parameterNode)
-        try:
-            run.process.wait(timeout_s=timeoutSeconds, callback=callback)
-        except BaseException:
-            run.cancel()
-            raise
+        self.scene().wait_or_cancel(run, timeoutSeconds, callback)
         return self.finishRun(run, parameterNode)
 
     def deformationAvailable(self, parameterNode=None) -> tuple[bool, str]:

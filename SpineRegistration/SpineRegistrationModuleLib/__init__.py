@@ -97,7 +97,14 @@ from .nodes import (
     vertebra_names,
     volume_of,
 )
-from .process import CliProcess, ProgressEvent, find_python_slicer, parse_progress_line, python_command
+from .process import (
+    CliProcess,
+    ProgressEvent,
+    find_python_slicer,
+    parse_progress_line,
+    python_command,
+    wait_or_cancel,
+)
 from .registration import (
     CheckedInputs,
     RegistrationInputs,
@@ -285,6 +292,7 @@ __all__ = [
     "project_boxes",
     "projection_warnings",
     "python_command",
+    "wait_or_cancel",
     "read_deform_document",
     "read_deformation_result",
     "read_geometry_file",

@@ -20,7 +20,7 @@ from SpineRegistrationLib.io import Labelmap, write_labelmap, write_volume
 from SpineRegistrationLib.io.journal import fingerprint
 
 from .nodes import vertebra_labelmap, volume_of
-from .process import CliProcess, ProgressEvent
+from .process import CliProcess, ProgressEvent, wait_or_cancel
 from .registration import as_verse
 
 #: Training steps and peak learning rate by default: 20 000 steps from the shipped model (four runs of
@@ -157,9 +157,5 @@ class PatientModelRun:
         """start, wait (``callback(event)`` per progress line) and finish, blocking; on a timeout or
         any other exception the training is cancelled (its checkpoint kept)."""
         self.start()
-        try:
-            self.process.wait(timeout_s=timeout_s, callback=callback)
-        except BaseException:
-            self.cancel()
-            raise
+        wait_or_cancel(self, timeout_s, callback)
         return self.finish()

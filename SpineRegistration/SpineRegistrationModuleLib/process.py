@@ -334,3 +334,14 @@ class CliProcess:
         tail = next((line.strip() for line in reversed(self.lines) if line.strip()), "")
         code = self._process.returncode if self._process else None
         return f"spinereg exited with status {code}" + (f": {tail}" if tail else "")
+
+
+def wait_or_cancel(run, timeout_s: float | None = None, callback=None) -> None:
+    """Block until ``run.process`` (a started :class:`CliProcess`) ends, calling ``callback(event)``
+    per progress event; on a timeout (TimeoutError) or any other exception ``run.cancel()`` is
+    called (the run cleans up after itself) and the exception goes on."""
+    try:
+        run.process.wait(timeout_s=timeout_s, callback=callback)
+    except BaseException:
+        run.cancel()
+        raise

@@ -32,7 +32,7 @@ from SpineRegistrationLib.io.xray_boxes import write_xray_boxes
 from SpineRegistrationLib.pipeline.inputs import RegisterConfig, load_case
 
 from .nodes import pose_of, require_untransformed, vertebra_labelmap, volume_of
-from .process import CliProcess
+from .process import CliProcess, wait_or_cancel
 from .results import apply_registration_result, read_registration_result
 from .rois import roi_boxes, write_scene_rois
 from .xrays import VIEWS, check_xray_size, geometry_of, xray_size
@@ -301,11 +301,7 @@ class RegistrationRun:
     def run(self, scene, callback=None, timeout_s: float | None = None) -> dict:
         """start, wait (``callback(event)`` per progress line) and finish, blocking."""
         self.start()
-        try:
-            self.process.wait(timeout_s=timeout_s, callback=callback)
-        except BaseException:
-            self.cancel()
-            raise
+        wait_or_cancel(self, timeout_s, callback)
         return self.finish(scene)
 
     def _cleanup(self) -> None:
