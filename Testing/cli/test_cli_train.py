@@ -144,18 +144,34 @@ def test_two_processes_train_together_under_torchrun(phantom_dir, tmp_path):
     assert load_model(out / "model.pt").config.size_px == 32
 
 
+def test_the_step_and_learning_rate_defaults_follow_the_kind_of_run(phantom_dir):
+    """Not given: a patient-specific run (one --ct) takes the measured recipe's 20 000 steps at lr 5e-4,
+    general training 4 500 at 1e-3; given, they stay."""
+    from SpineRegistrationLib.cli import build_parser
+    from SpineRegistrationLib.cli.train import optimiser_defaults
+
+    pair = ("--ct", str(phantom_dir / "ct.nii.gz"), "--seg", str(phantom_dir / "seg.nii.gz"))
+    cases = {(): (20000, 5e-4), pair: (4500, 1e-3), ("--steps", "7", "--lr", "0.01"): (7, 0.01)}
+    for extra, expected in cases.items():
+        args = build_parser().parse_args(["train", *pair, *extra, "--out", "run"])
+        optimiser_defaults(args)
+        assert (args.steps, args.lr) == expected, extra
+
+
 def test_a_patient_specific_run_defaults_to_the_context_template(trained, phantom_dir, tmp_path, spinereg):
-    """One --ct: the template with 40 mm of context and poses to ±22 mm (what met the 3 mm target on the
-    real CT); two CTs (general training): the vertebra alone and ±15 mm, as the shipped model."""
+    """One --ct: the template with 40 mm of context, poses to ±22 mm and lr 5e-4 (what met the 3 mm target
+    on the real CT); two CTs (general training): the vertebra alone, ±15 mm and lr 1e-3, as the shipped model."""
     out, code = trained
     assert code == 0
     assert load_model(out / "model.pt").config.template_context_mm == 40.0
     assert json.loads((out / "config.json").read_text())["synthesis"]["acquisition"]["trans_mm"] == 22.0
+    assert json.loads((out / "config.json").read_text())["lr"] == 5e-4
     pair = ("--ct", phantom_dir / "ct.nii.gz", "--seg", phantom_dir / "seg.nii.gz")
     result = spinereg("train", *pair, *pair, "--vertebra", "l2", *TINY, "--steps", "1", "--out", tmp_path / "general")
     assert result.code == 0, result.err
     assert load_model(tmp_path / "general" / "model.pt").config.template_context_mm == 0.0
     assert json.loads((tmp_path / "general" / "config.json").read_text())["synthesis"]["acquisition"]["trans_mm"] == 15.0
+    assert json.loads((tmp_path / "general" / "config.json").read_text())["lr"] == 1e-3
     # From a model with context, a general run keeps it.
     result = spinereg("train", *pair, *pair, "--vertebra", "l2", *TINY, "--steps", "1", "--init-model",
                       out / "model.pt", "--out", tmp_path / "general_ft")
