@@ -64,6 +64,11 @@ class RigidConfig:
         window then holds the CT's cut end, and the neighbour beyond it is missing from the
         context) is judged with these stricter thresholds instead: there, wrong poses score as
         well as right ones elsewhere (the real CT's T1, 2.5 mm under its top slice).
+    view_doubt_below: the verdict is also "doubt" when one view's final similarity is under
+        this, whatever the other says: on the real CT's whole-spine cases (bench_deform_refine.py
+        --start register) poses 3-5 mm off fitted one view (0.62-0.65) and not the other
+        (0.20-0.40), and passed on the mean; no right result of the verdict's sets has a view
+        under it that the other readings did not already doubt.
     ambiguity_margin: the verdict is also "doubt" when a rival candidate elsewhere (a
         wrong vertebra level, typically) scored within this of the winner.
     seed: seeds CMA-ES.
@@ -97,6 +102,7 @@ class RigidConfig:
     ct_edge_mm: float = 4.0
     edge_doubt_below: float = 0.68
     edge_optimiser_doubt_below: float = 0.76
+    view_doubt_below: float = 0.40
     ambiguity_margin: float = 0.01
     seed: int = 0
 

@@ -120,7 +120,7 @@ def register_vertebra(
     views = final_similarities(vertebra, levels, pose, config, device)
     similarity = float(np.mean(views))
     edge = at_ct_edge(scan_end_distance_mm(vertebra.mask, mu), config)
-    verdict, reason = judge(similarity, margin, config, optimiser_similarity, edge)
+    verdict, reason = judge(similarity, margin, config, optimiser_similarity, edge, views)
     report("done", 1.0)
     return VertebraResult(
         name=name,

@@ -76,6 +76,19 @@ def test_judge_names_the_first_reason_to_doubt(similarity, optimiser, margin, re
     assert (why is None) if reason is None else why.startswith(reason)
 
 
+@pytest.mark.parametrize("views, reason", [
+    ([0.62, 0.70], None),
+    ([0.70, 0.38], "a view disagrees (view 2: 0.380 < 0.4)"),  # the mean (0.54) alone, vouched for by the refinement, passed
+    ([0.20, 0.62], "a view disagrees (view 1: 0.200 < 0.4)"),
+    (None, None),  # not known (an older result): the other readings decide
+])
+def test_one_view_that_disagrees_is_doubted(views, reason):
+    """The whole-spine chain's wrong poses (3-5 mm off) fitted one view and not the other."""
+    similarity = 0.66 if views is None else float(np.mean(views))
+    verdict, why = judge(similarity, None, RigidConfig(), 0.70, view_similarities=views)
+    assert (verdict, why) == (("pass", None) if reason is None else ("doubt", reason))
+
+
 @pytest.mark.parametrize("similarity, optimiser, edge_verdict", [
     (0.66, 0.74, "doubt"),  # enough elsewhere, not next to the CT's end
     (0.70, 0.74, "pass"),  # high enough afresh even there
