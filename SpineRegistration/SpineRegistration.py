@@ -95,7 +95,8 @@ class SpineRegistration(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Registers a spine CT and its vertebra segmentation to intraoperative AP and LAT X-rays,
 one vertebra at a time: a learned dual-view pose estimate refined by matching digitally
-reconstructed radiographs (DRRs), in one background run (progress bar, Cancel). A rigid
+reconstructed radiographs (DRRs), in one background run (progress bar, Cancel; the vertebrae
+done before a Cancel are kept, and Register on the same inputs goes on from them). A rigid
 transform above the CT and its segmentation (e.g. a rough manual alignment) is the starting
 pose. Each X-ray is shown on its detector plane (a DICOM X-ray, whose tags do not place the
 patient, centred on the vertebrae to register), the DRR of the registered vertebrae is
@@ -107,7 +108,8 @@ Deform then turns the registration into one smooth spine-wide deformation, in on
 background run (progress bar, Cancel). From the vertebra poses: the registered vertebrae's
 poses are first refined jointly against the AP and LAT X-rays (uncheck "Refine poses
 against the X-rays" to keep them as registered), then the field is built rigid inside
-each vertebra (the vertebrae not registered follow their neighbours). With a second CT
+each vertebra (the vertebrae not registered, or whose registration said doubt, follow their
+neighbours; the refinement starts the doubted ones there). With a second CT
 chosen (e.g. taken in the operating room), Deform instead registers the CT and its
 segmentation to that CT (rigid, then every vertebra rigidly on its own, the poses blended
 into one field rigid inside each vertebra). Either way the field
@@ -394,7 +396,9 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onRegister(self) -> None:
         self._parameterNode.poseModel = self.ui.poseModelPathLineEdit.currentPath.strip()
         self._startRun("register", _("Registration could not start."),
-                       lambda: self.logic.startRegistration(self._parameterNode), lambda run: _("Registering ..."))
+                       lambda: self.logic.startRegistration(self._parameterNode),
+                       lambda run: _("Registering (going on from the cancelled run's vertebrae) ...") if run.resumed
+                       else _("Registering ..."))
 
     def _startRun(self, kind: str, failure: str, start, text) -> None:
         """Start a background run (``start()`` returns it; errors shown as ``failure``, nothing
@@ -479,10 +483,13 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         with slicer.util.WaitCursor():
             self._run.cancel()
         training = self._runKind == "train"
+        kept = getattr(self._run, "kept", False)  # Register kept the vertebrae it had done
         self._run = None
         self._runKind = None
         self.ui.progressBar.setVisible(False)
         self.ui.statusLabel.text = (_("Cancelled; Train goes on from its checkpoint.") if training
+                                    else _("Cancelled; the scene is unchanged. Register on the same inputs goes on "
+                                           "from the vertebrae done.") if kept
                                     else _("Cancelled; the scene is unchanged."))
         self.onParameterNodeModified()
 

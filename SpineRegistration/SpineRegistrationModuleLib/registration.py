@@ -8,7 +8,10 @@ the initial pose, an X-ray with no geometry attached, of another size or under a
 is checked here. :func:`prepare_registration`
 writes the checked inputs to a work folder and builds the command line;
 :class:`RegistrationRun` runs it out of process (:mod:`.process`) and, only when it
-succeeds, puts the result into the scene (:mod:`.results`).
+succeeds, puts the result into the scene (:mod:`.results`). The work folder is named after
+what it holds (:func:`..io.journal.fingerprint` of the written inputs and the settings): a
+cancelled run keeps it when vertebrae were done, and Register on the same inputs goes on
+from them (``spinereg register --resume``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from SpineRegistrationLib.core.volume import Volume
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.io import Labelmap, write_labelmap, write_volume, write_xray
 from SpineRegistrationLib.io.geometry_json import save_geometry
+from SpineRegistrationLib.io.journal import fingerprint, journal_path
 from SpineRegistrationLib.io.xray_boxes import write_xray_boxes
 from SpineRegistrationLib.pipeline.inputs import RegisterConfig, load_case
 
@@ -219,37 +223,58 @@ def register_arguments(paths: dict, vertebrae: list, method: str, device: str, o
     return args
 
 
-def prepare_registration(inputs: RegistrationInputs, work_dir: str | os.PathLike | None = None) -> tuple[CheckedInputs, list[str], Path, Path]:
-    """Check the inputs, write them to a new work folder and build the command line.
+#: The work folders of Register under the work folder's base (one per inputs and settings).
+WORK_FOLDERS = "SpineRegistration"
+
+
+def prepare_registration(inputs: RegistrationInputs, work_dir: str | os.PathLike | None = None
+                         ) -> tuple[CheckedInputs, list[str], Path, Path]:
+    """Check the inputs, write them to their work folder and build the command line.
 
     Returns (checked inputs, ``spinereg`` arguments, work folder, output folder). The work
-    folder is new (under ``work_dir`` or the system's temporary folder); the caller owns
-    it (:class:`RegistrationRun` removes it). Raises InputError before writing anything
-    when the inputs are bad.
+    folder, under ``work_dir`` (or the system's temporary folder) / :data:`WORK_FOLDERS`, is
+    named after the fingerprint of the written inputs and the settings; when a cancelled run left
+    it with vertebrae done (its journal), the run goes on from them (the arguments end in ``--resume``),
+    otherwise it starts afresh there. The caller owns it (:class:`RegistrationRun` removes it, or
+    keeps it on a cancel that leaves a journal). Raises InputError before writing anything when
+    the inputs are bad.
     """
     checked = check_inputs(inputs)
-    work = Path(tempfile.mkdtemp(prefix="spinereg-", dir=work_dir))
+    base = Path(work_dir or tempfile.gettempdir()) / WORK_FOLDERS
+    base.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix="new-", dir=base))
     try:
-        paths = write_registration_inputs(checked, work / "input")
+        paths = write_registration_inputs(checked, fresh / "input")
         if inputs.boxes:
-            paths["boxes"] = write_xray_boxes(work / "input" / "boxes.json", inputs.boxes)
-        paths.update(write_scene_rois(inputs.ct_node.GetScene(), work / "input", checked.init))
+            paths["boxes"] = write_xray_boxes(fresh / "input" / "boxes.json", inputs.boxes)
+        paths.update(write_scene_rois(inputs.ct_node.GetScene(), fresh / "input", checked.init))
+        settings = {"vertebrae": checked.vertebrae, "method": inputs.method, "device": inputs.device,
+                    "model": None if checked.model is None else str(checked.model)}
+        work = base / f"register-{fingerprint(sorted((fresh / 'input').iterdir()), settings)[:16]}"
+        resumed = journal_path(work / "output", "register").is_file()
+        if resumed:  # the same inputs, byte for byte (SimpleITK's writers are deterministic)
+            shutil.rmtree(fresh)
+        else:
+            shutil.rmtree(work, ignore_errors=True)  # a run that ended before its first vertebra
+            fresh.rename(work)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(fresh, ignore_errors=True)
         raise
+    paths = {name: work / "input" / path.name for name, path in paths.items()}
     out_dir = work / "output"
     args = register_arguments(paths, checked.vertebrae, inputs.method, inputs.device, out_dir, checked.model)
-    return checked, args, work, out_dir
+    return checked, args + (["--resume"] if resumed else []), work, out_dir
 
 
 class RegistrationRun:
     """One ``spinereg register`` run in the background, from checked inputs to scene nodes.
 
-    ``start`` checks and writes the inputs (InputError for bad ones, nothing started),
-    then the caller polls (``poll`` -> progress events; ``running``), and calls ``finish``
-    once ``running`` is False: it applies the result to the scene when the CLI succeeded,
-    raises InputError with the CLI's one-line reason otherwise, and always removes the
-    work folder. ``cancel`` ends the process tree and removes the work folder.
+    ``start`` checks and writes the inputs (InputError for bad ones, nothing started; ``resumed``
+    when it goes on from a cancelled run's vertebrae), then the caller polls (``poll`` -> progress
+    events; ``running``), and calls ``finish`` once ``running`` is False: it applies the result to
+    the scene when the CLI succeeded, raises InputError with the CLI's one-line reason otherwise,
+    and always removes the work folder. ``cancel`` ends the process tree and removes the work
+    folder, unless vertebrae were done (``kept`` is then True: Register on the same inputs goes on).
     """
 
     def __init__(self, inputs: RegistrationInputs, python: str | None = None, work_dir=None, env=None) -> None:
@@ -261,9 +286,12 @@ class RegistrationRun:
         self.process: CliProcess | None = None
         self.work: Path | None = None
         self.out_dir: Path | None = None
+        self.resumed = False
+        self.kept = False
 
     def start(self) -> RegistrationRun:
         self.checked, args, self.work, self.out_dir = prepare_registration(self.inputs, self._work_dir)
+        self.resumed = "--resume" in args
         try:
             self.process = CliProcess(args, python=self._python, env=self._env).start()
         except OSError as error:
@@ -281,7 +309,9 @@ class RegistrationRun:
     def cancel(self) -> None:
         if self.process is not None:
             self.process.cancel()
-        self._cleanup()
+        self.kept = self.out_dir is not None and journal_path(self.out_dir, "register").is_file()
+        if not self.kept:
+            self._cleanup()
 
     def finish(self, scene) -> dict:
         """Apply the finished run's result to ``scene`` (see the class docstring)."""
@@ -307,6 +337,10 @@ class RegistrationRun:
     def _cleanup(self) -> None:
         if self.work is not None:
             shutil.rmtree(self.work, ignore_errors=True)
+            try:
+                self.work.parent.rmdir()  # WORK_FOLDERS, when no other run keeps a folder there
+            except OSError:
+                pass
 
 
 def available_commands() -> list[str]:

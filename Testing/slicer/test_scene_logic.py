@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -446,6 +447,40 @@ def test_registration_inputs_are_written_for_the_cli(scene, loaded, phantom_dir,
     # No vertebra asked: every vertebra both views see, named.
     _, args, _, _ = logic.prepare_registration(_inputs(loaded), tmp_path)
     assert [args[i + 1] for i, a in enumerate(args) if a == "--vertebra"] == ["L1", "L2", "L3"]
+
+
+def test_register_cancelled_after_a_vertebra_goes_on_from_it(scene, loaded, tmp_path):
+    """Cancel once a vertebra is done: the work folder stays; Register on the same inputs goes on
+    from it (``--resume``), keeps that vertebra's pose and registers the rest; other settings
+    start afresh elsewhere."""
+    from SpineRegistrationLib.io.journal import journal_path
+
+    inputs = _inputs(loaded, method="intensity", device="cpu")
+    run = logic.RegistrationRun(inputs, work_dir=tmp_path).start()
+    assert not run.resumed
+    journal = journal_path(run.out_dir, "register")
+    deadline = time.monotonic() + 300
+    while run.running and not journal.is_file() and time.monotonic() < deadline:
+        run.poll()
+        time.sleep(0.1)
+    assert run.running, "the run ended before a cancel could find it with a vertebra done"
+    run.cancel()
+    assert run.kept and (run.work / "input").is_dir()
+    done = json.loads(journal.read_text())["entries"]
+    assert 1 <= len(done) < 3
+    _, args, other, _ = logic.prepare_registration(_inputs(loaded, method="intensity", device="cpu",
+                                                           vertebrae=["L1"]), tmp_path)
+    assert "--resume" not in args and other != run.work
+    shutil.rmtree(other)
+    again = logic.RegistrationRun(inputs, work_dir=tmp_path).start()
+    assert again.resumed and again.work == run.work
+    logic.wait_or_cancel(again, 600)
+    made = again.finish(scene)
+    assert sorted(made["transforms"]) == ["L1", "L2", "L3"]
+    for name, entry in done.items():  # taken over, not registered again
+        np.testing.assert_allclose(logic.transform_to_parent_of(made["transforms"][name]), entry["matrix_ras"],
+                                   atol=1e-5)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_lines_are_parsed():
