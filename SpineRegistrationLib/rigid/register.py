@@ -39,7 +39,7 @@ from .config import Progress, RigidConfig
 from .problem import VertebraDRR, prepare_xray, pyramid
 from .refine import refine_level
 from .search import global_search
-from .verdict import at_ct_edge, final_similarities, judge
+from .verdict import final_similarities, judge
 
 
 def register_vertebra(
@@ -119,8 +119,8 @@ def register_vertebra(
     optimiser_similarity = float(similarity)
     views = final_similarities(vertebra, levels, pose, config, device)
     similarity = float(np.mean(views))
-    edge = at_ct_edge(scan_end_distance_mm(vertebra.mask, mu), config)
-    verdict, reason = judge(similarity, margin, config, optimiser_similarity, edge, views)
+    verdict, reason = judge(similarity, margin, config, optimiser_similarity, scan_end_distance_mm(vertebra.mask, mu),
+                            views)
     report("done", 1.0)
     return VertebraResult(
         name=name,

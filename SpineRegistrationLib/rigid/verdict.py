@@ -14,30 +14,37 @@ LOW_SIMILARITY = "low similarity"
 RIVAL_ELSEWHERE = "rival at another place"
 NETWORK_ONLY = "network only, not refined"
 VIEW_DISAGREES = "a view disagrees"
+CUT_BY_CT = "vertebra cut by the CT's end"
 #: Said with LOW_SIMILARITY for a vertebra the CT ends next to (:func:`at_ct_edge`).
 AT_CT_EDGE = "vertebra at the CT's edge"
 
 
 def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
-          optimiser_similarity: float | None = None, at_ct_edge: bool = False,
+          optimiser_similarity: float | None = None, scan_end_mm: float | None = None,
           view_similarities: list[float] | None = None) -> tuple[str, str | None]:
     """("pass", None) or ("doubt", reason) for a final ``similarity`` (:func:`final_similarities`,
     averaged over ``view_similarities``, each view's; None: not known), the lead over the best
-    rival candidate at another place (None when the search kept none) and the refinement's own
-    best score at the finest level (None: not known).
+    rival candidate at another place (None when the search kept none), the refinement's own
+    best score at the finest level (None: not known) and the vertebra's distance to the nearer end
+    of the CT's scanned range (mm, :func:`..core.volume.scan_end_distance_mm`; None: not known).
 
-    The similarity is low when ``similarity`` is under ``doubt_below`` and the refinement's score
-    under ``optimiser_doubt_below``: each alone is fooled by one kind of case (see
-    :class:`.config.RigidConfig`), a result is doubted when neither vouches for it. A vertebra
-    ``at_ct_edge`` (:func:`at_ct_edge`) is held to ``edge_doubt_below`` and
+    A vertebra the CT cuts (``scan_end_mm`` 0: part of it lies outside the scan) is doubted: the
+    DRR lacks bone that the X-ray shows, and no similarity vouches for its pose. The similarity is
+    low when ``similarity`` is under ``doubt_below`` and the refinement's score under
+    ``optimiser_doubt_below``: each alone is fooled by one kind of case (see
+    :class:`.config.RigidConfig`), a result is doubted when neither vouches for it. A vertebra at
+    the CT's edge (:func:`at_ct_edge`) is held to ``edge_doubt_below`` and
     ``edge_optimiser_doubt_below`` instead, and the reason says so. A view under
     ``view_doubt_below`` disagrees with the pose whatever the other says (one view alone leaves
     the depth along its beam free to go wrong).
     """
-    fresh, refined = ((config.edge_doubt_below, config.edge_optimiser_doubt_below) if at_ct_edge
+    if scan_end_mm is not None and scan_end_mm <= 0.0:
+        return "doubt", CUT_BY_CT
+    edge = scan_end_mm is not None and at_ct_edge(scan_end_mm, config)
+    fresh, refined = ((config.edge_doubt_below, config.edge_optimiser_doubt_below) if edge
                       else (config.doubt_below, config.optimiser_doubt_below))
     if similarity < fresh and (optimiser_similarity is None or optimiser_similarity < refined):
-        where = f", {AT_CT_EDGE}" if at_ct_edge else ""
+        where = f", {AT_CT_EDGE}" if edge else ""
         return "doubt", f"{LOW_SIMILARITY} ({similarity:.3f} < {fresh:g}{where})"
     if view_similarities and min(view_similarities) < config.view_doubt_below:
         view = int(np.argmin(view_similarities))

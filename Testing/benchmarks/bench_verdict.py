@@ -73,7 +73,7 @@ def verdict_of(record: dict) -> tuple[str, str | None]:
     from SpineRegistrationLib.rigid.verdict import judge
 
     return judge(record["similarity"], record["rival_margin"], RigidConfig(), record["optimiser_similarity"],
-                 verdict_edge(record), record.get("view_similarities"))
+                 record["ct_edge_mm"], record.get("view_similarities"))
 
 
 def scan_end_distances(ct, labelmap) -> dict[str, float]:

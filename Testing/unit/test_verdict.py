@@ -16,7 +16,7 @@ from SpineRegistrationLib.rigid import RigidConfig
 from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
 from SpineRegistrationLib.rigid.refine import level_problem
 from SpineRegistrationLib.rigid.register import register_vertebra
-from SpineRegistrationLib.rigid.verdict import AT_CT_EDGE, final_similarities, judge
+from SpineRegistrationLib.rigid.verdict import AT_CT_EDGE, CUT_BY_CT, final_similarities, judge
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig
 from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample
 
@@ -97,9 +97,17 @@ def test_one_view_that_disagrees_is_doubted(views, reason):
 def test_a_vertebra_at_the_ct_edge_is_held_to_stricter_thresholds(similarity, optimiser, edge_verdict):
     config = RigidConfig()
     assert judge(similarity, None, config, optimiser) == ("pass", None)
-    verdict, why = judge(similarity, None, config, optimiser, at_ct_edge=True)
+    assert judge(similarity, None, config, optimiser, scan_end_mm=config.ct_edge_mm) == ("pass", None)
+    verdict, why = judge(similarity, None, config, optimiser, scan_end_mm=2.5)
     assert verdict == edge_verdict
     assert (why is None) if verdict == "pass" else (why.startswith("low similarity") and AT_CT_EDGE in why)
+
+
+def test_a_vertebra_the_ct_cuts_is_doubted_whatever_it_scores():
+    """Part of it outside the scan (its mask on the first or last slice): the DRR lacks bone the X-ray
+    shows (the real CT's C5-C7, 28.7 mm off, passed on 0.54 / 0.77 before)."""
+    assert judge(0.95, None, RigidConfig(), 0.95, scan_end_mm=0.0) == ("doubt", CUT_BY_CT)
+    assert judge(0.95, None, RigidConfig(), 0.95, scan_end_mm=2.5) == ("pass", None)
 
 
 def test_scan_end_distance_follows_the_scan_axis():
