@@ -149,19 +149,21 @@ class DeformationInputs:
 
 
 # ---------------------------------------------------------------------- the scene's result
-def scene_result_vertebrae(scene, labelmap: Labelmap) -> list[VertebraResult]:
-    """The registration result the scene holds, one VertebraResult per vertebra transform node.
+def scene_result_vertebrae(scene, labelmap: Labelmap) -> tuple[list[VertebraResult], str | None]:
+    """The registration result the scene holds, one VertebraResult per vertebra transform node,
+    and the method that registered them (None when not one and the same, or not known).
 
     The pose is the node's matrixTransformToParent now; the rest (centre, similarity,
     verdict ...) comes from its ATTR_RESULT entry (a transform made by another version,
-    without one: centre = the segmentation's centroid). InputError (one line) when there is
-    no result or a vertebra of it is not in ``labelmap``.
+    without one: centre = the segmentation's centroid). A pose the user set (the node moved
+    since Register, or without an entry) passes: the user's pose is not doubted. InputError (one
+    line) when there is no result or a vertebra of it is not in ``labelmap``.
     """
     transforms = [node for node in nodes_with(scene, ROLE_TRANSFORM) if node.GetAttribute(ATTR_VERTEBRA)]
     if not transforms:
         raise InputError("no registration result in the scene: Register first (Deform starts from the vertebra poses)")
     centres = centroids_ras(labelmap)
-    vertebrae = []
+    vertebrae, methods = [], set()
     for node in transforms:
         name = node.GetAttribute(ATTR_VERTEBRA)
         if name not in centres:
@@ -173,6 +175,9 @@ def scene_result_vertebrae(scene, labelmap: Labelmap) -> list[VertebraResult]:
         except json.JSONDecodeError:
             entry = {}
         matrix = transform_to_parent_of(node)
+        registered = entry.get("matrix_ras")
+        users = registered is None or not np.allclose(matrix, np.asarray(registered, dtype=np.float64), atol=1e-6)
+        methods.add(None if users else entry.get("method"))
         centre = np.asarray(entry.get("center_ras", centres[name]), dtype=np.float64)
         vertebrae.append(VertebraResult(
             name=name,
@@ -180,13 +185,13 @@ def scene_result_vertebrae(scene, labelmap: Labelmap) -> list[VertebraResult]:
             params=matrix_to_params(matrix, centre),
             center_ras=centre,
             similarity=float(entry.get("similarity", 0.0)),
-            verdict=str(entry.get("verdict", "doubt")),
+            verdict="pass" if users else str(entry.get("verdict", "doubt")),
             time_s=float(entry.get("time_s", 0.0)),
             evaluations=int(entry.get("evaluations", 0)),
             rival_margin=entry.get("rival_margin"),
-            verdict_reason=entry.get("verdict_reason", None if entry else "pose from the scene"),
+            verdict_reason=None if users else entry.get("verdict_reason"),
         ))
-    return vertebrae
+    return vertebrae, (methods.pop() if len(methods) == 1 else None)
 
 
 
@@ -216,7 +221,7 @@ def write_deformation_inputs(scene, inputs: DeformationInputs, folder) -> dict:
         fixed = volume_of(inputs.second_ct_node)
         geometries, arrays, vertebrae = {}, {}, []
     else:
-        vertebrae = scene_result_vertebrae(scene, labelmap)
+        vertebrae, method = scene_result_vertebrae(scene, labelmap)
         geometries, arrays = xray_inputs(inputs.xrays)
     paths["ct"].parent.mkdir(parents=True, exist_ok=True)
     write_volume(ct, paths["ct"])
@@ -227,7 +232,7 @@ def write_deformation_inputs(scene, inputs: DeformationInputs, folder) -> dict:
     else:
         paths["result"] = folder / "result"
         paths["result"].mkdir(parents=True)
-        write_result_folder(paths["result"], {"source": "scene"}, vertebrae, {})
+        write_result_folder(paths["result"], {"source": "scene", "method": method}, vertebrae, {})
         paths.update(write_xray_inputs(arrays, geometries, paths["ct"].parent))
     paths["views"] = list(arrays)
     paths["vertebrae"] = list(labelmap.labels)

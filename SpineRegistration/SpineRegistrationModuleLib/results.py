@@ -183,7 +183,7 @@ def apply_registration_result(scene, result: RegistrationResult, xrays: dict, la
     IJKToRAS, referenced from the X-ray node. Plus the results table. Nodes of an earlier
     run are updated in place; the nodes of an earlier Deform step (:mod:`.deformation`) are
     removed, since they were made from the poses this result replaces. Each transform
-    node keeps its vertebra's result.json entry in ATTR_RESULT. Returns {"transforms": {...}, "models": {...}, "drrs": {...},
+    node keeps its vertebra's result.json entry in ATTR_RESULT, with the method that registered it. Returns {"transforms": {...}, "models": {...}, "drrs": {...},
     "table": node}.
     """
     # Everything that can fail on bad input happens before the scene changes.
@@ -204,7 +204,7 @@ def apply_registration_result(scene, result: RegistrationResult, xrays: dict, la
             )
             transform.SetAndObserveTransformNodeID(None)  # matrix_ras is to world already (the CT's pose is in it)
             transform.SetMatrixTransformToParent(vtkMatrixFromArray(vertebra.matrix_ras))
-            transform.SetAttribute(ATTR_RESULT, json.dumps(vertebra.to_json()))
+            transform.SetAttribute(ATTR_RESULT, json.dumps(vertebra.to_json() | {"method": result.document.get("method")}))
             created["transforms"][name] = transform
             if name in surfaces:
                 created["models"][name] = _update_surface_model(change, name, surfaces[name], transform)

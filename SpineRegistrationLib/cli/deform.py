@@ -152,6 +152,8 @@ def _run_poses(args: argparse.Namespace) -> int:
           f"{': ' + ', '.join(inferred) if inferred else ''}); Jacobian determinant {jacobian['min']:.3f}.."
           f"{jacobian['max']:.3f}, folding {jacobian['folding_percent']:.4f} %, SDlogJ {jacobian['sdlogj']:.3f}; "
           f"rigid residual p99 <= {worst:.3f} mm")
+    if document.get("held"):
+        print(f"held as registered (passed, refined by the intensity stages): {', '.join(document['held'])}")
     refined = [(name, v["refinement"]) for name, v in document["vertebrae"].items() if "refinement" in v]
     if refined:
         print("refined against the X-rays: " + ", ".join(

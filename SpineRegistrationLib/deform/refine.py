@@ -17,7 +17,7 @@ where the right corrections of a +-2 deg / +-2 mm start turn up to 5 deg / 3 mm)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,8 +71,11 @@ class JointRefinement:
 def refine_jointly(ct_hu: Volume, labelmap: Labelmap, poses: dict[str, np.ndarray], field: DisplacementField,
                    xrays: Sequence[np.ndarray], geometries: Sequence[XrayGeometry],
                    config: JointRefineConfig | None = None, device: str = "cpu",
-                   progress: Callable[[float], None] | None = None) -> JointRefinement:
+                   progress: Callable[[float], None] | None = None, held: Collection[str] = ()) -> JointRefinement:
     """Refine the ``poses`` (vertebra -> matrix_ras) of the registered vertebrae jointly.
+
+    held: vertebrae of ``poses`` that stay at their pose (rendered, so that their neighbours are
+    explained beside them, but not moved).
 
     field: the poly-rigid field of the starting poses (world -> CT), which carries the
     background; xrays: (rows, columns) arrays, bone bright, one per geometry.
@@ -136,7 +139,8 @@ def refine_jointly(ct_hu: Volume, labelmap: Labelmap, poses: dict[str, np.ndarra
 
         with torch.no_grad():
             initial = similarities(start_stack)
-        free = (initial >= config.min_similarity).to(rotation.dtype)[:, None]
+        free = ((initial >= config.min_similarity)
+                & torch.as_tensor([n not in held for n in names], device=initial.device)).to(rotation.dtype)[:, None]
         for _ in range(steps):
             optimiser.zero_grad()
             scores = similarities(delta_pose(rotation, translation, centre_world, start_stack))

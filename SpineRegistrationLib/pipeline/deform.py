@@ -63,7 +63,9 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
     its final pose (the field is rigid inside each, so this is the warped segmentation's DRR)
     come back in ``drrs``. A vertebra whose registration said ``doubt`` does not trust its pose:
     it follows its neighbours (and, with X-rays, the joint refinement starts it there), unless
-    ``keep_doubted``. progress: called with a short stage name as the work goes
+    ``keep_doubted``. A pose that passed and that the intensity stages refined (every method but
+    ``learned``) is held as it is: on the real CT the joint refinement moved such poses by
+    0.1-3 mm for hundredths of similarity (README, the chain). progress: called with a short stage name as the work goes
     ("refine 0%" ... "refine 100%", field, jacobian, warping), once the inputs are read and checked.
     """
     config = config or PolyRigidConfig()
@@ -79,6 +81,7 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
     if not trusted:
         raise InputError(f"every vertebra of the result says doubt ({', '.join(doubted)}): nothing to build the "
                          "deformation from; give --keep-doubted to use their poses anyway")
+    held = [] if folder.document.get("method") == "learned" else list(trusted)
     case = None
     if xrays or geometries:
         case = load_case(RegisterConfig(ct=ct_volume, seg=labelmap, xrays=list(xrays), geometries=list(geometries),
@@ -101,7 +104,7 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
                 say(f"refine {10 * shown[0]}%")
 
         refinement = refine_jointly(ct_volume, labelmap, starts, start_field, case.xrays, case.geometries,
-                                    refine, case.device, progress=refine_progress)
+                                    refine, case.device, progress=refine_progress, held=held)
         registered = {name: refinement.poses[name] for name in poses}
         del start, start_field
     else:
@@ -123,10 +126,11 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
         "jacobian": jacobian,
         "vertebrae": {
             name: {"registered": name in poses, "doubted": name in doubted, "matrix_ras": np.round(matrix, 9).tolist(),
-                   "rigid_residual": residuals.get(name)} | _refinement_entry(refinement, name, starts, folder)
+                   "rigid_residual": residuals.get(name)} | _refinement_entry(refinement, name, starts, held, folder)
             for name, matrix in built.poses.items()
         },
         "refined": refinement is not None,
+        "held": held if refinement is not None else [],
         "views": [] if case is None else case.views,
         "time_s": round(time.perf_counter() - started, 3),
     }
@@ -135,10 +139,10 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
 
 
 def _refinement_entry(refinement: JointRefinement | None, name: str, starts: dict[str, np.ndarray],
-                      folder: ResultFolder) -> dict:
+                      held: list[str], folder: ResultFolder) -> dict:
     """A vertebra's refinement figures in deform.json: similarity before/after, how far it moved
-    from its start (rotation, deg; its centre, mm)."""
-    if refinement is None or name not in refinement.poses:
+    from its start (rotation, deg; its centre, mm); none for a vertebra ``held`` at its pose."""
+    if refinement is None or name not in refinement.poses or name in held:
         return {}
     start, final = starts[name], refinement.poses[name]
     angle = rotation_error_deg(final, start)

@@ -67,8 +67,9 @@ class RigidConfig:
     view_doubt_below: the verdict is also "doubt" when one view's final similarity is under
         this, whatever the other says: on the real CT's whole-spine cases (bench_deform_refine.py
         --start register) poses 3-5 mm off fitted one view (0.62-0.65) and not the other
-        (0.20-0.40), and passed on the mean; no right result of the verdict's sets has a view
-        under it that the other readings did not already doubt.
+        (0.20-0.40), and passed on the mean. It changes nothing on bench_verdict.py's sets; on
+        other whole-spine cases it also flagged right poses whose lateral view scored 0.36-0.39
+        (README, the verdict section).
     ambiguity_margin: the verdict is also "doubt" when a rival candidate elsewhere (a
         wrong vertebra level, typically) scored within this of the winner.
     seed: seeds CMA-ES.

@@ -136,8 +136,9 @@ def test_deform_refines_the_poses_jointly_against_the_xrays(phantom_dir, tmp_pat
     folder.mkdir()
     starts = {name: params_to_matrix(offsets[name], truth[name][:3, :3] @ centres[name] + truth[name][:3, 3])
               @ truth[name] for name in truth}
-    write_result_folder(folder, {}, [VertebraResult(name, starts[name], offsets[name], centres[name], 0.9, "pass",
-                                                    1.0, 10) for name in truth], {})
+    # The network's poses (method learned): every vertebra is refined.
+    write_result_folder(folder, {"method": "learned"}, [VertebraResult(name, starts[name], offsets[name], centres[name],
+                                                                       0.9, "pass", 1.0, 10) for name in truth], {})
     output = deform_from_result(folder, phantom_dir / "ct.nii.gz", phantom_dir / "seg.nii.gz",
                                 xrays=[phantom_dir / "AP.png", phantom_dir / "LAT.png"],
                                 geometries=[phantom_dir / "AP.json", phantom_dir / "LAT.json"],
@@ -183,8 +184,8 @@ def test_a_result_that_only_doubts_is_one_line(phantom_dir, tmp_path, spinereg, 
 
 def test_the_refinement_starts_a_doubted_vertebra_from_its_neighbours(phantom_dir, tmp_path):
     """L2 registered 12 mm off, said doubt: the joint refinement starts it where L1 and L3 (the truth
-    moved by ~1 deg / 1 mm) put it, and brings it to the truth; with its own pose kept it cannot
-    (the refinement corrects, it does not search)."""
+    moved by ~1 deg / 1 mm, passed by the intensity stages: held as they are) put it, and brings it to
+    the truth; with its own pose kept it cannot (the refinement corrects, it does not search)."""
     from SpineRegistrationLib.core.metrics import mtre_mm, vertebra_points
     from SpineRegistrationLib.deform.refine import JointRefineConfig
     from SpineRegistrationLib.pipeline.deform import deform_from_result
@@ -199,8 +200,9 @@ def test_the_refinement_starts_a_doubted_vertebra_from_its_neighbours(phantom_di
               @ truth[name] for name in truth}
     folder = tmp_path / "result"
     folder.mkdir()
-    write_result_folder(folder, {}, [VertebraResult(name, starts[name], offsets[name], centres[name], 0.9,
-                                                    "doubt" if name == "L2" else "pass", 1.0, 10) for name in truth], {})
+    write_result_folder(folder, {"method": "intensity"}, [
+        VertebraResult(name, starts[name], offsets[name], centres[name], 0.9, "doubt" if name == "L2" else "pass", 1.0,
+                       10) for name in truth], {})
     points = vertebra_points(labelmap.volume.array == labelmap.labels["L2"], labelmap.volume)
     errors = {}
     for keep in (False, True):
@@ -209,6 +211,10 @@ def test_the_refinement_starts_a_doubted_vertebra_from_its_neighbours(phantom_di
                                     geometries=[phantom_dir / "AP.json", phantom_dir / "LAT.json"],
                                     refine=JointRefineConfig(iterations=(15, 10)), keep_doubted=keep)
         errors[keep] = mtre_mm(np.array(output.document["vertebrae"]["L2"]["matrix_ras"]), truth["L2"], points)
+        for name in ("L1", "L3"):
+            np.testing.assert_allclose(output.document["vertebrae"][name]["matrix_ras"], starts[name], atol=1e-6)
+            assert "refinement" not in output.document["vertebrae"][name]
+        assert output.document["held"] == (["L1", "L2", "L3"] if keep else ["L1", "L3"])
     assert errors[False] < 0.6 and errors[True] > 5.0, errors
 
 

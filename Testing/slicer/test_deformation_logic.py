@@ -49,7 +49,7 @@ def write_result(folder: Path, phantom_dir: Path, names=REGISTERED, shift_mm: fl
                        np.array(poses[name]["center_ras"]) + shift_mm, 0.9, "pass", 1.0, 10)
         for name in names
     ]
-    write_result_folder(folder, {}, results, {})
+    write_result_folder(folder, {"method": "learned"}, results, {})  # the network's poses: Deform refines them all
     return folder
 
 
@@ -707,3 +707,22 @@ def test_summary_of_a_ct_to_ct_deformation_with_dice():
         "Deformed the CT onto the second CT (affine_noscale stage only): folding 0.0010 % (Jacobian determinant "
         "0.950..1.050, SDlogJ 0.020); Dice per vertebra mean 0.880 (min 0.850, L2); 30.0 s."
     )
+
+
+def test_the_scene_result_keeps_its_method_and_a_pose_the_user_set_passes(scene, registered, phantom_dir):
+    """Deform learns how the poses were made: the method that registered them (a learned result is
+    refined, an intensity one held), and a pose the user moved after Register is the user's: it passes
+    (not followed over by its neighbours), and the method is no longer known."""
+    labelmap = logic.vertebra_labelmap(registered["seg"], registered["ct"])
+    vertebrae, method = logic.scene_result_vertebrae(scene, labelmap)
+    assert method == "learned" and {v.verdict for v in vertebrae} == {"pass"}
+    node = registered["made"]["transforms"]["L3"]
+    node.SetAttribute(logic.ATTR_RESULT, json.dumps(json.loads(node.GetAttribute(logic.ATTR_RESULT)) | {"verdict": "doubt"}))
+    vertebrae, method = logic.scene_result_vertebrae(scene, labelmap)
+    assert method == "learned" and {v.name: v.verdict for v in vertebrae}["L3"] == "doubt"
+    moved = logic.transform_to_parent_of(node)
+    moved[:3, 3] += [2.0, 0.0, 0.0]
+    node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(moved))
+    vertebrae, method = logic.scene_result_vertebrae(scene, labelmap)
+    assert method is None and {v.name: v.verdict for v in vertebrae}["L3"] == "pass"
+    np.testing.assert_allclose({v.name: v.matrix_ras for v in vertebrae}["L3"], moved)
