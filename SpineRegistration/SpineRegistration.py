@@ -105,11 +105,12 @@ The shipped pose network was trained on phantoms; before surgery, "Train on this
 on the patient's own CT and segmentation (one background run, progress bar; Cancel keeps its
 checkpoint and Train goes on from it), and Register then uses that network ("Pose network").
 Deform then turns the registration into one smooth spine-wide deformation, in one
-background run (progress bar, Cancel). From the vertebra poses: the registered vertebrae's
-poses are first refined jointly against the AP and LAT X-rays (uncheck "Refine poses
-against the X-rays" to keep them as registered), then the field is built rigid inside
-each vertebra (the vertebrae not registered, or whose registration said doubt, follow their
-neighbours; the refinement starts the doubted ones there). With a second CT
+background run (progress bar, Cancel). From the vertebra poses: the poses that are not
+settled (those whose registration said doubt, started from their neighbours, and every pose
+of the network alone) are first refined jointly against the AP and LAT X-rays, the others
+held as registered (uncheck "Refine poses against the X-rays" to keep them all), then the
+field is built rigid inside each vertebra (the vertebrae not registered follow their
+neighbours). A pose you moved after Register is yours: it is held. With a second CT
 chosen (e.g. taken in the operating room), Deform instead registers the CT and its
 segmentation to that CT (rigid, then every vertebra rigidly on its own, the poses blended
 into one field rigid inside each vertebra). Either way the field

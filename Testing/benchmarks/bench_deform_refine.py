@@ -170,7 +170,8 @@ def main(argv=None) -> int:
                                         geometries=geometries)
             entries = output.document["vertebrae"]
             final = {name: np.array(entries[name]["matrix_ras"]) for name in start}
-            similarity = {name: entries[name]["refinement"] for name in start}
+            held = {"similarity_before": None, "similarity_after": None}  # passed poses stay as registered
+            similarity = {name: entries[name].get("refinement", held) for name in start}
         else:
             field = polyrigid_field(labelmap, start).field
             refined = refine_jointly(ct, labelmap, start, field, images, geometries)
