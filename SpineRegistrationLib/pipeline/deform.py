@@ -92,7 +92,8 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
 
     refinement = None
     starts = poses  # where each registered vertebra's refinement starts
-    if case is not None and refine_poses:
+    # Nothing to refine when every pose is held: no 50 Adam steps that move nothing.
+    if case is not None and refine_poses and len(held) < len(poses):
         start = polyrigid_field(labelmap, trusted, config)
         starts = {name: start.poses[name] if name in doubted else poses[name] for name in poses}
         start_field = start.field
@@ -130,7 +131,7 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
             for name, matrix in built.poses.items()
         },
         "refined": refinement is not None,
-        "held": held if refinement is not None else [],
+        "held": held if case is not None and refine_poses else [],
         "views": [] if case is None else case.views,
         "time_s": round(time.perf_counter() - started, 3),
     }
