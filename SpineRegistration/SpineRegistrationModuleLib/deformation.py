@@ -222,6 +222,10 @@ def write_deformation_inputs(scene, inputs: DeformationInputs, folder) -> dict:
         geometries, arrays, vertebrae = {}, {}, []
     else:
         vertebrae, method = scene_result_vertebrae(scene, labelmap)
+        if all(vertebra.verdict != "pass" for vertebra in vertebrae):  # the CLI's line would name a flag
+            raise InputError(f"every registered vertebra says doubt ({', '.join(v.name for v in vertebrae)}): "
+                             "nothing to build the deformation from; set a pose you trust by hand (a pose moved "
+                             "after Register counts as yours) or Register again")
         geometries, arrays = xray_inputs(inputs.xrays)
     paths["ct"].parent.mkdir(parents=True, exist_ok=True)
     write_volume(ct, paths["ct"])

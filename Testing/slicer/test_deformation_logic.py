@@ -258,12 +258,12 @@ def test_deform_command_line_with_a_second_ct(scene, registered, second_ct_path,
 
 
 @pytest.mark.parametrize("case", ["no result", "no CT", "other segmentation", "X-ray without geometry",
-                                  "second CT is the CT", "second CT under a transform"])
+                                  "second CT is the CT", "second CT under a transform", "every pose doubted"])
 def test_deform_bad_inputs_are_one_line(scene, registered, phantom_dir, second_ct_path, tmp_path, case):
     inputs = inputs_of(registered)
     expected = {"no result": "Register first", "no CT": "no CT", "other segmentation": "not in the segmentation",
                 "X-ray without geometry": "has no geometry", "second CT is the CT": "the CT itself",
-                "second CT under a transform": "second CT"}[case]
+                "second CT under a transform": "second CT", "every pose doubted": "set a pose you trust by hand"}[case]
     if case == "no result":
         logic.reset_results(scene)
     elif case == "no CT":
@@ -281,6 +281,10 @@ def test_deform_bad_inputs_are_one_line(scene, registered, phantom_dir, second_c
         inputs.xrays["LAT"] = bare
     elif case == "second CT is the CT":
         inputs.second_ct_node = registered["ct"]
+    elif case == "every pose doubted":  # as Register leaves them; the CLI's line would name --keep-doubted
+        for node in registered["made"]["transforms"].values():
+            entry = json.loads(node.GetAttribute(logic.ATTR_RESULT))
+            node.SetAttribute(logic.ATTR_RESULT, json.dumps({**entry, "verdict": "doubt"}))
     else:
         inputs.second_ct_node = logic.load_ct(scene, second_ct_path, "OR CT")
         parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
