@@ -26,6 +26,8 @@ from .volume import Volume
 #: Nodes this close to the grid's faces are left out of the Jacobian statistics (Learn2Reg
 #: crops the border too: finite differences there are one-sided).
 _JACOBIAN_BORDER = 2
+#: Grid slices (array axis 0) whose Jacobian matrices are formed at a time.
+_JACOBIAN_SLAB = 16
 
 
 @dataclass
@@ -82,11 +84,20 @@ class DisplacementField:
         direction, which is wrong for any grid not aligned with LPS (every RAS-aligned one).
         """
         index_to_world_inverse = np.linalg.inv(self.ijk_to_ras[:3, :3])
-        jacobian = np.empty(self.displacement.shape[:3] + (3, 3))
-        for axis_ijk in range(3):  # d displacement / d index i, j, k (array axes 2, 1, 0)
-            jacobian[..., :, axis_ijk] = np.gradient(self.displacement, axis=2 - axis_ijk)
-        jacobian = jacobian @ index_to_world_inverse + np.eye(3)
-        return np.linalg.det(jacobian)
+        depth = self.displacement.shape[0]
+        determinant = np.empty(self.displacement.shape[:3])
+        # A slab of K slices at a time, with one slice either side for the central differences
+        # (the whole grid's 3x3 float64 matrices took ~200 bytes a node).
+        for start in range(0, depth, _JACOBIAN_SLAB):
+            stop = min(start + _JACOBIAN_SLAB, depth)
+            low, high = max(start - 1, 0), min(stop + 1, depth)
+            part = self.displacement[low:high]
+            jacobian = np.empty(part.shape[:3] + (3, 3))
+            for axis_ijk in range(3):  # d displacement / d index i, j, k (array axes 2, 1, 0)
+                jacobian[..., :, axis_ijk] = np.gradient(part, axis=2 - axis_ijk)
+            jacobian = jacobian[start - low:stop - low] @ index_to_world_inverse + np.eye(3)
+            determinant[start:stop] = np.linalg.det(jacobian)
+        return determinant
 
 
 def available_memory_bytes() -> int | None:

@@ -89,6 +89,23 @@ def test_affine_field_maps_points_and_has_the_analytic_jacobian():
     assert jacobian_stats(folded)["folding_percent"] == 100.0
 
 
+def test_jacobian_of_a_quadratic_field_across_slabs_is_analytic():
+    # u(y) = (0.01 z^2, 0.02 x z, 0.005 x y) in world mm on an oblique grid deep enough for several of
+    # jacobian_determinant's slabs: central differences are exact for a quadratic, so every interior
+    # node (the faces take one-sided differences) has det(I + du/dy) to rounding.
+    shape = (41, 7, 6)
+    k, j, i = np.indices(shape).reshape(3, -1)
+    world = apply_matrix(OBLIQUE_GRID, np.stack([i, j, k], axis=1).astype(np.float64))
+    x, y, z = world.T
+    displacement = np.stack([0.01 * z**2, 0.02 * x * z, 0.005 * x * y], axis=1)
+    gradient = np.zeros((world.shape[0], 3, 3))
+    gradient[:, 0, 2] = 0.02 * z
+    gradient[:, 1, 0], gradient[:, 1, 2] = 0.02 * z, 0.02 * x
+    gradient[:, 2, 0], gradient[:, 2, 1] = 0.005 * y, 0.005 * x
+    expected = np.linalg.det(np.eye(3) + gradient).reshape(shape)
+    determinant = DisplacementField(displacement.reshape(shape + (3,)), OBLIQUE_GRID).jacobian_determinant()
+    np.testing.assert_allclose(determinant[1:-1, 1:-1, 1:-1], expected[1:-1, 1:-1, 1:-1], atol=1e-9)
+
 def test_field_file_round_trip_and_one_line_errors(tmp_path):
     field = affine_field(A, B, OBLIQUE_GRID)
     write_displacement(field, tmp_path / "field.h5")
