@@ -101,7 +101,8 @@ def cached_case(cache: Path, ct, labelmap, spine, motion: str, seed: int, start_
     return images, geometries, truth, start
 
 
-def picture(shown: list, path: Path) -> None:
+def picture(shown: list, path: Path, start_label: str = "at the start", after_label: str = "after the joint refinement") -> None:
+    """One row per view: the X-ray with the truth outline, the DRR ``start_label`` and ``after_label``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,8 +111,8 @@ def picture(shown: list, path: Path) -> None:
     fig, axes = plt.subplots(len(shown), 3, figsize=(12, 4 * len(shown)), squeeze=False)
     for row, (title, image, truth_outline, before, after) in enumerate(shown):
         for ax, overlay, label in ((axes[row, 0], None, "X-ray, truth outline (green)"),
-                                   (axes[row, 1], before, "DRR at the start (red) over the X-ray"),
-                                   (axes[row, 2], after, "DRR after the joint refinement (red)")):
+                                   (axes[row, 1], before, f"DRR {start_label} (red) over the X-ray"),
+                                   (axes[row, 2], after, f"DRR {after_label} (red)")):
             ax.imshow(image, cmap="gray")
             ax.contour(truth_outline, levels=[0.5], colors="lime", linewidths=0.6)
             if overlay is not None:
@@ -216,7 +217,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(records, indent=1) + "\n")
     (args.out / f"{args.name}.md").write_text(table + "\n")
-    picture(shown, args.out / f"{args.name}.png")
+    if args.start == "register":
+        picture(shown, args.out / f"{args.name}.png", "as registered", "after spinereg deform")
+    else:
+        picture(shown, args.out / f"{args.name}.png")
     print(table)
     return 0
 
