@@ -110,7 +110,8 @@ settled (those whose registration said doubt, started from their neighbours, and
 of the network alone) are first refined jointly against the AP and LAT X-rays, the others
 held as registered (uncheck "Refine poses against the X-rays" to keep them all), then the
 field is built rigid inside each vertebra (the vertebrae not registered follow their
-neighbours). A pose you moved after Register is yours: it is held. With a second CT
+neighbours). A pose you moved after Register is yours: it is held (when every pose says
+doubt, Deform asks for one you trust first). With a second CT
 chosen (e.g. taken in the operating room), Deform instead registers the CT and its
 segmentation to that CT (rigid, then every vertebra rigidly on its own, the poses blended
 into one field rigid inside each vertebra). Either way the field

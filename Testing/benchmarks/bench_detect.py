@@ -9,7 +9,8 @@ true pose with at least half of its box inside the exposed (uncollimated) field.
 patient-specific one was trained on our renderer's X-rays of this CT at other poses (``spinereg
 train-detect --ct``), the phantom one on phantoms only.
 
-Figures per model (detections above ``--score`` for the first three; all for the APs):
+Figures per model, and per model on the AP and on the LAT views alone (detections above ``--score``
+for the first three; all for the APs):
 
 - recall: truth boxes matched one to one (best score first) by a detection of IoU >= 0.5 (oriented
   boxes: :func:`SpineRegistrationLib.geometry.image_boxes.box_iou`), whatever its name;
@@ -204,6 +205,8 @@ def main(argv=None) -> int:
                                 "time_s": time.perf_counter() - tick})
         results[name] = records
         summary[name] = score_model(records, args.score) | {"model": path}
+        for view, shown in (("AP views", records[0::2]), ("LAT views", records[1::2])):  # a case's views: AP, LAT
+            summary[f"{name}, {view}"] = score_model(shown, args.score) | {"model": path}
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary[name].items() if isinstance(v, float)),
               file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
