@@ -20,8 +20,8 @@ for the first three; all for the APs):
   in the truth; a wrong name is a false positive of one name and a miss of another. box AP@0.5:
   the same with names ignored (localisation alone). Time: detector inference per X-ray.
 
-Writes OUT/detect.md, OUT/detect.json and OUT/detect_cases.png (X-rays with the truth in green and the
-detections labelled, yellow where the name is wrong). Usage::
+Writes OUT/NAME.md, OUT/NAME.json and OUT/NAME_cases.png (``--name``, default ``detect``; X-rays with
+the truth in green and the detections labelled, yellow where the name is wrong). Usage::
 
     python Testing/benchmarks/bench_detect.py --cache /tmp/realct_cache \\
         --model phantom=Resources/Models/vertebra_detector_phantoms.pt --model patient=patient/model.pt --out OUT
@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     parser.add_argument("--score", type=float, default=0.3, help="detections kept for recall, level accuracy, IoU")
     parser.add_argument("--pictures", type=int, default=2, help="cases drawn in OUT/detect_cases.png (0: none)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="detect", help="file name stem of the results")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -211,10 +212,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python Testing/benchmarks/bench_detect.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / "detect.json").write_text(json.dumps({"summary": summary, "command": command}, indent=1))
-    (args.out / "detect.md").write_text(markdown(summary, command))
+    (args.out / f"{args.name}.json").write_text(json.dumps({"summary": summary, "command": command}, indent=1))
+    (args.out / f"{args.name}.md").write_text(markdown(summary, command))
     if args.pictures > 0:
-        draw(args.out / "detect_cases.png", cases, results, min(args.pictures, len(cases)))
+        draw(args.out / f"{args.name}_cases.png", cases, results, min(args.pictures, len(cases)))
     print(markdown(summary, command))
     return 0
 
