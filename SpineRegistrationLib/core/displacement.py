@@ -83,21 +83,90 @@ class DisplacementField:
         differentiates along the index axes scaled by spacing but ignores the grid's
         direction, which is wrong for any grid not aligned with LPS (every RAS-aligned one).
         """
-        index_to_world_inverse = np.linalg.inv(self.ijk_to_ras[:3, :3])
-        depth = self.displacement.shape[0]
-        determinant = np.empty(self.displacement.shape[:3])
-        # A slab of K slices at a time, with one slice either side for the central differences
-        # (the whole grid's 3x3 float64 matrices took ~200 bytes a node).
-        for start in range(0, depth, _JACOBIAN_SLAB):
-            stop = min(start + _JACOBIAN_SLAB, depth)
-            low, high = max(start - 1, 0), min(stop + 1, depth)
-            part = self.displacement[low:high]
-            jacobian = np.empty(part.shape[:3] + (3, 3))
-            for axis_ijk in range(3):  # d displacement / d index i, j, k (array axes 2, 1, 0)
-                jacobian[..., :, axis_ijk] = np.gradient(part, axis=2 - axis_ijk)
-            jacobian = jacobian[start - low:stop - low] @ index_to_world_inverse + np.eye(3)
-            determinant[start:stop] = np.linalg.det(jacobian)
-        return determinant
+        return _determinants(self.displacement, np.linalg.inv(self.ijk_to_ras[:3, :3]))
+
+
+def _determinants(displacement: np.ndarray, index_to_world_inverse: np.ndarray) -> np.ndarray:
+    """(K, J, I) Jacobian determinants of a (K, J, I, 3) displacement array (central differences,
+    one-sided at its faces); index_to_world_inverse: the inverse of the grid's 3x3 index -> RAS."""
+    depth = displacement.shape[0]
+    determinant = np.empty(displacement.shape[:3])
+    # A slab of K slices at a time, with one slice either side for the central differences
+    # (the whole grid's 3x3 float64 matrices took ~200 bytes a node).
+    for start in range(0, depth, _JACOBIAN_SLAB):
+        stop = min(start + _JACOBIAN_SLAB, depth)
+        low, high = max(start - 1, 0), min(stop + 1, depth)
+        part = displacement[low:high]
+        jacobian = np.empty(part.shape[:3] + (3, 3))
+        for axis_ijk in range(3):  # d displacement / d index i, j, k (array axes 2, 1, 0)
+            jacobian[..., :, axis_ijk] = np.gradient(part, axis=2 - axis_ijk)
+        jacobian = jacobian[start - low:stop - low] @ index_to_world_inverse + np.eye(3)
+        determinant[start:stop] = np.linalg.det(jacobian)
+    return determinant
+
+
+def unfold(field: DisplacementField, fixed: np.ndarray, yielding: np.ndarray | None = None,
+           min_det: float = 0.05, rounds: int = 8) -> int:
+    """Remove the field's folds in place: where the Jacobian determinant is <= ``min_det``, the
+    displacement of the nearby free nodes is smoothed (each set to the mean of its six
+    neighbours, eight Jacobi sweeps a round) until no node of the neighbourhood is <= ``min_det``;
+    the neighbourhood grows by a node every other round, ``rounds`` at most.
+
+    fixed: (K, J, I) bool, the nodes that must keep their displacement (e.g. the poly-rigid
+    field's rigid zones). yielding: optional (K, J, I) bool, nodes of ``fixed`` that may change
+    where a fold outlasts the rounds without them (a second set of rounds): a node's determinant
+    depends on its neighbours only, so a fold between two fixed nodes goes only if one of them
+    yields. Nodes within two of the grid's faces never change. Returns the number of nodes changed.
+
+    By hand: neither SimpleITK nor MONAI repairs a field's folds while holding given nodes fixed.
+    """
+    from scipy import ndimage
+
+    inverse = np.linalg.inv(field.ijk_to_ras[:3, :3])
+    folded = _determinants(field.displacement, inverse) <= min_det
+    b = _JACOBIAN_BORDER
+    folded[:b] = folded[-b:] = False
+    folded[:, :b] = folded[:, -b:] = False
+    folded[:, :, :b] = folded[:, :, -b:] = False
+    clusters, _ = ndimage.label(ndimage.binary_dilation(folded, iterations=2))
+    pad = rounds // 2 + 4  # room for the largest neighbourhood and the determinants around it
+    changed = 0
+    for found in ndimage.find_objects(clusters):
+        box = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(found, folded.shape))
+        held = [fixed[box]] if yielding is None else [fixed[box], fixed[box] & ~yielding[box]]
+        changed += _unfold_box(field.displacement[box], held, inverse, min_det, rounds)
+    return changed
+
+
+def _unfold_box(displacement: np.ndarray, held: list[np.ndarray], inverse: np.ndarray, min_det: float,
+                rounds: int) -> int:
+    """:func:`unfold` on a view of the field around one cluster of folds: a set of rounds for each
+    mask of ``held`` nodes (the next one is tried only if a fold is left). Determinants are judged
+    one node in from the box's faces (exact central differences) and nodes change two in (so that
+    every determinant a change touches is judged)."""
+    from scipy import ndimage
+
+    judged = np.zeros(held[0].shape, dtype=bool)
+    judged[1:-1, 1:-1, 1:-1] = True
+    inside = np.zeros(held[0].shape, dtype=bool)
+    inside[2:-2, 2:-2, 2:-2] = True
+    changed = np.zeros(held[0].shape, dtype=bool)
+    for fixed in held:
+        free = inside & ~fixed
+        for round_ in range(rounds):
+            bad = (_determinants(displacement, inverse) <= min_det) & judged
+            if not bad.any():
+                return int(changed.sum())
+            region = ndimage.binary_dilation(bad, iterations=1 + round_ // 2) & free
+            if not region.any():
+                break
+            inner = region[1:-1, 1:-1, 1:-1]
+            for _ in range(8):
+                mean = (displacement[:-2, 1:-1, 1:-1] + displacement[2:, 1:-1, 1:-1] + displacement[1:-1, :-2, 1:-1]
+                        + displacement[1:-1, 2:, 1:-1] + displacement[1:-1, 1:-1, :-2] + displacement[1:-1, 1:-1, 2:]) / 6.0
+                displacement[1:-1, 1:-1, 1:-1][inner] = mean[inner]
+            changed |= region
+    return int(changed.sum())
 
 
 def available_memory_bytes() -> int | None:

@@ -39,7 +39,7 @@ from ..core.volume import Volume, box_corners, grown_box
 from ..errors import InputError
 from ..io.images import volume_to_image
 from ..io.transforms import resampling_transform
-from ..core.displacement import DisplacementField
+from ..core.displacement import DisplacementField, unfold
 
 _CHUNK_NODES = 1 << 20  # grid nodes exponentiated at a time (float64 twists: ~50 MB)
 
@@ -54,12 +54,17 @@ class PolyRigidConfig:
     that trilinear interpolation keeps every CT voxel of the vertebra on its pose). gap_share: the
     margin never takes more than this share of the distance to the next vertebra, so that a
     narrow disc or facet gap keeps room for the turn from one pose to the next (without it the
-    field folds there)."""
+    field folds there). unfold: where the blend still folds (a gap between two vertebrae a node or
+    two wide, as at 1 mm where they nearly touch), smooth it outside the rigid zones until no
+    node's Jacobian determinant is <= 0.05, and where that cannot be (the fold lies between two
+    zones), let the zones' nodes within two of the other zone bend too
+    (:func:`..core.displacement.unfold`)."""
 
     spacing_mm: float = 2.0
     power: float = 1.0
     rigid_margin_mm: float | None = None
     gap_share: float = 1.0 / 3.0
+    unfold: bool = True
 
     def __post_init__(self) -> None:
         if not self.spacing_mm > 0 or not self.power > 0 or not 0 <= self.gap_share < 1:
@@ -76,11 +81,13 @@ class PolyRigidConfig:
 @dataclass
 class PolyRigidField:
     """field: the deformation (world -> CT). poses: vertebra -> (4, 4) matrix_ras used, registered
-    and inferred ones; inferred: the vertebrae that followed their neighbours, cranial -> caudal."""
+    and inferred ones; inferred: the vertebrae that followed their neighbours, cranial -> caudal;
+    unfolded_nodes: grid nodes smoothed to remove folds (:attr:`PolyRigidConfig.unfold`)."""
 
     field: DisplacementField
     poses: dict[str, np.ndarray]
     inferred: list[str] = dataclass_field(default_factory=list)
+    unfolded_nodes: int = 0
 
 
 def complete_poses(order: list[str], registered: dict[str, np.ndarray], origin: np.ndarray) -> dict[str, np.ndarray]:
@@ -174,8 +181,13 @@ def polyrigid_field(labelmap: Labelmap, registered: dict[str, np.ndarray],
         centred = world - origin
         ct = np.einsum("nij,nj->ni", matrices[:, :3, :3], centred) + matrices[:, :3, 3] + origin
         displacement[part] = ct - world
+    del twist_sum, weight_sum
     field = DisplacementField(displacement.reshape(grid.array.shape + (3,)), grid.ijk_to_ras)
-    return PolyRigidField(field, poses, [name for name in order if name not in registered])
+    unfolded = 0
+    if config.unfold:
+        zoned, owner = zoned.reshape(grid.array.shape), owner.reshape(grid.array.shape)
+        unfolded = unfold(field, zoned, yielding=_meeting_nodes(zoned, owner))
+    return PolyRigidField(field, poses, [name for name in order if name not in registered], unfolded)
 
 
 def rigid_residuals(field: DisplacementField, labelmap: Labelmap, poses: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -196,6 +208,22 @@ def rigid_residuals(field: DisplacementField, labelmap: Labelmap, poses: dict[st
                            "max_mm": float(error.max()), "within_0_1_mm": float(np.mean(error < 0.1)),
                            "voxels": int(error.size)}
     return residuals
+
+
+def _meeting_nodes(zoned: np.ndarray, owner: np.ndarray, reach: int = 2) -> np.ndarray:
+    """(K, J, I) bool: the rigid-zone nodes with another vertebra's zone within ``reach`` nodes
+    along a grid axis (where the central differences of the Jacobian span both zones)."""
+    meeting = np.zeros(zoned.shape, dtype=bool)
+    for axis in range(3):
+        for step in range(1, reach + 1):
+            near = [slice(None)] * 3
+            far = [slice(None)] * 3
+            near[axis], far[axis] = slice(0, -step), slice(step, None)
+            near, far = tuple(near), tuple(far)
+            across = zoned[near] & zoned[far] & (owner[near] != owner[far])
+            meeting[near] |= across
+            meeting[far] |= across
+    return meeting
 
 
 def _twist(matrix: np.ndarray, origin: np.ndarray) -> np.ndarray:

@@ -124,7 +124,7 @@ def deform_from_result(result: str | Path | ResultFolder, ct: str | Path | Volum
         "mode": "poses",
         "inputs": {"result": str(Path(folder.directory).absolute()), "ct": _path(ct), "seg": _path(seg),
                    "label_scheme": labelmap.scheme.name},
-        "polyrigid": asdict(config) | {"rigid_margin_mm": config.margin_mm},
+        "polyrigid": asdict(config) | {"rigid_margin_mm": config.margin_mm, "unfolded_nodes": built.unfolded_nodes},
         "jacobian": jacobian,
         "vertebrae": {
             name: {"registered": name in poses, "doubted": name in doubted, "matrix_ras": np.round(matrix, 9).tolist(),

@@ -14,7 +14,7 @@ import torch
 from SpineRegistrationLib.core.frames import apply_matrix
 from SpineRegistrationLib.core.labelmap import Labelmap, centroids_ras
 from SpineRegistrationLib.core.pose import params_to_matrix, se3_exp, se3_log
-from SpineRegistrationLib.core.displacement import DisplacementField, check_memory, jacobian_stats
+from SpineRegistrationLib.core.displacement import DisplacementField, check_memory, jacobian_stats, unfold
 from SpineRegistrationLib.deform.polyrigid import (
     PolyRigidConfig,
     complete_poses,
@@ -106,6 +106,48 @@ def test_jacobian_of_a_quadratic_field_across_slabs_is_analytic():
     determinant = DisplacementField(displacement.reshape(shape + (3,)), OBLIQUE_GRID).jacobian_determinant()
     np.testing.assert_allclose(determinant[1:-1, 1:-1, 1:-1], expected[1:-1, 1:-1, 1:-1], atol=1e-9)
 
+def squeezed_field(shape=(24, 24, 30)):
+    """A field on a 1 mm grid whose x displacement drops by 6 mm over nodes i = 13..17 (J = -0.5
+    there) in a tube about the grid's axis (|j - c|, |k - c| <= 3), tapering to nothing 4 nodes further out."""
+    i = np.arange(shape[2], dtype=np.float64)
+    drop = -1.5 * np.clip(i - 13, 0, 4)  # 0 up to i = 13, -6 from i = 17
+
+    def taper(n):
+        off = np.abs(np.arange(n) - (n - 1) / 2)
+        return np.where(off <= 3, 1.0, 0.5 + 0.5 * np.cos(np.pi * np.clip(off - 3, 0, 4) / 4))
+
+    displacement = np.zeros(shape + (3,))
+    displacement[..., 0] = taper(shape[0])[:, None, None] * taper(shape[1])[None, :, None] * drop[None, None, :]
+    return DisplacementField(displacement, np.eye(4))
+
+
+def test_unfold_smooths_a_fold_between_fixed_nodes_and_keeps_them():
+    field = squeezed_field()
+    assert field.jacobian_determinant().min() == pytest.approx(-0.5)
+    fixed = np.zeros(field.displacement.shape[:3], dtype=bool)
+    fixed[..., :8] = fixed[..., 23:] = True  # two "rigid zones" 15 nodes apart, 6 mm closer in the CT
+    before = field.displacement.copy()
+    changed = unfold(field, fixed)
+    assert 0 < changed <= (~fixed).sum()
+    np.testing.assert_array_equal(field.displacement[fixed], before[fixed])
+    determinant = field.jacobian_determinant()[2:-2, 2:-2, 2:-2]
+    assert determinant.min() > 0.05  # 6 mm over 15 free nodes leaves room: J = 0.6 if spread evenly
+
+
+def test_unfold_leaves_a_fold_enclosed_by_fixed_nodes_unless_they_may_yield():
+    field = squeezed_field()
+    before = field.displacement.copy()
+    fixed = np.zeros(field.displacement.shape[:3], dtype=bool)
+    fixed[..., 11:20] = True  # the fold and a node around it are held
+    unfold(field, fixed)
+    np.testing.assert_array_equal(field.displacement[fixed], before[fixed])
+    assert field.jacobian_determinant()[10:14, 10:14, 14:17].max() < 0
+    # The same nodes allowed to yield where nothing else helps: the fold goes.
+    field = squeezed_field()
+    unfold(field, fixed, yielding=fixed)
+    assert field.jacobian_determinant()[2:-2, 2:-2, 2:-2].min() > 0.05  # a fold the repair may not touch stays
+
+
 def test_field_file_round_trip_and_one_line_errors(tmp_path):
     field = affine_field(A, B, OBLIQUE_GRID)
     write_displacement(field, tmp_path / "field.h5")
@@ -163,6 +205,24 @@ def test_field_is_rigid_inside_each_vertebra_and_does_not_fold(spine):
     world = grid.ijk_to_ras_points(np.stack([ii, jj, kk], 1).astype(float))
     np.testing.assert_allclose(built.field.map_points(world), apply_matrix(np.linalg.inv(poses[name]), world),
                                atol=1e-6)
+
+
+def test_the_blends_folds_are_smoothed_away_outside_the_rigid_zones(spine):
+    # Steeper weights (power 2) and +-3 deg / +-2 mm per vertebra fold the blend in the gaps;
+    # the repair removes every fold and changes no node inside a moved vertebra.
+    poses = articulated_poses(spine, rot_deg=3.0, trans_mm=2.0)
+    folded = polyrigid_field(spine, poses, PolyRigidConfig(power=2.0, unfold=False))
+    assert jacobian_stats(folded.field)["folding_percent"] > 0 and folded.unfolded_nodes == 0
+    repaired = polyrigid_field(spine, poses, PolyRigidConfig(power=2.0))
+    stats = jacobian_stats(repaired.field)
+    assert stats["folding_percent"] == 0.0 and stats["min"] > 0.05 and repaired.unfolded_nodes > 0
+    changed = np.any(repaired.field.displacement != folded.field.displacement, axis=-1)
+    assert 0 < changed.sum() <= repaired.unfolded_nodes
+    image, grid = volume_to_image(spine.volume), volume_to_image(repaired.field.grid)
+    for name, label in spine.labels.items():
+        moved = sitk.Resample(image == label, grid, resampling_transform(poses[name]), sitk.sitkNearestNeighbor, 0)
+        inside = sitk.GetArrayFromImage(sitk.BinaryErode(moved, [1, 1, 1])) > 0  # clear of the resampling's edge
+        assert not (changed & inside).any(), name
 
 
 def test_warped_segmentation_matches_the_rigidly_moved_vertebrae(spine):
