@@ -54,17 +54,11 @@ def detector_acquisition(mm_per_px: float = 2.0, size_px: int = 256) -> Acquisit
 class DetectorSynthesis:
     """The training views. acquisition: see :func:`detector_acquisition`; isocenter_jitter_mm: the
     C-arm isocentre is a random vertebra's centroid moved this far (uniform per axis); draws_per_ct:
-    pose and C-arm draws per CT (two views each) rendered into the bank. turn_deg, zoom, shift: every
-    training radiograph is first turned in its plane by up to ``turn_deg`` about the image centre,
-    scaled by 1 +- ``zoom`` and shifted by up to ``shift`` of the image side (:func:`in_plane_augment`;
-    0, 0, 0: the bank's views as rendered)."""
+    pose and C-arm draws per CT (two views each) rendered into the bank."""
 
     acquisition: AcquisitionConfig = field(default_factory=detector_acquisition)
     isocenter_jitter_mm: float = 40.0
     draws_per_ct: int = 200
-    turn_deg: float = 20.0
-    zoom: float = 0.1
-    shift: float = 0.1
 
 
 class DetectorCT:
@@ -175,41 +169,16 @@ def box_targets(corners: np.ndarray, levels: np.ndarray, shape: tuple[int, int])
             "centers": torch.from_numpy(centers), "level": torch.from_numpy(level)}
 
 
-def in_plane_augment(depth: torch.Tensor, corners: np.ndarray, synthesis: DetectorSynthesis,
-                     rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
-    """One view (rows, columns) optical depth and its boxes' corners (m, 4, 2) px, turned, scaled and
-    shifted in the image plane by a draw of ``synthesis``' ranges (the bank holds a few hundred
-    renders; this makes every step's views new ones). Pixel centres at whole px (as the boxes);
-    depth outside the view is 0 (open field), as where the body ends."""
-    h, w = depth.shape
-    angle = np.radians(rng.uniform(-synthesis.turn_deg, synthesis.turn_deg))
-    scale = 1.0 + rng.uniform(-synthesis.zoom, synthesis.zoom)
-    shift = rng.uniform(-synthesis.shift, synthesis.shift, 2) * [w, h]
-    forward = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
-    moved = (corners - centre) @ forward.T + centre + shift
-    rows, columns = np.mgrid[0:h, 0:w]
-    output_xy = np.stack([columns, rows], axis=-1).astype(np.float64)
-    source_xy = (output_xy - centre - shift) @ np.linalg.inv(forward).T + centre
-    grid = torch.from_numpy((2.0 * source_xy + 1.0) / [w, h] - 1.0).float()[None]  # align_corners=False
-    turned = torch.nn.functional.grid_sample(depth[None, None], grid, mode="bilinear", padding_mode="zeros",
-                                             align_corners=False)[0, 0]
-    return turned, moved.astype(np.float32)
-
-
 def make_batch(bank: Bank, views: Sequence[int], synthesis: DetectorSynthesis, config: DetectorConfig,
-               rng: np.random.Generator, augment: bool = True) -> dict[str, torch.Tensor]:
-    """Network inputs (B, 1, H, W) and targets of bank ``views``, each a radiograph of fresh realism,
-    turned in its plane first when ``augment`` (:func:`in_plane_augment`; off for validation)."""
+               rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Network inputs (B, 1, H, W) and targets of bank ``views``, each a radiograph of fresh realism."""
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     images, targets = [], []
     for view in views:
         depth = torch.from_numpy(bank.depths[view].astype(np.float32))
-        corners, levels = bank.boxes_of(view)
-        if augment:
-            depth, corners = in_plane_augment(depth, corners, synthesis, rng)
         sim = dataclasses.replace(draw_sim(rng, synthesis.acquisition), scatter_sigma_px=SCATTER_MM / config.mm_per_px)
         images.append(simulate_xray(depth, sim, generator))
+        corners, levels = bank.boxes_of(view)
         targets.append(box_targets(corners, levels, (depth.shape[0] // STRIDE, depth.shape[1] // STRIDE)))
     batch = {key: torch.stack([t[key] for t in targets]) for key in targets[0]}
     batch["images"] = network_input(torch.stack(images)[:, None], config)

@@ -73,8 +73,7 @@ def evaluate_views(model: VertebraDetector, bank: Bank, views: Sequence[int], sy
     hits, named, ious, total = 0, 0, [], 0
     with torch.no_grad():
         for view in views:
-            batch = make_batch(bank, [view], synthesis, model.config, np.random.default_rng([seed, view]),
-                               augment=False)
+            batch = make_batch(bank, [view], synthesis, model.config, np.random.default_rng([seed, view]))
             detections = decode(model(batch["images"])[0])
             names = name_levels(detections)
             corners, levels = bank.boxes_of(view)

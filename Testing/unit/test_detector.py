@@ -19,13 +19,7 @@ from SpineRegistrationLib.learned.checkpoint import save_atomic
 from SpineRegistrationLib.learned.detector import (
     CHAIN, HEAT, LEVEL, STRIDE, Detection, DetectorConfig, DetectorPredictor, VertebraDetector, decode, load_detector,
     name_levels, prepare_xray, save_detector)
-from SpineRegistrationLib.learned.detector_data import (
-    DetectorCT,
-    DetectorSynthesis,
-    box_targets,
-    detector_acquisition,
-    in_plane_augment,
-)
+from SpineRegistrationLib.learned.detector_data import DetectorCT, DetectorSynthesis, box_targets, detector_acquisition
 from SpineRegistrationLib.learned.detector_training import DetectTrainConfig, train_detector
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
 
@@ -136,39 +130,6 @@ def test_training_views_carry_the_projected_boxes(small_source):
         assert geometry.size == (64, 64)
         assert depth.shape == (64, 64) and depth.max() > 0
         assert {b.vertebra for b in boxes} <= {"T12", "L1", "L2"} and boxes
-
-
-def _moments(image: np.ndarray) -> tuple[float, np.ndarray, float]:
-    """Mass, centroid (x, y) px and the angle of the principal axis (rad, mod pi) of an image."""
-    rows, columns = np.mgrid[0:image.shape[0], 0:image.shape[1]]
-    mass = image.sum()
-    x, y = (image * columns).sum() / mass, (image * rows).sum() / mass
-    cxx, cyy = (image * (columns - x) ** 2).sum() / mass, (image * (rows - y) ** 2).sum() / mass
-    cxy = (image * (columns - x) * (rows - y)).sum() / mass
-    return mass, np.array([x, y]), 0.5 * np.arctan2(2 * cxy, cxx - cyy)
-
-
-def test_in_plane_augmentation_moves_the_image_and_its_boxes_together():
-    # A bright bar (20 x 8 px, along x) and its box; turned, scaled and shifted, the image's mass,
-    # centroid and principal axis must follow the box's corners.
-    depth = np.zeros((96, 80), np.float32)
-    depth[40:48, 25:45] = 1.0
-    corners = np.array([[[24.5, 39.5], [44.5, 39.5], [44.5, 47.5], [24.5, 47.5]]], np.float32)
-    synthesis = DetectorSynthesis(turn_deg=30.0, zoom=0.2, shift=0.1)
-    for seed in range(4):
-        turned, moved = in_plane_augment(torch.from_numpy(depth), corners, synthesis, np.random.default_rng(seed))
-        turned = turned.numpy()
-        scale = np.linalg.norm(moved[0, 1] - moved[0, 0]) / 20.0
-        assert np.linalg.norm(moved[0, 2] - moved[0, 1]) / 8.0 == pytest.approx(scale, rel=1e-5)  # a similarity
-        mass, centroid, angle = _moments(turned)
-        assert mass == pytest.approx(scale**2 * depth.sum(), rel=0.02)
-        np.testing.assert_allclose(centroid, moved[0].mean(0), atol=0.15)
-        along = moved[0, 1] - moved[0, 0]
-        assert np.sin(angle - np.arctan2(along[1], along[0])) == pytest.approx(0.0, abs=0.02)
-    fixed = DetectorSynthesis(turn_deg=0.0, zoom=0.0, shift=0.0)
-    same, kept = in_plane_augment(torch.from_numpy(depth), corners, fixed, np.random.default_rng(0))
-    np.testing.assert_allclose(same.numpy(), depth, atol=1e-6)
-    np.testing.assert_allclose(kept, corners, atol=1e-5)
 
 
 def _train(source, out, steps, **changes):
