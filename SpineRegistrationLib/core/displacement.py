@@ -116,7 +116,7 @@ def unfold(field: DisplacementField, fixed: np.ndarray, yielding: np.ndarray | N
     field's rigid zones). yielding: optional (K, J, I) bool, nodes of ``fixed`` that may change
     where a fold outlasts the rounds without them (a second set of rounds): a node's determinant
     depends on its neighbours only, so a fold between two fixed nodes goes only if one of them
-    yields. Nodes within two of the grid's faces never change. Returns the number of nodes changed.
+    yields. Nodes within two of the grid's faces never change. Returns the number of nodes smoothed.
 
     By hand: neither SimpleITK nor MONAI repairs a field's folds while holding given nodes fixed.
     """

@@ -141,11 +141,11 @@ def test_unfold_leaves_a_fold_enclosed_by_fixed_nodes_unless_they_may_yield():
     fixed[..., 11:20] = True  # the fold and a node around it are held
     unfold(field, fixed)
     np.testing.assert_array_equal(field.displacement[fixed], before[fixed])
-    assert field.jacobian_determinant()[10:14, 10:14, 14:17].max() < 0
+    assert field.jacobian_determinant()[10:14, 10:14, 14:17].max() < 0  # a fold the repair may not touch stays
     # The same nodes allowed to yield where nothing else helps: the fold goes.
     field = squeezed_field()
     unfold(field, fixed, yielding=fixed)
-    assert field.jacobian_determinant()[2:-2, 2:-2, 2:-2].min() > 0.05  # a fold the repair may not touch stays
+    assert field.jacobian_determinant()[2:-2, 2:-2, 2:-2].min() > 0.05
 
 
 def test_field_file_round_trip_and_one_line_errors(tmp_path):
