@@ -903,7 +903,8 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError("the installed SpineRegistration library has no 'spinereg detect' command yet")
         made = scene.detect_boxes(
             slicer.mrmlScene, self.boxXrays(parameterNode), python=self.pythonExecutable(), device=parameterNode.device,
-            work_dir=slicer.app.temporaryPath, callback=callback)
+            work_dir=slicer.app.temporaryPath, callback=callback, ct_node=parameterNode.ctVolume,
+            segmentation_node=parameterNode.segmentation)
         return self.boxMessage(parameterNode, _("Detected {count} boxes.").format(count=sum(map(len, made.values()))))
 
     def projectBoxes(self, parameterNode) -> str:

@@ -38,9 +38,9 @@ from SpineRegistrationLib.io.xray_boxes import write_boxes_with_coco
 from SpineRegistrationLib.render.projected_boxes import VertebraOutlines
 
 from .nodes import ATTR_VERTEBRA, ATTR_VIEW, ROLE_TRANSFORM, ROLE_XRAY, SceneChange, ijk_to_ras_of, nodes_with
-from .nodes import pose_of, remove_node, tag_node, transform_to_parent_of, vertebra_labelmap
+from .nodes import pose_of, remove_node, tag_node, transform_to_parent_of, vertebra_labelmap, volume_of
 from .process import CliProcess
-from .registration import write_xray_inputs, xray_arguments, xray_inputs
+from .registration import write_ct_inputs, write_xray_inputs, xray_arguments, xray_inputs
 from .xrays import check_view, geometry_of, xray_size
 
 #: ATTR_ROLE of box nodes (not a result: Reset keeps them).
@@ -394,8 +394,10 @@ def projection_warnings(scene, ct_node, segmentation_node, xrays: dict | None = 
 # ---------------------------------------------------------------------- detection
 def detect_arguments(paths: dict, views, out_path: Path, device: str = "cpu") -> list[str]:
     """``spinereg detect`` arguments (no program name) for the files of :func:`write_xray_inputs`
-    (the geometry file stems name the views)."""
-    return ["detect", *xray_arguments(paths, views), "--device", device, "--out", str(out_path)]
+    (the geometry file stems name the views) and, when ``paths`` has them, of :func:`write_ct_inputs`
+    (the CT then helps name the levels)."""
+    ct = [arg for key in ("ct", "seg", "init") if key in paths for arg in (f"--{key}", str(paths[key]))]
+    return ["detect", *xray_arguments(paths, views), *ct, "--device", device, "--out", str(out_path)]
 
 
 def best_per_vertebra(boxes: list[XrayBox]) -> list[XrayBox]:
@@ -408,19 +410,25 @@ def best_per_vertebra(boxes: list[XrayBox]) -> list[XrayBox]:
 
 
 def detect_boxes(scene, xrays: dict | None = None, python: str | None = None, device: str = "cpu", work_dir=None,
-                 callback=None, timeout_s: float | None = None) -> dict:
+                 callback=None, timeout_s: float | None = None, ct_node=None, segmentation_node=None) -> dict:
     """Run the detector on the X-rays (``spinereg detect``, out of process, blocking) and put its
     boxes (the best of each vertebra) into the scene as by :func:`boxes_to_scene` (accepted
-    boxes kept). callback(ProgressEvent) per output line. Returns {view: [new box nodes]}.
-    InputError (one line, scene unchanged) for bad inputs or a failed run; the work folder is
-    always removed."""
+    boxes kept). With the CT and its segmentation, where their vertebrae project (at the CT's
+    pose, its parent transform) helps name the detected levels. callback(ProgressEvent) per
+    output line. Returns {view: [new box nodes]}. InputError (one line, scene unchanged) for bad
+    inputs or a failed run; the work folder is always removed."""
     xrays = scene_xrays(scene) if xrays is None else xrays
     if not xrays:
         raise InputError("no X-ray with a geometry: load the X-rays first")
     geometries, arrays = xray_inputs(xrays)
+    ct = None
+    if ct_node is not None and segmentation_node is not None:
+        ct = (volume_of(ct_node), vertebra_labelmap(segmentation_node, ct_node), pose_of(ct_node, "CT"))
     work = Path(tempfile.mkdtemp(prefix="spinereg-detect-", dir=work_dir))
     try:
         paths = write_xray_inputs(arrays, geometries, work / "input")
+        if ct is not None:
+            paths.update(write_ct_inputs(*ct, work / "input"))
         out_path = work / "boxes.json"
         process = CliProcess(detect_arguments(paths, list(xrays), out_path, device), python=python).start()
         try:
@@ -435,6 +443,8 @@ def detect_boxes(scene, xrays: dict | None = None, python: str | None = None, de
         raise InputError(f"cannot run spinereg detect: {error}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    found = {view: _checked(node, best_per_vertebra(detected.get(view, []))) for view, node in xrays.items()}
+    # the detector's boxes only: those the CT adds (source "projection") come from Project from CT
+    found = {view: _checked(node, best_per_vertebra([box for box in detected.get(view, []) if box.source == "detector"]))
+             for view, node in xrays.items()}
     with SceneChange(scene) as change:
         return {view: _put(change, scene, xrays[view], boxes, replace=False) for view, boxes in found.items()}

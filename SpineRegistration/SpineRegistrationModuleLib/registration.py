@@ -188,15 +188,22 @@ def write_registration_inputs(checked: CheckedInputs, folder: str | os.PathLike)
     """Write the checked inputs as the files ``spinereg register`` reads: ct.nii.gz,
     seg.nii.gz (VerSe numbering), <view>.nrrd (float32, values kept) and <view>.json, and
     init.json (``{"matrix_ras": 4x4}``, world <- CT RAS) when the initial pose is not the identity."""
+    paths = write_ct_inputs(checked.ct, checked.labelmap, checked.init, folder)
+    paths.update(write_xray_inputs({view: checked.xray_arrays[view] for view in VIEWS}, checked.geometries, folder))
+    return paths
+
+
+def write_ct_inputs(ct: Volume, labelmap: Labelmap, init: np.ndarray, folder: str | os.PathLike) -> dict[str, Path]:
+    """The CT and its labels as ``--ct``/``--seg`` read them (ct.nii.gz, seg.nii.gz numbered VerSe's
+    way) and init.json (``{"matrix_ras": 4x4}``, world <- CT RAS) when ``init`` is not the identity."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"ct": folder / "ct.nii.gz", "seg": folder / "seg.nii.gz"}
-    write_volume(checked.ct, paths["ct"])
-    write_labelmap(as_verse(checked.labelmap), paths["seg"])
-    if not np.array_equal(checked.init, np.eye(4)):
+    write_volume(ct, paths["ct"])
+    write_labelmap(as_verse(labelmap), paths["seg"])
+    if not np.array_equal(init, np.eye(4)):
         paths["init"] = folder / "init.json"
-        paths["init"].write_text(json.dumps({"matrix_ras": np.asarray(checked.init).tolist()}))
-    paths.update(write_xray_inputs({view: checked.xray_arrays[view] for view in VIEWS}, checked.geometries, folder))
+        paths["init"].write_text(json.dumps({"matrix_ras": np.asarray(init).tolist()}))
     return paths
 
 

@@ -19,9 +19,10 @@ from ..core.labels import SCHEME_CHOICES
 
 DESCRIPTION = (
     "Find each vertebra on each X-ray: an oriented box (four corners, column/row pixels of the image) and its "
-    "level name. The detector network (the one shipped in Resources/Models, or --model) reads the X-ray alone; "
-    "with --ct/--seg every vertebra of the segmentation is also projected through the geometry at the CT's pose "
-    "(--init, default the identity) and its box written with source 'projection'. No box is accepted: that is "
+    "level name. The detector network (the one shipped in Resources/Models, or --model) reads the X-ray; "
+    "with --ct/--seg the detections' level names also weigh where the CT's vertebrae project (at the CT's pose, "
+    "--init, default the identity, shifted to fit all views), and every vertebra of the segmentation is projected "
+    "and its box written with source 'projection'. No box is accepted: that is "
     "the annotator's call (the Slicer module, or edit the file). Writes OUT (spinereg-xray-boxes v1) and "
     "OUT's .coco.json twin, both only once everything is computed."
 )
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from ..core.frames import apply_matrix
     from ..errors import InputError
     from ..io import read_labelmap, read_rigid_matrix, read_volume, read_xray
     from ..io.atomic import new_output_file
@@ -113,14 +115,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no vertebra detector is shipped in Resources/Models: train one with "
                          "'spinereg train-detect' and pass it with --model")
     predictor = DetectorPredictor(model, device)
+    # With the CT, its vertebrae's places at the initial pose help name the detected levels, all views together.
+    centers = None if outlines is None else {name: apply_matrix(init, center[None])[0]
+                                             for name, center in outlines.centers.items()}
     boxes = {}
-    for view, image, geometry in zip(views, images, geometries):
-        boxes[view] = predictor.detect(image, geometry, args.threshold)
-        found = f"{len(boxes[view])} detected ({', '.join(b.vertebra for b in boxes[view]) or 'none'})"
+    for view, geometry, detected in zip(views, geometries,
+                                        predictor.detect_views(images, geometries, args.threshold, centers)):
+        boxes[view] = detected
+        found = f"{len(detected)} detected ({', '.join(b.vertebra for b in detected) or 'none'})"
         if outlines is not None:
             projected = outlines.boxes(geometry, init)
-            boxes[view] += projected
-            found += f", {len(projected)} projected"
+            boxes[view] = detected + projected
+            found += f", named with the CT's help; {len(projected)} projected"
         print(f"{view}: {found}", file=sys.stderr, flush=True)
     infos = {view: XrayImageInfo(Path(path).name, geometry.size)
              for view, path, geometry in zip(views, args.xray, geometries)}

@@ -7,9 +7,8 @@ spine) and height (along it) as log pixels, its orientation as (sin 2a, cos 2a) 
 axis angle a (a box is the same turned by 180 degrees), and per-pixel level logits over
 :data:`..core.labels.VERTEBRAE`. Plain torch layers, as the pose network (:mod:`.network`).
 
-Levels (:func:`name_levels`): the detected centres are ordered along the spine and given
-consecutive names of the standard chain C1..S1 (gaps allowed at a cost) that best agree with
-the level logits, so one confused vertebra cannot break the sequence.
+Levels: :mod:`.levels` names the detections consecutively along the spine, helped, when the CT
+is given, by where its vertebrae project.
 
 Model file: ``{"format": "spinereg-vertebra-detector", "version": 1, "config": DetectorConfig
 dict, "state_dict", "info"}`` (read through :func:`.checkpoint.read_payload`).
@@ -19,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from ..geometry import XrayGeometry
 from ..geometry.image_boxes import box_iou, rectangle_corners
 from ..io.xray_boxes import XrayBox, on_image
 from .checkpoint import read_payload, save_atomic
+from .levels import CHAIN, ViewDetections, ct_level_scores, name_levels
 from .network import _Residual
 from .patches import normalize_xray
 
@@ -40,8 +41,6 @@ DETECTOR_FORMAT = "spinereg-vertebra-detector"
 DETECTOR_CHECKPOINT_FORMAT = "spinereg-vertebra-detector-checkpoint"
 #: The name the shipped detector has in Resources/Models.
 SHIPPED_DETECTOR = "vertebra_detector_phantoms.pt"
-#: The usual vertebrae, cranial -> caudal, that level naming counts along (no T13, L6).
-CHAIN = tuple(name for name in VERTEBRAE if name not in ("T13", "L6"))
 #: Output stride of the heads, input pixels.
 STRIDE = 4
 #: Channels of the head outputs: heatmap, offset (2), log size (2), orientation (2), then levels.
@@ -162,6 +161,12 @@ class Detection:
         return rectangle_corners(self.center, self.width, self.height, self.axis)
 
 
+def detection_arrays(detections: Sequence[Detection]) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (N, 2) and level log-probabilities (N, len(VERTEBRAE)) of detections, for :mod:`.levels`."""
+    return (np.array([d.center for d in detections]).reshape(-1, 2),
+            np.array([d.level_log_probs for d in detections]).reshape(-1, len(VERTEBRAE)))
+
+
 def decode(output: torch.Tensor, threshold: float = 0.3, max_boxes: int = len(CHAIN), iou_nms: float = 0.7
            ) -> list[Detection]:
     """(7 + levels, h, w) network output of one image -> at most ``max_boxes`` detections (input pixels),
@@ -189,47 +194,6 @@ def decode(output: torch.Tensor, threshold: float = 0.3, max_boxes: int = len(CH
     return found
 
 
-def name_levels(detections: list[Detection], gap_cost: float = 3.0) -> list[str]:
-    """Level names of detections: ordered along the spine (the first principal axis of the centres),
-    consecutive in :data:`CHAIN` up or down it, each skipped level costing ``gap_cost`` (nats), the
-    assignment maximising the level log-probabilities (dynamic programming)."""
-    if not detections:
-        return []
-    if len(detections) > len(CHAIN):
-        raise ValueError(f"{len(detections)} detections cannot take {len(CHAIN)} different levels")
-    chain = [VERTEBRAE.index(name) for name in CHAIN]
-    scores = np.stack([d.level_log_probs[chain] for d in detections])  # (N, L)
-    centers = np.stack([d.center for d in detections])
-    if len(detections) == 1:
-        return [CHAIN[int(np.argmax(scores[0]))]]
-    direction = np.linalg.svd(centers - centers.mean(0), full_matrices=False)[2][0]
-    order = list(np.argsort(centers @ direction))
-    best, names = -np.inf, None
-    for sequence in (order, order[::-1]):
-        total, levels = _increasing_levels(scores[sequence], gap_cost)
-        if total > best:
-            best, names = total, {int(i): CHAIN[level] for i, level in zip(sequence, levels)}
-    return [names[i] for i in range(len(detections))]
-
-
-def _increasing_levels(scores: np.ndarray, gap_cost: float) -> tuple[float, list[int]]:
-    """Best strictly increasing levels for rows of (N, L) scores: (total, levels)."""
-    count, chain = scores.shape
-    total = scores[0].copy()
-    back = np.zeros((count, chain), dtype=int)
-    steps = np.arange(chain)
-    for n in range(1, count):
-        # from level p to level l > p: total[p] - gap_cost * (l - p - 1)
-        candidates = total[None, :] - gap_cost * (steps[:, None] - steps[None, :] - 1)
-        candidates[steps[:, None] <= steps[None, :]] = -np.inf
-        back[n] = np.argmax(candidates, axis=1)
-        total = candidates[steps, back[n]] + scores[n]
-    levels = [int(np.argmax(total))]
-    for n in range(count - 1, 0, -1):
-        levels.append(int(back[n, levels[-1]]))
-    return float(np.max(total)), levels[::-1]
-
-
 def _cranial_first(corners: np.ndarray, center: np.ndarray, cranial: np.ndarray | None) -> np.ndarray:
     """Corners reordered so that 1 -> 2 points toward ``cranial`` (a point cranial of the box), if given."""
     if cranial is not None and np.dot(corners[2] - corners[1], cranial - center) < 0:
@@ -246,26 +210,48 @@ class DetectorPredictor:
         self.model = load_detector(path, device)
         self.device = torch.device(device)
 
-    def detect(self, array: np.ndarray, geometry: XrayGeometry, threshold: float = 0.3) -> list[XrayBox]:
+    def detect(self, array: np.ndarray, geometry: XrayGeometry, threshold: float = 0.3,
+               centers_ras: Mapping[str, np.ndarray] | None = None) -> list[XrayBox]:
         """(rows, columns) bone-bright X-ray and its geometry -> one named box per detected vertebra
-        (original pixels, source ``detector``, score = heatmap peak), cranial -> caudal."""
-        prepared = prepare_xray(array, geometry, self.model.config)
-        with torch.no_grad():
-            output = self.model(prepared.image.to(self.device))[0].cpu()
-        # A centre beyond the X-ray is the network reading its input's padding: the box files
-        # (io.xray_boxes) refuse such boxes, so the detector never writes one.
-        detections = [d for d in decode(output, threshold)
-                      if on_image(prepared.to_original(d.center), np.asarray(array).shape[1::-1])]
-        names = name_levels(detections)
-        by_name = dict(zip(names, detections))
-        boxes = []
-        for name, detection in sorted(zip(names, detections), key=lambda pair: CHAIN.index(pair[0])):
-            index = CHAIN.index(name)
-            neighbour = by_name.get(CHAIN[index - 1]) if index > 0 else None
-            corners = _cranial_first(detection.corners(), detection.center,
-                                     None if neighbour is None else neighbour.center)
-            boxes.append(XrayBox(name, prepared.to_original(corners), round(detection.score, 4), False, "detector"))
-        return boxes
+        (original pixels, source ``detector``, score = heatmap peak), cranial -> caudal. centers_ras:
+        the CT's vertebra centroids at its initial pose, world RAS mm, to help name the levels."""
+        return self.detect_views([array], [geometry], threshold, centers_ras)[0]
+
+    def detect_views(self, arrays: Sequence[np.ndarray], geometries: Sequence[XrayGeometry], threshold: float = 0.3,
+                     centers_ras: Mapping[str, np.ndarray] | None = None) -> list[list[XrayBox]]:
+        """:meth:`detect` of several views of one patient; with ``centers_ras`` their levels are named
+        together (:func:`.levels.ct_level_scores`: one shift of the CT explains every view)."""
+        found = []
+        for array, geometry in zip(arrays, geometries):
+            prepared = prepare_xray(array, geometry, self.model.config)
+            with torch.no_grad():
+                output = self.model(prepared.image.to(self.device))[0].cpu()
+            # A centre beyond the X-ray is the network reading its input's padding: the box files
+            # (io.xray_boxes) refuse such boxes, so the detector never writes one.
+            detections = [d for d in decode(output, threshold)
+                          if on_image(prepared.to_original(d.center), np.asarray(array).shape[1::-1])]
+            centers, log_probs = detection_arrays(detections)
+            found.append((prepared, detections, ViewDetections(prepared.to_original(centers), log_probs, geometry)))
+        views = [view for _, _, view in found]
+        positions = ct_level_scores(views, centers_ras) if centers_ras else [None] * len(views)
+        return [_named_boxes(prepared, detections, name_levels(view.centers_px, view.level_log_probs, position))
+                for (prepared, detections, view), position in zip(found, positions)]
+
+
+def _named_boxes(prepared: PreparedXray, detections: list[Detection], names: list[str | None]) -> list[XrayBox]:
+    """Named detections -> boxes on the original X-ray, cranial -> caudal, corners 1 -> 2 toward the
+    next cranial detection; unnamed ones are left out."""
+    named = [(name, detection) for name, detection in zip(names, detections) if name is not None]
+    names, detections = [name for name, _ in named], [detection for _, detection in named]
+    by_name = dict(zip(names, detections))
+    boxes = []
+    for name, detection in sorted(zip(names, detections), key=lambda pair: CHAIN.index(pair[0])):
+        index = CHAIN.index(name)
+        neighbour = by_name.get(CHAIN[index - 1]) if index > 0 else None
+        corners = _cranial_first(detection.corners(), detection.center,
+                                 None if neighbour is None else neighbour.center)
+        boxes.append(XrayBox(name, prepared.to_original(corners), round(detection.score, 4), False, "detector"))
+    return boxes
 
 
 # --------------------------------------------------------------------------- model files

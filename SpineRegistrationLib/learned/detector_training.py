@@ -25,8 +25,9 @@ from ..errors import InputError
 from ..geometry.image_boxes import box_iou
 from .checkpoint import read_payload, save_atomic
 from .detector import (DETECTOR_CHECKPOINT_FORMAT, DETECTOR_FORMAT, DetectorConfig, VertebraDetector, decode,
-                       detector_from_payload, detector_payload, name_levels, save_detector)
+                       detection_arrays, detector_from_payload, detector_payload, save_detector)
 from .detector_data import Bank, DetectorCT, DetectorSynthesis, detection_loss, make_batch, render_bank
+from .levels import name_levels
 from .training import (CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, RunConfig, RunLog, optimiser_of, resume_payload,
                        run_steps, start_process)
 
@@ -75,7 +76,9 @@ def evaluate_views(model: VertebraDetector, bank: Bank, views: Sequence[int], sy
         for view in views:
             batch = make_batch(bank, [view], synthesis, model.config, np.random.default_rng([seed, view]))
             detections = decode(model(batch["images"])[0])
-            names = name_levels(detections)
+            names = name_levels(*detection_arrays(detections))  # as the product names them: some dropped
+            detections, names = ([d for d, name in zip(detections, names) if name is not None],
+                                 [name for name in names if name is not None])
             corners, levels = bank.boxes_of(view)
             total += len(corners)
             for box, level in zip(corners, levels):

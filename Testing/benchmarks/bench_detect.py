@@ -168,6 +168,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, help="rendered cases (default OUT/cases), shared with bench_real_ct")
     parser.add_argument("--score", type=float, default=0.3, help="detections kept for recall, level accuracy, IoU")
+    parser.add_argument("--ct-levels", action="store_true",
+                        help="also score each model with the CT's help in naming levels (its vertebrae projected at "
+                             "the case's start, the identity: `spinereg detect --ct --seg`)")
     parser.add_argument("--pictures", type=int, default=2, help="cases drawn in OUT/detect_cases.png (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="detect", help="file name stem of the results")
@@ -194,16 +197,18 @@ def main(argv=None) -> int:
                if visible_share(b.corners_px, g.size, view["sim"]["collimation"]) >= MIN_VISIBLE]
               for case in cases for g, view in zip(case.geometries, case.info["views"])]
     results, summary = {}, {}
-    for item in args.model:
-        name, _, path = item.partition("=")
+    runs = [(item.partition("=")[0] + suffix, item.partition("=")[2], centers)
+            for item in args.model for suffix, centers in [("", None)] + ([(" + CT levels", outlines.centers)]
+                                                                          if args.ct_levels else [])]
+    for name, path, centers in runs:
         predictor = DetectorPredictor(path)
         records = []
         for case in cases:
-            for image, geometry in zip(case.images, case.geometries):
-                tick = time.perf_counter()
-                detections = predictor.detect(image, geometry, threshold=0.05)
+            tick = time.perf_counter()
+            found = predictor.detect_views(case.images, case.geometries, threshold=0.05, centers_ras=centers)
+            for detections in found:
                 records.append({"truth": truths[len(records)], "detections": detections,
-                                "time_s": time.perf_counter() - tick})
+                                "time_s": (time.perf_counter() - tick) / len(found)})
         results[name] = records
         summary[name] = score_model(records, args.score) | {"model": path}
         for view, shown in (("AP views", records[0::2]), ("LAT views", records[1::2])):  # a case's views: AP, LAT

@@ -10,6 +10,7 @@ hold each vertebra's projected voxels, and a box moved off its vertebra is warne
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,6 +295,11 @@ print("progress 0.5 detecting", flush=True)
 views = [args[i + 1].rsplit("/", 1)[-1][: -len(".json")] for i, name in enumerate(args) if name == "--geometry"]
 boxes = [{{"vertebra": "L1", "corners_px": [[100, 60], [140, 60], [140, 90], [100, 90]], "score": 0.7, "source": "detector"}},
          {{"vertebra": "L1", "corners_px": [[10, 60], [40, 60], [40, 90], [10, 90]], "score": 0.2, "source": "detector"}}]
+if "--ct" in args:  # with the CT: what it was given, and a projected box as the real command adds
+    given = {{key: __import__("os").path.isfile(args[args.index(key) + 1]) for key in ("--ct", "--seg") if key in args}}
+    json.dump(given, open(sys.argv[0] + ".ct.json", "w"))
+    boxes.append({{"vertebra": "L2", "corners_px": [[100, 90], [140, 90], [140, 120], [100, 120]], "score": 1.0,
+                  "source": "projection"}})
 with open(args[args.index("--out") + 1], "w") as out:
     json.dump({{"format": "spinereg-xray-boxes", "version": 1, "xrays": {{view: boxes for view in views}}}}, out)
 '''
@@ -321,6 +327,16 @@ def test_detected_boxes_come_from_spinereg_detect_and_keep_accepted_boxes(scene,
     assert logic.box_nodes(scene, xrays["LAT"]) == [kept]
     assert (0.5, "detecting") in progress
     assert [p.name for p in tmp_path.iterdir()] == ["fake_python"]  # the work folder is gone
+
+
+def test_detection_with_the_ct_passes_it_and_keeps_the_detector_boxes_only(scene, xrays, phantom_dir, tmp_path):
+    ct = logic.load_ct(scene, phantom_dir / "ct.nii.gz")
+    segmentation = logic.load_segmentation(scene, phantom_dir / "seg.nii.gz")
+    python = fake_detector(tmp_path)
+    made = logic.detect_boxes(scene, xrays, python=python, work_dir=tmp_path, ct_node=ct, segmentation_node=segmentation)
+    assert json.loads(Path(python + ".ct.json").read_text()) == {"--ct": True, "--seg": True}
+    assert {view: [node.GetName() for node in nodes] for view, nodes in made.items()} == {"AP": ["L1"], "LAT": ["L1"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_python", "fake_python.ct.json"]
 
 
 def test_a_failed_detection_changes_nothing(scene, xrays, tmp_path):

@@ -17,10 +17,11 @@ from SpineRegistrationLib.io import Labelmap
 from SpineRegistrationLib.io.xray_boxes import check_boxes
 from SpineRegistrationLib.learned.checkpoint import save_atomic
 from SpineRegistrationLib.learned.detector import (
-    CHAIN, HEAT, LEVEL, STRIDE, Detection, DetectorConfig, DetectorPredictor, VertebraDetector, decode, load_detector,
-    name_levels, prepare_xray, save_detector)
+    CHAIN, HEAT, LEVEL, STRIDE, Detection, DetectorConfig, DetectorPredictor, VertebraDetector, decode, detection_arrays,
+    load_detector, prepare_xray, save_detector)
 from SpineRegistrationLib.learned.detector_data import DetectorCT, DetectorSynthesis, box_targets, detector_acquisition
 from SpineRegistrationLib.learned.detector_training import DetectTrainConfig, train_detector
+from SpineRegistrationLib.learned.levels import name_levels
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
 
 TINY = DetectorConfig(mm_per_px=4.0, channels=(4, 8, 8, 8, 8), decoder=8)
@@ -52,7 +53,7 @@ def test_targets_decode_back_to_the_boxes_and_their_names():
     assert len(detections) == len(corners)
     for box in corners:
         assert max(box_iou(box, d.corners()) for d in detections) > 0.97
-    names = name_levels(detections)
+    names = name_levels(*detection_arrays(detections))
     by_center = {tuple(np.round(d.center)): name for d, name in zip(detections, names)}
     for box, level in zip(corners, levels):
         nearest = min(by_center, key=lambda c: np.linalg.norm(np.array(c) - box.mean(0)))
@@ -72,14 +73,14 @@ def _detections(centers_y, level_guesses):
 def test_level_names_are_consecutive_along_the_spine_whatever_its_direction():
     # the middle vertebra is mistaken for L3; the sequence makes it L1
     detections = _detections([10, 30, 50, 70, 90], ["T11", "T12", "L3", "L2", "L3"])
-    assert name_levels(detections) == ["T11", "T12", "L1", "L2", "L3"]
+    assert name_levels(*detection_arrays(detections)) == ["T11", "T12", "L1", "L2", "L3"]
     # the same spine listed in another order and upside down on the image
     flipped = _detections([90, 70, 50, 30, 10], ["T11", "T12", "L3", "L2", "L3"])
-    assert name_levels(flipped[::-1]) == ["L3", "L2", "L1", "T12", "T11"]
+    assert name_levels(*detection_arrays(flipped[::-1])) == ["L3", "L2", "L1", "T12", "T11"]
     # one missed vertebra: a gap costs less than four wrong names
     gapped = _detections([10, 30, 70, 90], ["T11", "T12", "L2", "L3"])
-    assert name_levels(gapped) == ["T11", "T12", "L2", "L3"]
-    assert name_levels([]) == []
+    assert name_levels(*detection_arrays(gapped)) == ["T11", "T12", "L2", "L3"]
+    assert name_levels(*detection_arrays([])) == []
     assert set(CHAIN) == set(VERTEBRAE) - {"T13", "L6"}
 
 
