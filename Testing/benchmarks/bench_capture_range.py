@@ -10,8 +10,9 @@ vertebra at the true pose, accepted) as ``--boxes``: the start moves to where th
 centres triangulate and the translation grid keeps its centre inside its boxes. ``detected``
 (with ``--detector``): the same with a detector's boxes on the case's X-rays instead of the
 truth's, every one accepted as an annotator who trusts it would; ``detected target``: only the
-detected boxes named as the target, accepted (the others dropped). Method ``intensity`` unless
-``--method``.
+detected boxes named as the target, accepted (the others dropped). The detector's level names are
+helped by the CT placed at the start, as ``spinereg detect --ct --seg --init`` does. Method ``intensity``
+unless ``--method``.
 
 Writes OUT/capture_range.json (one record per case, offset and arm), OUT/capture_range.md and
 OUT/capture_range.png (a case or two: X-ray, DRR at each result, truth outline, box);
@@ -115,17 +116,17 @@ def main(argv=None) -> int:
         points = vertebra_points(case.mask, ct)
         truth_boxes = {view: [replace(box, accepted=True) for box in outlines.boxes(geometry, case.matrix_true)]
                        for view, geometry in zip(VIEWS, case.geometries)}
-        arms = [("without", None), ("with", truth_boxes)]
-        if predictor is not None:
-            detected = {view: predictor.detect(image, geometry)
-                        for view, image, geometry in zip(VIEWS, case.images, case.geometries)}
-            arms.append(("detected", {view: [replace(box, accepted=True) for box in boxes]
-                                      for view, boxes in detected.items()}))
-            arms.append(("detected target", {view: [replace(box, accepted=True) for box in boxes
-                                                    if box.vertebra == case.vertebra]
-                                             for view, boxes in detected.items()}))
         for offset in offsets:
             start = start_of(case, offset, args.seed)
+            arms = [("without", None), ("with", truth_boxes)]
+            if predictor is not None:  # as `spinereg detect --ct --seg --init START`: the CT helps name the levels
+                centers = {name: start[:3, :3] @ center + start[:3, 3] for name, center in outlines.centers.items()}
+                detected = dict(zip(VIEWS, predictor.detect_views(case.images, case.geometries, centers_ras=centers)))
+                arms.append(("detected", {view: [replace(box, accepted=True) for box in boxes]
+                                          for view, boxes in detected.items()}))
+                arms.append(("detected target", {view: [replace(box, accepted=True) for box in boxes
+                                                        if box.vertebra == case.vertebra]
+                                                 for view, boxes in detected.items()}))
             for arm, boxes in arms:
                 if (index, offset, arm) in done:
                     continue
@@ -183,7 +184,7 @@ def draw(records: list[dict], cases: list, truth_outlines, path: Path, count: in
     pairs = {}
     for record in records:
         pairs.setdefault((record["case"], record["offset_mm"]), {})[record["boxes"]] = record
-    pairs = {key: arms for key, arms in pairs.items() if len(arms) == 2}
+    pairs = {key: arms for key, arms in pairs.items() if {"without", "with"} <= set(arms)}
     ranked = sorted(pairs, key=lambda key: (not (pairs[key]["with"]["mtre_mm"] < 2.0 <= pairs[key]["without"]["mtre_mm"]),
                                             -key[1]))
     chosen = ranked[:count]
