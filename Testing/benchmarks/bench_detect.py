@@ -20,6 +20,10 @@ for the first three; all for the APs):
   in the truth; a wrong name is a false positive of one name and a miss of another. box AP@0.5:
   the same with names ignored (localisation alone). Time: detector inference per X-ray.
 
+With ``--ct-levels`` every model is scored twice: as it names levels alone, and as ``spinereg detect
+--ct --seg`` names them, helped by where the CT's vertebrae project with the CT at the case's start
+(the identity, 6-26 mm from the truth; :func:`SpineRegistrationLib.learned.levels.ct_level_scores`).
+
 Writes OUT/NAME.md, OUT/NAME.json and OUT/NAME_cases.png (``--name``, default ``detect``; X-rays with
 the truth in green and the detections labelled, yellow where the name is wrong). Usage::
 
