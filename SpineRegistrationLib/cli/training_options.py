@@ -130,6 +130,11 @@ def training_cts(args: argparse.Namespace) -> list[tuple[str, object, object]]:
     return read
 
 
+def patient_specific(args: argparse.Namespace) -> bool:
+    """Does the run train on one given CT (the patient's own), not on several, a folder or phantoms?"""
+    return len(getattr(args, "ct", [])) == 1 and not hasattr(args, "data")
+
+
 def run_training(train: Callable[[], Path], out: Path) -> int:
     """Run ``train()`` (it returns the model file): exit 0 with the model's path on stdout,
     130 when Ctrl-C stops it (its checkpoint is in ``out``)."""
