@@ -189,6 +189,7 @@ class SpineRegistrationParameterNode:
     secondCtVolume - optional second CT (operating room): Deform registers the CT to it instead.
     refinePoses - Deform refines the registered poses against the X-rays first.
     poseModel - the pose network's model file for auto/learned (e.g. from Train on this CT); "": the shipped one.
+    detectorModel - the vertebra detector's model file for Detect (e.g. from Train detector); "": the shipped one.
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
@@ -204,6 +205,7 @@ class SpineRegistrationParameterNode:
     secondCtVolume: vtkMRMLScalarVolumeNode
     refinePoses: bool = True
     poseModel: str = ""
+    detectorModel: str = ""
 
 
 #
@@ -249,6 +251,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.trainPoseModelButton.connect("clicked(bool)", self.onTrainPoseModel)
+        self.ui.trainDetectorButton.connect("clicked(bool)", self.onTrainDetector)
         self.ui.apXraySelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showGeometryPath("AP", node))
         self.ui.latXraySelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showGeometryPath("LAT", node))
         self.ui.vertebraListWidget.connect("itemChanged(QListWidgetItem*)", self.onVertebraChecked)
@@ -322,6 +325,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         )
         self.ui.cancelButton.enabled = running
         self.ui.trainPoseModelButton.enabled = bool(p.ctVolume and p.segmentation) and not running
+        self.ui.trainDetectorButton.enabled = bool(p.ctVolume and p.segmentation) and not running
         self.ui.resetButton.enabled = not running
         self.ui.loadXraysButton.enabled = not running
         canDeform, why = self.logic.deformationAvailable(p)
@@ -434,8 +438,8 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         self._pollTimer.stop()
         self._run = None
-        if self._runKind == "train":
-            self.finishTraining(run)
+        if self._runKind in ("train", "train-detect"):
+            self.finishTraining(run, self._runKind)
             return
         deforming = self._runKind == "deform"
         self.ui.progressBar.value = 0
@@ -462,14 +466,20 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.progressBar.setVisible(False)
             self.onParameterNodeModified()
 
-    def finishTraining(self, run) -> None:
-        """A finished Train run: point the pose network at its model (or say why it failed)."""
+    def finishTraining(self, run, kind: str) -> None:
+        """A finished Train run: point the pose network (or, ``kind`` "train-detect", the detector) at its
+        model, or say why it failed."""
         try:
             with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
                 model = run.finish()
-                self.ui.poseModelPathLineEdit.currentPath = str(model)
-                self._parameterNode.poseModel = str(model)
-                self.ui.statusLabel.text = _("Pose network trained on this CT; Register uses it: {path}").format(path=model)
+                if kind == "train-detect":
+                    self.ui.detectorModelPathLineEdit.currentPath = str(model)
+                    self._parameterNode.detectorModel = str(model)
+                    self.ui.statusLabel.text = _("Detector trained on this CT; Detect uses it: {path}").format(path=model)
+                else:
+                    self.ui.poseModelPathLineEdit.currentPath = str(model)
+                    self._parameterNode.poseModel = str(model)
+                    self.ui.statusLabel.text = _("Pose network trained on this CT; Register uses it: {path}").format(path=model)
                 self.ui.progressBar.value = 100
         finally:
             if self.ui.progressBar.value != 100:
@@ -484,7 +494,7 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._pollTimer.stop()
         with slicer.util.WaitCursor():
             self._run.cancel()
-        training = self._runKind == "train"
+        training = self._runKind in ("train", "train-detect")
         kept = getattr(self._run, "kept", False)  # Register kept the vertebrae it had done
         self._run = None
         self._runKind = None
@@ -500,6 +510,12 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                        lambda: self.logic.startPatientModel(self._parameterNode, int(self.ui.trainStepsSpinBox.value)),
                        lambda run: _("Training the pose network on this CT (resumed) ...") if run.resumed
                        else _("Training the pose network on this CT ..."))
+
+    def onTrainDetector(self) -> None:
+        self._startRun("train-detect", _("Training could not start."),
+                       lambda: self.logic.startPatientModel(self._parameterNode, None, kind="detector"),
+                       lambda run: _("Training the vertebra detector on this CT (resumed) ...") if run.resumed
+                       else _("Training the vertebra detector on this CT ..."))
 
     def onDeform(self) -> None:
         self._startRun("deform", _("Deformation could not start."),
@@ -570,6 +586,8 @@ class SpineRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.updateBoxesTable(message)
 
     def onDetectBoxes(self) -> None:
+        self._parameterNode.detectorModel = self.ui.detectorModelPathLineEdit.currentPath.strip()
+
         def progress(event):
             self.ui.boxesStatusLabel.text = event.message
             slicer.app.processEvents()
@@ -795,20 +813,24 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             self.registrationInputs(parameterNode), python=self.pythonExecutable(), work_dir=slicer.app.temporaryPath
         ).start()
 
-    def startPatientModel(self, parameterNode, steps: int):
-        """Write the CT and segmentation out and start ``spinereg train`` on them in the background
-        (``--resume`` when an earlier run on this CT left a checkpoint). Raises ValueError (nothing
+    def startPatientModel(self, parameterNode, steps: int | None, kind: str = "pose"):
+        """Write the CT and segmentation out and start ``spinereg train`` (``kind`` "detector": ``spinereg
+        train-detect``) on them in the background (``--resume`` when an earlier run on this CT left a
+        checkpoint); ``steps`` None: the command's default for one CT. Raises ValueError (nothing
         started) for bad inputs."""
         scene = self.scene()
-        if "train" not in scene.available_commands():
-            raise ValueError("the installed SpineRegistration library has no 'spinereg train' command; update it")
+        training = scene.DETECTOR if kind == "detector" else scene.POSE
+        if training.command not in scene.available_commands():
+            raise ValueError(f"the installed SpineRegistration library has no 'spinereg {training.command}' command; "
+                             "update it")
         if parameterNode.ctVolume is None:
             raise ValueError("select the CT first")
         # Slicer's cache, one folder per CT and segmentation (training them again there resumes).
-        folder = scene.patient_model_folder(Path(slicer.app.cachePath) / "SpineRegistration" / "pose-models",
+        folder = scene.patient_model_folder(Path(slicer.app.cachePath) / "SpineRegistration" / training.folders,
                                             parameterNode.ctVolume, parameterNode.segmentation)
-        inputs = scene.PatientModelInputs(parameterNode.ctVolume, parameterNode.segmentation, folder, steps,
-                                          parameterNode.device)
+        inputs = scene.PatientModelInputs(parameterNode.ctVolume, parameterNode.segmentation, folder,
+                                          training.steps if steps is None else steps, parameterNode.device,
+                                          kind=training)
         return scene.PatientModelRun(inputs, python=self.pythonExecutable()).start()
 
     def finishRun(self, run, parameterNode) -> dict:
@@ -904,7 +926,7 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
         made = scene.detect_boxes(
             slicer.mrmlScene, self.boxXrays(parameterNode), python=self.pythonExecutable(), device=parameterNode.device,
             work_dir=slicer.app.temporaryPath, callback=callback, ct_node=parameterNode.ctVolume,
-            segmentation_node=parameterNode.segmentation)
+            segmentation_node=parameterNode.segmentation, model=parameterNode.detectorModel or None)
         return self.boxMessage(parameterNode, _("Detected {count} boxes.").format(count=sum(map(len, made.values()))))
 
     def projectBoxes(self, parameterNode) -> str:

@@ -21,8 +21,8 @@ Modules (each imports only those above it):
                         export and import, projected from the CT, detected (``spinereg detect``)
 - :mod:`.deformation`   the Deform step: ``spinereg deform`` from the scene's result and X-rays, or from
                         the CT to a second CT; its folder into the scene
-- :mod:`.patient_model` the pose network trained on this patient's CT before surgery (``spinereg train``),
-                        cancelled and resumed
+- :mod:`.patient_model` the pose network or the vertebra detector trained on this patient's CT before
+                        surgery (``spinereg train``, ``train-detect``), cancelled and resumed
 
 Scene representation (DESIGN.md):
 
@@ -164,8 +164,11 @@ from .deformation import (
 )
 from .patient_model import (
     DEFAULT_STEPS,
+    DETECTOR,
+    POSE,
     PatientModelInputs,
     PatientModelRun,
+    TrainingKind,
     can_resume,
     model_paths,
     patient_model_folder,
@@ -241,6 +244,9 @@ __all__ = [
     "PatientModelInputs",
     "PatientModelRun",
     "DEFAULT_STEPS",
+    "DETECTOR",
+    "POSE",
+    "TrainingKind",
     "can_resume",
     "model_paths",
     "patient_model_folder",

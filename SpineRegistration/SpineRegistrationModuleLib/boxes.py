@@ -392,12 +392,13 @@ def projection_warnings(scene, ct_node, segmentation_node, xrays: dict | None = 
 
 
 # ---------------------------------------------------------------------- detection
-def detect_arguments(paths: dict, views, out_path: Path, device: str = "cpu") -> list[str]:
+def detect_arguments(paths: dict, views, out_path: Path, device: str = "cpu", model=None) -> list[str]:
     """``spinereg detect`` arguments (no program name) for the files of :func:`write_xray_inputs`
     (the geometry file stems name the views) and, when ``paths`` has them, of :func:`write_ct_inputs`
-    (the CT then helps name the levels)."""
+    (the CT then helps name the levels); ``--model`` when a detector file is given (else the shipped one)."""
     ct = [arg for key in ("ct", "seg", "init") if key in paths for arg in (f"--{key}", str(paths[key]))]
-    return ["detect", *xray_arguments(paths, views), *ct, "--device", device, "--out", str(out_path)]
+    chosen = [] if not model else ["--model", str(model)]
+    return ["detect", *xray_arguments(paths, views), *ct, *chosen, "--device", device, "--out", str(out_path)]
 
 
 def best_per_vertebra(boxes: list[XrayBox]) -> list[XrayBox]:
@@ -410,11 +411,13 @@ def best_per_vertebra(boxes: list[XrayBox]) -> list[XrayBox]:
 
 
 def detect_boxes(scene, xrays: dict | None = None, python: str | None = None, device: str = "cpu", work_dir=None,
-                 callback=None, timeout_s: float | None = None, ct_node=None, segmentation_node=None) -> dict:
+                 callback=None, timeout_s: float | None = None, ct_node=None, segmentation_node=None,
+                 model=None) -> dict:
     """Run the detector on the X-rays (``spinereg detect``, out of process, blocking) and put its
     boxes (the best of each vertebra) into the scene as by :func:`boxes_to_scene` (accepted
     boxes kept). With the CT and its segmentation, where their vertebrae project (at the CT's
-    pose, its parent transform) helps name the detected levels. callback(ProgressEvent) per
+    pose, its parent transform) helps name the detected levels. model: a detector file (e.g. trained
+    on this CT, :data:`.patient_model.DETECTOR`); None: the shipped one. callback(ProgressEvent) per
     output line. Returns {view: [new box nodes]}. InputError (one line, scene unchanged) for bad
     inputs or a failed run; the work folder is always removed."""
     xrays = scene_xrays(scene) if xrays is None else xrays
@@ -430,7 +433,7 @@ def detect_boxes(scene, xrays: dict | None = None, python: str | None = None, de
         if ct is not None:
             paths.update(write_ct_inputs(*ct, work / "input"))
         out_path = work / "boxes.json"
-        process = CliProcess(detect_arguments(paths, list(xrays), out_path, device), python=python).start()
+        process = CliProcess(detect_arguments(paths, list(xrays), out_path, device, model), python=python).start()
         try:
             process.wait(timeout_s=timeout_s, callback=callback)
         except BaseException:

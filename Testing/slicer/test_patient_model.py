@@ -13,6 +13,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 import SpineRegistrationModuleLib as logic  # noqa: E402
+from SpineRegistrationModuleLib.boxes import detect_arguments  # noqa: E402
 from SpineRegistrationLib.errors import InputError  # noqa: E402
 from SpineRegistrationLib.io import read_labelmap, read_volume  # noqa: E402
 from SpineRegistrationLib.learned.checkpoint import load_model  # noqa: E402
@@ -134,3 +135,21 @@ def test_a_folder_trained_on_another_ct_is_not_resumed(nodes, tmp_path):
         logic.PatientModelRun(_inputs(nodes, folder)).start()
     assert "\n" not in str(error.value)
     assert sorted((p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file()) == before
+
+
+def test_the_detector_trains_on_this_ct_from_scratch_and_detect_takes_its_model(nodes, tmp_path):
+    """Train detector on this CT: ``spinereg train-detect`` (a new network: the shipped one knows phantoms)
+    with the CLI's patient-specific steps unless given; its model goes to Detect as ``--model``."""
+    from SpineRegistrationLib.cli.train_detect import PATIENT_STEPS
+    from SpineRegistrationLib.learned.detector import load_detector
+
+    assert logic.DETECTOR.steps == PATIENT_STEPS and logic.DETECTOR.folders != logic.POSE.folders
+    inputs = _inputs(nodes, tmp_path / "detector", kind=logic.DETECTOR,
+                     options=("--draws-per-ct", "16", "--validate-every", "2", "--log-every", "1"))
+    args = logic.train_arguments(logic.write_training_inputs(inputs), 2, "cpu", resume=False, kind=logic.DETECTOR)
+    assert args[0] == "train-detect" and "--init-model" not in args
+    model = logic.PatientModelRun(inputs).run(timeout_s=300)
+    assert _steps(model.parent) == [1, 2] and load_detector(model).config.mm_per_px == 2.0
+    detect = detect_arguments({}, [], tmp_path / "boxes.json", "cpu", model)
+    assert detect[detect.index("--model") + 1] == str(model)
+    assert "--model" not in detect_arguments({}, [], tmp_path / "boxes.json", "cpu")
