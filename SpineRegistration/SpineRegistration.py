@@ -121,7 +121,9 @@ Jacobian folding and the rigid residual and how far the refinement moved the pos
 CT to CT, the stages and the Dice deform.json has).
 Vertebra boxes: a box per vertebra around it in the CT, and, for annotators, a box per
 vertebra on each X-ray (detected, projected from the CT at the registered poses, or drawn;
-accepted one by one; imported and exported as JSON with COCO beside it).
+accepted one by one; imported and exported as JSON with COCO beside it). The shipped detector
+was trained on phantoms; "Train detector on this CT" trains one on the patient's CT before
+surgery, and Detect then uses it ("Detector"); the chosen CT helps Detect name the levels.
 See <a href="https://github.com/SpineRegistration/SpineRegistration">the documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
