@@ -131,7 +131,8 @@ def ct_level_scores(views: Sequence[ViewDetections], centers_ras: Mapping[str, n
     prepared = []
     for view in views:
         log_probs = np.asarray(view.level_log_probs, dtype=np.float64)[:, _CHAIN_INDEX]  # (N, L)
-        mm_per_px = np.asarray(view.geometry.pixel_spacing) / np.array([view.geometry.magnification(c) for c in centers])[:, None]
+        magnification = np.array([view.geometry.magnification(c) for c in centers])
+        mm_per_px = np.asarray(view.geometry.pixel_spacing) / magnification[:, None]  # (K, 2) at each level's depth
         prepared.append((log_probs, mm_per_px))
         if not len(view.centers_px):
             continue
