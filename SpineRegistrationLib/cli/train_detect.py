@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from .training_options import (add_run_options, add_training_cts, patient_specific, run_fields, run_training,
-                               training_cts)
+from .training_options import add_run_options, add_training_cts, kind_defaults, run_fields, run_training, training_cts
 
 #: Defaults of a patient-specific run (one --ct): the views drawn and the steps of the one run that named the
 #: real CT's vertebrae best (README, the detector section: mAP 0.51 -> 0.64 with today's naming); general
@@ -89,8 +88,4 @@ def run(args: argparse.Namespace) -> int:
 
 def run_defaults(args: argparse.Namespace) -> None:
     """Fill --steps and --draws-per-ct where not given, by the kind of run (:func:`.training_options.patient_specific`)."""
-    patient = patient_specific(args)
-    if not hasattr(args, "steps"):
-        args.steps = PATIENT_STEPS if patient else GENERAL_STEPS
-    if not hasattr(args, "draws_per_ct"):
-        args.draws_per_ct = PATIENT_DRAWS if patient else GENERAL_DRAWS
+    kind_defaults(args, {"steps": (PATIENT_STEPS, GENERAL_STEPS), "draws_per_ct": (PATIENT_DRAWS, GENERAL_DRAWS)})

@@ -135,6 +135,15 @@ def patient_specific(args: argparse.Namespace) -> bool:
     return len(getattr(args, "ct", [])) == 1 and not hasattr(args, "data")
 
 
+def kind_defaults(args: argparse.Namespace, defaults: dict[str, tuple]) -> None:
+    """Fill the options of ``defaults`` (dest -> (patient-specific value, general value)) that the command
+    line left out, by the kind of run (:func:`patient_specific`)."""
+    patient = patient_specific(args)
+    for dest, (for_patient, general) in defaults.items():
+        if not hasattr(args, dest):
+            setattr(args, dest, for_patient if patient else general)
+
+
 def run_training(train: Callable[[], Path], out: Path) -> int:
     """Run ``train()`` (it returns the model file): exit 0 with the model's path on stdout,
     130 when Ctrl-C stops it (its checkpoint is in ``out``)."""
