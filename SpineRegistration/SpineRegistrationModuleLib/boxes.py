@@ -35,6 +35,7 @@ from SpineRegistrationLib.errors import InputError
 from SpineRegistrationLib.geometry.image_boxes import convex_intersection_area, polygon_area, rectangle_corners
 from SpineRegistrationLib.io.xray_boxes import XrayBox, XrayImageInfo, check_boxes, read_coco, read_xray_boxes
 from SpineRegistrationLib.io.xray_boxes import write_boxes_with_coco
+from SpineRegistrationLib.pipeline.inputs import check_volume_seen
 from SpineRegistrationLib.render.projected_boxes import VertebraOutlines
 
 from .nodes import ATTR_VERTEBRA, ATTR_VIEW, ROLE_TRANSFORM, ROLE_XRAY, SceneChange, ijk_to_ras_of, nodes_with
@@ -401,6 +402,16 @@ def detect_arguments(paths: dict, views, out_path: Path, device: str = "cpu", mo
     return ["detect", *xray_arguments(paths, views), *ct, *chosen, "--device", device, "--out", str(out_path)]
 
 
+def _sees(geometry, ct) -> bool:
+    """Does the view see some of the segmentation (``ct``: volume, labelmap, pose) where it is?"""
+    volume, labelmap, pose = ct
+    try:
+        check_volume_seen(geometry, volume, labelmap.volume.array > 0, pose, "the segmentation")
+    except InputError:
+        return False
+    return True
+
+
 def best_per_vertebra(boxes: list[XrayBox]) -> list[XrayBox]:
     """The highest-scoring box of each vertebra, in first-seen order (one box per vertebra and view)."""
     best: dict[str, XrayBox] = {}
@@ -416,7 +427,7 @@ def detect_boxes(scene, xrays: dict | None = None, python: str | None = None, de
     """Run the detector on the X-rays (``spinereg detect``, out of process, blocking) and put its
     boxes (the best of each vertebra) into the scene as by :func:`boxes_to_scene` (accepted
     boxes kept). With the CT and its segmentation, where their vertebrae project (at the CT's
-    pose, its parent transform) helps name the detected levels. model: a detector file (e.g. trained
+    pose, its parent transform) helps name the detected levels, when every view sees them there. model: a detector file (e.g. trained
     on this CT, :data:`.patient_model.DETECTOR`); None: the shipped one. callback(ProgressEvent) per
     output line. Returns {view: [new box nodes]}. InputError (one line, scene unchanged) for bad
     inputs or a failed run; the work folder is always removed."""
@@ -427,6 +438,8 @@ def detect_boxes(scene, xrays: dict | None = None, python: str | None = None, de
     ct = None
     if ct_node is not None and segmentation_node is not None:
         ct = (volume_of(ct_node), vertebra_labelmap(segmentation_node, ct_node), pose_of(ct_node, "CT"))
+        if not ct[1].labels or not all(_sees(geometry, ct) for geometry in geometries.values()):
+            ct = None  # only a help with the names: the detector reads the X-rays without it
     work = Path(tempfile.mkdtemp(prefix="spinereg-detect-", dir=work_dir))
     try:
         paths = write_xray_inputs(arrays, geometries, work / "input")

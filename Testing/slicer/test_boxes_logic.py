@@ -337,6 +337,15 @@ def test_detection_with_the_ct_passes_it_and_keeps_the_detector_boxes_only(scene
     assert json.loads(Path(python + ".ct.json").read_text()) == {"--ct": True, "--seg": True}
     assert {view: [node.GetName() for node in nodes] for view, nodes in made.items()} == {"AP": ["L1"], "LAT": ["L1"]}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_python", "fake_python.ct.json"]
+    # a CT the X-rays do not see where it is (far off, before any alignment) is left out: Detect still runs
+    Path(python + ".ct.json").unlink()
+    far = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    far.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.array(
+        [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 5000.0], [0, 0, 0, 1]])))
+    for node in (ct, segmentation):
+        node.SetAndObserveTransformNodeID(far.GetID())
+    logic.detect_boxes(scene, xrays, python=python, work_dir=tmp_path, ct_node=ct, segmentation_node=segmentation)
+    assert not Path(python + ".ct.json").exists()
 
 
 def test_a_failed_detection_changes_nothing(scene, xrays, tmp_path):
