@@ -427,9 +427,9 @@ def detect_boxes(scene, xrays: dict | None = None, python: str | None = None, de
     """Run the detector on the X-rays (``spinereg detect``, out of process, blocking) and put its
     boxes (the best of each vertebra) into the scene as by :func:`boxes_to_scene` (accepted
     boxes kept). With the CT and its segmentation, where their vertebrae project (at the CT's
-    pose, its parent transform) helps name the detected levels, when every view sees them there. model: a detector file (e.g. trained
-    on this CT, :data:`.patient_model.DETECTOR`); None: the shipped one. callback(ProgressEvent) per
-    output line. Returns {view: [new box nodes]}. InputError (one line, scene unchanged) for bad
+    pose, its parent transform) helps name the detected levels, when every view sees them there.
+    model: a detector file (e.g. trained on this CT, :data:`.patient_model.DETECTOR`); None: the
+    shipped one. callback(ProgressEvent) per output line. Returns {view: [new box nodes]}. InputError (one line, scene unchanged) for bad
     inputs or a failed run; the work folder is always removed."""
     xrays = scene_xrays(scene) if xrays is None else xrays
     if not xrays:
