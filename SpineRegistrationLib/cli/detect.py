@@ -75,7 +75,6 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..core.frames import apply_matrix
     from ..errors import InputError
     from ..io import read_labelmap, read_rigid_matrix, read_volume, read_xray
     from ..io.atomic import new_output_file
@@ -116,8 +115,7 @@ def run(args: argparse.Namespace) -> int:
                          "'spinereg train-detect' and pass it with --model")
     predictor = DetectorPredictor(model, device)
     # With the CT, its vertebrae's places at the initial pose help name the detected levels, all views together.
-    centers = None if outlines is None else {name: apply_matrix(init, center[None])[0]
-                                             for name, center in outlines.centers.items()}
+    centers = None if outlines is None else outlines.centers_at(init)
     boxes = {}
     for view, geometry, detected in zip(views, geometries,
                                         predictor.detect_views(images, geometries, args.threshold, centers)):

@@ -73,6 +73,12 @@ class VertebraOutlines:
             self.hulls[name] = corners[ConvexHull(corners).vertices]
             self.centers[name], self.axes[name] = centroids[name], axes[name]
 
+    def centers_at(self, matrix_ras: np.ndarray) -> dict[str, np.ndarray]:
+        """name -> (3,) centroid, world RAS mm, of every vertebra with the CT at pose ``matrix_ras``
+        (CT RAS -> world), e.g. to help name detected levels (:func:`..learned.levels.ct_level_scores`)."""
+        points = apply_matrix(np.asarray(matrix_ras, dtype=np.float64), np.stack(list(self.centers.values())))
+        return dict(zip(self.centers, points))
+
     def boxes(self, geometry: XrayGeometry, poses: Mapping[str, np.ndarray] | np.ndarray | None = None
               ) -> list[XrayBox]:
         """The box of each vertebra whose box centre lies on the image, cranial -> caudal.

@@ -120,8 +120,8 @@ def main(argv=None) -> int:
             start = start_of(case, offset, args.seed)
             arms = [("without", None), ("with", truth_boxes)]
             if predictor is not None:  # as `spinereg detect --ct --seg --init START`: the CT helps name the levels
-                centers = {name: start[:3, :3] @ center + start[:3, 3] for name, center in outlines.centers.items()}
-                detected = dict(zip(VIEWS, predictor.detect_views(case.images, case.geometries, centers_ras=centers)))
+                detected = dict(zip(VIEWS, predictor.detect_views(case.images, case.geometries,
+                                                                   centers_ras=outlines.centers_at(start))))
                 arms.append(("detected", {view: [replace(box, accepted=True) for box in boxes]
                                           for view, boxes in detected.items()}))
                 arms.append(("detected target", {view: [replace(box, accepted=True) for box in boxes

@@ -11,7 +11,7 @@ from SpineRegistrationLib.core.pose import params_to_matrix
 from SpineRegistrationLib.core.volume import Volume
 from SpineRegistrationLib.geometry import preset_geometry
 from SpineRegistrationLib.geometry.image_boxes import bounding_rectangle, box_iou, polygon_area, rectangle_corners
-from SpineRegistrationLib.render.projected_boxes import projected_boxes
+from SpineRegistrationLib.render.projected_boxes import VertebraOutlines, projected_boxes
 
 
 def test_iou_of_shifted_and_turned_squares():
@@ -91,6 +91,11 @@ def test_spine_axis_from_neighbours_per_vertebra_poses_and_views():
     moved = params_to_matrix(np.array([0.0, 0.0, 0.0, 0.0, 0.0, 30.0]), np.zeros(3))
     (shifted,) = projected_boxes(labelmap, geometry, {"L2": moved}, vertebrae=["L2"])
     assert shifted.center_px[1] < boxes[1].center_px[1] - 30  # 30 mm up, magnified, at 0.5 mm pixels
+    outlines = VertebraOutlines(labelmap)
+    at = outlines.centers_at(moved)  # the centroids where the whole CT is moved 30 mm up
+    assert list(at) == ["L1", "L2", "L3"]
+    for name, center in outlines.centers.items():
+        np.testing.assert_allclose(at[name], center + [0.0, 0.0, 30.0], atol=1e-9)
 
 
 def test_vertebrae_off_the_image_get_no_box():
