@@ -5,7 +5,9 @@ offset and seen by a random C-arm (:func:`..synthetic.acquisition.draw_geometrie
 at jittered angles and distances, either side, detector flips, principal point offsets)
 whose detector pixels are ``mm_per_px`` (jittered: scale augmentation), rendered by the
 project's one simulator (:class:`..render.spine_xray.PosedSpine`, spectral attenuation); its
-truth is every vertebra's projected box (:class:`..render.projected_boxes.VertebraOutlines`).
+truth is every vertebra's projected box (:class:`..render.projected_boxes.VertebraOutlines`);
+the box of a vertebra the CT's edge cuts (a sliver's box) is neither a target nor background: the
+heatmap loss leaves the cells inside it out.
 
 Rendering is the slow part, so a run renders its views once (:func:`render_bank`, optical
 depths, saved in the training folder) and every batch then makes radiographs of them with
@@ -27,6 +29,7 @@ from ..core.labels import VERTEBRAE
 from ..core.pose import params_to_matrix
 from ..core.volume import Volume
 from ..errors import InputError
+from ..geometry.image_boxes import inside_convex
 from ..io.labelmaps import Labelmap, centroids_ras
 from ..render.projected_boxes import VertebraOutlines
 from ..render.spine_xray import PosedSpine, ours_render_factory
@@ -92,12 +95,14 @@ class DetectorCT:
 @dataclass
 class Bank:
     """Rendered training views. depths: (N, rows, columns) float16 optical depths; box_view (M,) int:
-    the view of each box; box_level (M,) int: index in VERTEBRAE; box_corners (M, 4, 2) float32 px."""
+    the view of each box; box_level (M,) int: index in VERTEBRAE; box_corners (M, 4, 2) float32 px;
+    box_cut (M,) bool: the box of a vertebra the CT cuts (:attr:`VertebraOutlines.cut`)."""
 
     depths: np.ndarray
     box_view: np.ndarray
     box_level: np.ndarray
     box_corners: np.ndarray
+    box_cut: np.ndarray
 
     def save(self, path: Path) -> None:
         from ..io.atomic import staged_output_file
@@ -109,19 +114,26 @@ class Bank:
     @classmethod
     def load(cls, path: Path) -> "Bank":
         with np.load(path) as data:
-            return cls(**{key: data[key] for key in ("depths", "box_view", "box_level", "box_corners")})
+            arrays = {key: data[key] for key in ("depths", "box_view", "box_level", "box_corners")}
+            # banks saved before 2026-12-07 marked no box cut
+            arrays["box_cut"] = data["box_cut"] if "box_cut" in data else np.zeros(len(arrays["box_view"]), bool)
+        return cls(**arrays)
 
     def boxes_of(self, view: int) -> tuple[np.ndarray, np.ndarray]:
-        """(corners (m, 4, 2), levels (m,)) of one view."""
-        chosen = self.box_view == view
+        """(corners (m, 4, 2), levels (m,)) of one view's whole vertebrae."""
+        chosen = (self.box_view == view) & ~self.box_cut
         return self.box_corners[chosen], self.box_level[chosen]
+
+    def cut_boxes_of(self, view: int) -> np.ndarray:
+        """(k, 4, 2) corners of one view's cut vertebrae."""
+        return self.box_corners[(self.box_view == view) & self.box_cut]
 
 
 def render_bank(sources: Sequence[DetectorCT], synthesis: DetectorSynthesis, seed: int, progress: bool = True) -> Bank:
     """``draws_per_ct`` draws of every source (draw d of source s from ``(seed, s, d)``), rendered."""
     from tqdm.auto import tqdm
 
-    depths, view_of, levels, corners = [], [], [], []
+    depths, view_of, levels, corners, cut = [], [], [], [], []
     bar = tqdm(total=len(sources) * synthesis.draws_per_ct, desc="render views", unit="draw", disable=not progress)
     for s, source in enumerate(sources):
         for d in range(synthesis.draws_per_ct):
@@ -130,23 +142,30 @@ def render_bank(sources: Sequence[DetectorCT], synthesis: DetectorSynthesis, see
                     view_of.append(len(depths))
                     levels.append(VERTEBRAE.index(box.vertebra))
                     corners.append(box.corners_px)
+                    cut.append(box.vertebra in source.outlines.cut)
                 depths.append(np.asarray(depth, np.float16))
             bar.update(1)
     bar.close()
     return Bank(np.stack(depths), np.asarray(view_of, np.int64), np.asarray(levels, np.int64),
-                np.asarray(corners, np.float32).reshape(-1, 4, 2))
+                np.asarray(corners, np.float32).reshape(-1, 4, 2), np.asarray(cut, bool))
 
 
-def box_targets(corners: np.ndarray, levels: np.ndarray, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+def box_targets(corners: np.ndarray, levels: np.ndarray, shape: tuple[int, int],
+                ignored: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Targets on the (h, w) output grid of one view's boxes (input px): ``heat`` (h, w) Gaussian peaks,
     ``regression`` (6, h, w) offset, log size, sin/cos 2a at each centre cell, ``centers`` (h, w) bool
-    where it counts, ``level`` (h, w) long (VERTEBRAE index in the 3x3 cells about each centre, -1 elsewhere)."""
+    where it counts, ``level`` (h, w) long (VERTEBRAE index in the 3x3 cells about each centre, -1 elsewhere),
+    ``background`` (h, w) float: 0 in the cells inside an ``ignored`` box ((k, 4, 2) px) and no peak, else 1."""
     h, w = shape
     heat = np.zeros(shape, np.float32)
     regression = np.zeros((6, h, w), np.float32)
     centers = np.zeros(shape, bool)
     level = np.full(shape, -1, np.int64)
     rows, columns = np.mgrid[0:h, 0:w]
+    cells_px = np.stack([columns, rows], axis=-1) * STRIDE + (STRIDE - 1) / 2  # each cell's centre, input px
+    background = np.ones(shape, np.float32)
+    for box in [] if ignored is None else ignored:
+        background[inside_convex(box, cells_px)] = 0.0
     for box, lev in zip(corners, levels):
         center = box.mean(0)
         width, height = np.linalg.norm(box[1] - box[0]), np.linalg.norm(box[2] - box[1])
@@ -165,8 +184,10 @@ def box_targets(corners: np.ndarray, levels: np.ndarray, shape: tuple[int, int])
                                np.sin(2 * angle), np.cos(2 * angle)]
         centers[r, c] = True
         level[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = lev
+    background[heat >= 1.0] = 1.0
     return {"heat": torch.from_numpy(heat), "regression": torch.from_numpy(regression),
-            "centers": torch.from_numpy(centers), "level": torch.from_numpy(level)}
+            "centers": torch.from_numpy(centers), "level": torch.from_numpy(level),
+            "background": torch.from_numpy(background)}
 
 
 def make_batch(bank: Bank, views: Sequence[int], synthesis: DetectorSynthesis, config: DetectorConfig,
@@ -179,7 +200,8 @@ def make_batch(bank: Bank, views: Sequence[int], synthesis: DetectorSynthesis, c
         sim = dataclasses.replace(draw_sim(rng, synthesis.acquisition), scatter_sigma_px=SCATTER_MM / config.mm_per_px)
         images.append(simulate_xray(depth, sim, generator))
         corners, levels = bank.boxes_of(view)
-        targets.append(box_targets(corners, levels, (depth.shape[0] // STRIDE, depth.shape[1] // STRIDE)))
+        targets.append(box_targets(corners, levels, (depth.shape[0] // STRIDE, depth.shape[1] // STRIDE),
+                                   bank.cut_boxes_of(view)))
     batch = {key: torch.stack([t[key] for t in targets]) for key in targets[0]}
     batch["images"] = network_input(torch.stack(images)[:, None], config)
     return batch
@@ -187,14 +209,15 @@ def make_batch(bank: Bank, views: Sequence[int], synthesis: DetectorSynthesis, c
 
 def detection_loss(output: torch.Tensor, batch: dict[str, torch.Tensor], level_weight: float = 0.5
                    ) -> tuple[torch.Tensor, dict[str, float]]:
-    """CenterNet's focal loss on the heatmap (alpha 2, beta 4) + L1 on offset, log size and orientation
-    at the centres + ``level_weight`` x cross-entropy of the levels about the centres; (total, terms)."""
+    """CenterNet's focal loss on the heatmap (alpha 2, beta 4; background cells weighted by the target
+    ``background``) + L1 on offset, log size and orientation at the centres + ``level_weight`` x
+    cross-entropy of the levels about the centres; (total, terms)."""
     heat = torch.sigmoid(output[:, HEAT]).clamp(1e-4, 1 - 1e-4)
     truth = batch["heat"]
     positive = truth.eq(1.0).float()
     count = positive.sum().clamp(min=1.0)
-    focal = -(positive * (1 - heat) ** 2 * torch.log(heat)
-              + (1 - positive) * (1 - truth) ** 4 * heat**2 * torch.log(1 - heat)).sum() / count
+    negative = batch["background"] * (1 - positive) * (1 - truth) ** 4
+    focal = -(positive * (1 - heat) ** 2 * torch.log(heat) + negative * heat**2 * torch.log(1 - heat)).sum() / count
     centers = batch["centers"][:, None].float()
     regression = torch.cat([output[:, OFFSET], output[:, SIZE], output[:, ORIENT]], dim=1)
     error = (regression - batch["regression"]).abs() * centers

@@ -59,7 +59,12 @@ class VertebraOutlines:
     """The vertebrae of a labelmap, ready to be boxed on any view: per vertebra the vertices of the
     convex hull of its surface-voxel corners (the projected hull has the same bounding rectangle
     as the projected voxels: a pinhole projection keeps convex sets convex), its centroid and the
-    spine axis there, CT RAS mm. vertebrae: names to keep (default every vertebra of the labelmap)."""
+    spine axis there, CT RAS mm. vertebrae: names to keep (default every vertebra of the labelmap).
+
+    ``cut``: the vertebrae whose label touches a face of the volume: the CT holds only part of them,
+    so their box is the box of that part, not of the vertebra an X-ray shows (training and scoring
+    of the detector leave them out).
+    """
 
     def __init__(self, labelmap: Labelmap, vertebrae: Sequence[str] | None = None) -> None:
         labels = labelmap.labels
@@ -68,6 +73,9 @@ class VertebraOutlines:
         axes = spine_axes_ras(centroids)
         regions = ndimage.find_objects(labelmap.volume.array)
         self.hulls, self.centers, self.axes = {}, {}, {}
+        shape = labelmap.volume.array.shape
+        self.cut = frozenset(name for name in self.names if any(
+            part.start == 0 or part.stop == side for part, side in zip(regions[labels[name] - 1], shape)))
         for name in self.names:
             corners = surface_corners_ras(labelmap, labels[name], regions[labels[name] - 1])
             self.hulls[name] = corners[ConvexHull(corners).vertices]

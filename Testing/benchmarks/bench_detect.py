@@ -5,7 +5,11 @@ The X-rays are the rigid cases of the real-CT benchmark (:mod:`bench_real_ct`: t
 offset principal points, photon noise, scatter, blur, gamma, collimation, rendered by **DiffDRR's
 Siddon** renderer, never ours), shared through its case cache. The truth of a view is the projected box
 (:class:`SpineRegistrationLib.render.projected_boxes.VertebraOutlines`) of every vertebra at the case's
-true pose with at least half of its box inside the exposed (uncollimated) field. The detectors never saw these views: the
+true pose with at least half of its box inside the exposed (uncollimated) field and whole in the CT. The
+boxes of the others (the vertebrae the CT's edge cuts, C5 and C6 and L3 of this chest CT, whose box is
+the box of a sliver, and those mostly outside the field) are neither truth nor false positives: a
+detection that matches one and no truth box is not scored (COCO's rule for its "crowd" regions;
+``--score-cut`` scores the cut vertebrae as truth, as before 2026-12-07). The detectors never saw these views: the
 patient-specific one was trained on our renderer's X-rays of this CT at other poses (``spinereg
 train-detect --ct``), the phantom one on phantoms only.
 
@@ -78,6 +82,14 @@ def match(truth: list, detections: list) -> list[tuple[int, int, float]]:
     return pairs
 
 
+def counted(truth: list, ignored: list, detections: list) -> list:
+    """The detections that are scored: all but those that match an ignored box and no truth box."""
+    paired = {d for _, d, _ in match(truth, detections)}
+    spare = [i for i in range(len(detections)) if i not in paired]
+    dropped = {spare[d] for _, d, _ in match(ignored, [detections[i] for i in spare])}
+    return [d for i, d in enumerate(detections) if i not in dropped]
+
+
 def average_precision(scored: list[tuple[float, bool]], positives: int) -> float:
     """All-point interpolated AP of (score, is true positive) detections against ``positives`` truths."""
     if positives == 0:
@@ -91,11 +103,12 @@ def average_precision(scored: list[tuple[float, bool]], positives: int) -> float
 
 
 def score_model(views: list[dict], min_score: float) -> dict:
-    """The figures of the module docstring over ``views`` ({truth, detections, time_s} each)."""
+    """The figures of the module docstring over ``views`` ({truth, ignored, detections, time_s} each)."""
     truth_count = sum(len(v["truth"]) for v in views)
     matched = named = 0
     ious, by_name, agnostic = [], {}, []
     for v in views:
+        v = v | {"detections": counted(v["truth"], v["ignored"], v["detections"])}
         kept = [d for d in v["detections"] if d.score >= min_score]
         for k, d, iou in match(v["truth"], kept):
             matched += 1
@@ -134,21 +147,23 @@ def draw(path: Path, cases: list, results: dict, count: int) -> None:
                 record = results[model][2 * n + view]
                 ax.imshow(case.images[view], cmap="gray")
                 truth_names = {t.vertebra: t for t in record["truth"]}
-                for t in record["truth"]:
-                    ring = np.vstack([t.corners_px, t.corners_px[:1]])
-                    ax.plot(ring[:, 0], ring[:, 1], color="lime", lw=0.7)
+                for boxes, colour, style in ((record["truth"], "lime", "-"), (record["ignored"], "cyan", ":")):
+                    for t in boxes:
+                        ring = np.vstack([t.corners_px, t.corners_px[:1]])
+                        ax.plot(ring[:, 0], ring[:, 1], color=colour, lw=0.7, ls=style)
+                scored = counted(record["truth"], record["ignored"], record["detections"])
                 for d in record["detections"]:
                     if d.score < 0.3:
                         continue
                     right = d.vertebra in truth_names and match([truth_names[d.vertebra]], [d])
-                    colour = "red" if right else "yellow"
+                    colour = "cyan" if d not in scored else "red" if right else "yellow"
                     ring = np.vstack([d.corners_px, d.corners_px[:1]])
                     ax.plot(ring[:, 0], ring[:, 1], color=colour, lw=0.8, ls="--")
                     ax.text(*d.corners_px.max(0), d.vertebra, color=colour, fontsize=6)
                 ax.set_title(f"{model}: case {case.index} {'AP' if view == 0 else 'LAT'}", fontsize=8)
                 ax.set_axis_off()
-    figure.suptitle("DiffDRR X-rays of the real CT: truth (green, projected), detections (dashed, named; "
-                    "red: right level, yellow: wrong level)", fontsize=9)
+    figure.suptitle("DiffDRR X-rays of the real CT: truth (green, projected; cyan dotted: not scored), detections "
+                    "(dashed, named; red: right level, yellow: wrong level, cyan: on a box not scored)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -175,6 +190,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ct-levels", action="store_true",
                         help="also score each model with the CT's help in naming levels (its vertebrae projected at "
                              "the case's start, the identity: `spinereg detect --ct --seg`)")
+    parser.add_argument("--score-cut", action="store_true",
+                        help="score the vertebrae the CT's edge cuts as truth (their boxes are those of slivers)")
     parser.add_argument("--pictures", type=int, default=2, help="cases drawn in OUT/detect_cases.png (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="detect", help="file name stem of the results")
@@ -197,9 +214,14 @@ def main(argv=None) -> int:
                       {name: vertebra_mask(labelmap, name) for name in labelmap.labels})
     cases = build_cases(ct, labelmap, cache, "rigid", "diffdrr", args.cases, args.seed, "cpu")
     outlines = VertebraOutlines(labelmap)
-    truths = [[b for b in outlines.boxes(g, case.matrix_true)
-               if visible_share(b.corners_px, g.size, view["sim"]["collimation"]) >= MIN_VISIBLE]
-              for case in cases for g, view in zip(case.geometries, case.info["views"])]
+    truths, ignored = [], []
+    for case in cases:
+        for g, view in zip(case.geometries, case.info["views"]):
+            boxes = outlines.boxes(g, case.matrix_true)
+            scored = [visible_share(b.corners_px, g.size, view["sim"]["collimation"]) >= MIN_VISIBLE
+                      and (args.score_cut or b.vertebra not in outlines.cut) for b in boxes]
+            truths.append([b for b, keep in zip(boxes, scored) if keep])
+            ignored.append([b for b, keep in zip(boxes, scored) if not keep])
     results, summary = {}, {}
     runs = [(item.partition("=")[0] + suffix, item.partition("=")[2], centers)
             for item in args.model for suffix, centers in [("", None)] + ([(" + CT levels", outlines.centers)]
@@ -211,8 +233,8 @@ def main(argv=None) -> int:
             tick = time.perf_counter()
             found = predictor.detect_views(case.images, case.geometries, threshold=0.05, centers_ras=centers)
             for detections in found:
-                records.append({"truth": truths[len(records)], "detections": detections,
-                                "time_s": (time.perf_counter() - tick) / len(found)})
+                records.append({"truth": truths[len(records)], "ignored": ignored[len(records)],
+                                "detections": detections, "time_s": (time.perf_counter() - tick) / len(found)})
         results[name] = records
         summary[name] = score_model(records, args.score) | {"model": path}
         for view, shown in (("AP views", records[0::2]), ("LAT views", records[1::2])):  # a case's views: AP, LAT

@@ -19,7 +19,8 @@ from SpineRegistrationLib.learned.checkpoint import save_atomic
 from SpineRegistrationLib.learned.detector import (
     CHAIN, HEAT, LEVEL, STRIDE, Detection, DetectorConfig, DetectorPredictor, VertebraDetector, decode, detection_arrays,
     load_detector, prepare_xray, save_detector)
-from SpineRegistrationLib.learned.detector_data import DetectorCT, DetectorSynthesis, box_targets, detector_acquisition
+from SpineRegistrationLib.learned.detector_data import (
+    Bank, DetectorCT, DetectorSynthesis, box_targets, detection_loss, detector_acquisition, render_bank)
 from SpineRegistrationLib.learned.detector_training import DetectTrainConfig, train_detector
 from SpineRegistrationLib.learned.levels import name_levels
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig, generate_phantom
@@ -58,6 +59,27 @@ def test_targets_decode_back_to_the_boxes_and_their_names():
     for box, level in zip(corners, levels):
         nearest = min(by_center, key=lambda c: np.linalg.norm(np.array(c) - box.mean(0)))
         assert by_center[nearest] == VERTEBRAE[level]
+
+
+def test_a_cut_vertebra_is_neither_target_nor_background():
+    corners, levels = spine_of_boxes()
+    shape = (128 // STRIDE, 128 // STRIDE)
+    whole = box_targets(corners[1:], levels[1:], shape)
+    targets = box_targets(corners[1:], levels[1:], shape, ignored=corners[:1])
+    assert int(targets["centers"].sum()) == len(corners) - 1
+    cell = tuple(int(round(v)) for v in ((corners[0].mean(0) + 0.5) / STRIDE - 0.5)[::-1])  # (row, column)
+    assert targets["background"][cell] == 0 and whole["background"][cell] == 1
+    assert targets["background"][0, 0] == 1 and bool(torch.all(targets["background"][targets["heat"] == 1] == 1))
+    truth = output_from_targets(targets)[None]
+    batch = {key: value[None] for key, value in targets.items()}
+
+    def loss_with_peak_at(row_column):
+        output = truth.clone()
+        output[0, HEAT][row_column] = 3.0  # a confident detection there
+        return float(detection_loss(output, batch)[0])
+
+    assert loss_with_peak_at(cell) == pytest.approx(float(detection_loss(truth, batch)[0]), abs=1e-6)
+    assert loss_with_peak_at((2, 2)) > float(detection_loss(truth, batch)[0]) + 0.1  # on background
 
 
 def _detections(centers_y, level_guesses):
@@ -131,6 +153,26 @@ def test_training_views_carry_the_projected_boxes(small_source):
         assert geometry.size == (64, 64)
         assert depth.shape == (64, 64) and depth.max() > 0
         assert {b.vertebra for b in boxes} <= {"T12", "L1", "L2"} and boxes
+
+
+def test_the_bank_keeps_which_boxes_the_ct_cuts(tmp_path):
+    phantom = generate_phantom(PhantomConfig(spacing_mm=2.0, vertebrae=("T12", "L1", "L2")))
+    labels = Labelmap(phantom.labels, "verse")
+    low_k = int(np.nonzero(labels.volume.array == labels.labels["L2"])[0].mean())  # through L2's middle
+    stop = labels.volume.shape_ijk
+    cut = DetectorCT(phantom.ct.cropped((0, 0, low_k), stop), Labelmap(labels.volume.cropped((0, 0, low_k), stop),
+                                                                       "verse"), "cut", TINY.mm_per_px)
+    assert cut.outlines.cut == {"L2"}
+    bank = render_bank([cut], DetectorSynthesis(acquisition=detector_acquisition(TINY.mm_per_px, 64), draws_per_ct=2),
+                       seed=0, progress=False)
+    bank.save(tmp_path / "bank.npz")
+    loaded = Bank.load(tmp_path / "bank.npz")
+    np.testing.assert_array_equal(loaded.box_cut, bank.box_cut)
+    assert set(loaded.box_level[loaded.box_cut]) == {VERTEBRAE.index("L2")}
+    for view in range(len(bank.depths)):
+        corners, levels = loaded.boxes_of(view)
+        assert VERTEBRAE.index("L2") not in levels
+        assert len(corners) + len(loaded.cut_boxes_of(view)) == int(np.sum(loaded.box_view == view))
 
 
 def _train(source, out, steps, **changes):

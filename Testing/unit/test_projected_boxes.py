@@ -102,3 +102,12 @@ def test_vertebrae_off_the_image_get_no_box():
     labelmap = box_labelmap()
     geometry = preset_geometry("AP", size=(300, 300), pixel_spacing=(0.5, 0.5), isocenter_ras=(0.0, 0.0, 200.0))
     assert projected_boxes(labelmap, geometry) == []
+
+
+def test_vertebrae_the_volume_cuts_are_marked_cut():
+    labelmap = box_labelmap(slabs_k=((0, 20), (25, 40), (45, 80)))  # L1 from the first slice, L3 to the last
+    assert VertebraOutlines(labelmap).cut == {"L1", "L3"}
+    assert VertebraOutlines(box_labelmap(slabs_k=((1, 20), (25, 40), (45, 79)))).cut == set()
+    array = box_labelmap().volume.array.copy()
+    array[10:30, 0:22, 10:30] = array.max()  # reaches j = 0: cut from the side
+    assert VertebraOutlines(Labelmap(box_labelmap().volume.with_array(array), "verse")).cut == {"L1"}
