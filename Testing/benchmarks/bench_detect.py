@@ -6,8 +6,8 @@ offset principal points, photon noise, scatter, blur, gamma, collimation, render
 Siddon** renderer, never ours), shared through its case cache. The truth of a view is the projected box
 (:class:`SpineRegistrationLib.render.projected_boxes.VertebraOutlines`) of every vertebra at the case's
 true pose with at least half of its box inside the exposed (uncollimated) field and whole in the CT. The
-boxes of the others (the vertebrae the CT's edge cuts, C5 and C6 and L3 of this chest CT, whose box is
-the box of a sliver, and those mostly outside the field) are neither truth nor false positives: a
+boxes of the others (the vertebrae the CT's edge cuts, C5-C7 and L2-L3 of this chest CT, whose box is
+that of the part the CT holds, and those mostly outside the field) are neither truth nor false positives: a
 detection that matches one and no truth box is not scored (COCO's rule for its "crowd" regions;
 ``--score-cut`` scores the cut vertebrae as truth, as before 2026-12-07). The detectors never saw these views: the
 patient-specific one was trained on our renderer's X-rays of this CT at other poses (``spinereg

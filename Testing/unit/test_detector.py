@@ -61,6 +61,29 @@ def test_targets_decode_back_to_the_boxes_and_their_names():
         assert by_center[nearest] == VERTEBRAE[level]
 
 
+def test_a_ridge_of_heat_along_the_spine_is_split_by_the_levels():
+    # a trained heatmap is often a ridge along the spine, its one peak anywhere on it; the level
+    # head says where each vertebra is, and decoding takes each level's peak of heat x probability
+    corners, levels = spine_of_boxes()
+    targets = box_targets(corners, levels, (128 // STRIDE, 128 // STRIDE))
+    output = output_from_targets(targets)
+    ridge = torch.zeros_like(targets["heat"], dtype=torch.bool)
+    cells = [np.round((box.mean(0) + 0.5) / STRIDE - 0.5).astype(int) for box in corners]
+    for (c0, r0), (c1, r1) in zip(cells[:-1], cells[1:]):
+        for t in np.linspace(0, 1, 20):
+            ridge[int(round(r0 + t * (r1 - r0))), int(round(c0 + t * (c1 - c0)))] = True
+    output[HEAT] = torch.where(ridge, 2.0, -6.0)
+    rows, columns = torch.meshgrid(torch.arange(ridge.shape[0]), torch.arange(ridge.shape[1]), indexing="ij")
+    output[LEVEL] = -5.0
+    for (c, r), level in zip(cells, levels):  # each level's logit falls off with the distance from its centre
+        output[LEVEL][level] = 5.0 - torch.hypot((rows - r).float(), (columns - c).float())
+    output[HEAT, int((cells[1][1] + cells[2][1]) / 2), int((cells[1][0] + cells[2][0]) / 2)] = 2.5  # between two
+    detections = decode(output, threshold=0.5)
+    assert len(detections) == len(corners)
+    for box in corners:
+        assert max(box_iou(box, d.corners()) for d in detections) > 0.97
+
+
 def test_a_cut_vertebra_is_neither_target_nor_background():
     corners, levels = spine_of_boxes()
     shape = (128 // STRIDE, 128 // STRIDE)
