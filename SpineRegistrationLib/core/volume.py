@@ -123,10 +123,15 @@ def scan_axis(volume: Volume) -> int:
 
 def scan_end_distance_mm(mask: np.ndarray, volume: Volume) -> float:
     """How far (mm) the (K, J, I) ``mask`` lies from the nearer end of the scanned range: from its
-    outermost voxel's face to the volume's first or last slice face along :func:`scan_axis`."""
+    outermost voxel's face to the volume's first or last slice face along :func:`scan_axis`; 0 when
+    the scan ends inside it (the CT holds only part of it)."""
+    return scan_end_gap_mm(*bounding_box_ijk(mask), volume)
+
+
+def scan_end_gap_mm(start_ijk, stop_ijk, volume: Volume) -> float:
+    """:func:`scan_end_distance_mm` of the voxel box [start, stop) ((i, j, k), stop exclusive)."""
     axis = scan_axis(volume)
-    start, stop = bounding_box_ijk(mask)
-    gap_vox = min(start[axis], volume.shape_ijk[axis] - stop[axis])
+    gap_vox = min(int(start_ijk[axis]), volume.shape_ijk[axis] - int(stop_ijk[axis]))
     return float(gap_vox * volume.spacing_mm[axis])
 
 

@@ -20,6 +20,7 @@ from scipy.spatial import ConvexHull
 
 from ..core.frames import apply_matrix
 from ..core.labelmap import Labelmap, centroids_ras
+from ..core.volume import scan_end_gap_mm
 from ..geometry import XrayGeometry
 from ..geometry.image_boxes import bounding_rectangle
 from ..io.xray_boxes import XrayBox
@@ -61,9 +62,10 @@ class VertebraOutlines:
     as the projected voxels: a pinhole projection keeps convex sets convex), its centroid and the
     spine axis there, CT RAS mm. vertebrae: names to keep (default every vertebra of the labelmap).
 
-    ``cut``: the vertebrae whose label touches a face of the volume: the CT holds only part of them,
-    so their box is the box of that part, not of the vertebra an X-ray shows (training and scoring
-    of the detector leave them out).
+    ``cut``: the vertebrae inside which the scan ends (:func:`..core.volume.scan_end_distance_mm`
+    0, as the verdict's "vertebra cut by the CT's end"): the CT holds only part of them, so their
+    box is the box of that part, not of the vertebra an X-ray shows (training and scoring of the
+    detector leave them out).
     """
 
     def __init__(self, labelmap: Labelmap, vertebrae: Sequence[str] | None = None) -> None:
@@ -73,13 +75,16 @@ class VertebraOutlines:
         axes = spine_axes_ras(centroids)
         regions = ndimage.find_objects(labelmap.volume.array)
         self.hulls, self.centers, self.axes = {}, {}, {}
-        shape = labelmap.volume.array.shape
-        self.cut = frozenset(name for name in self.names if any(
-            part.start == 0 or part.stop == side for part, side in zip(regions[labels[name] - 1], shape)))
+        cut = set()
         for name in self.names:
-            corners = surface_corners_ras(labelmap, labels[name], regions[labels[name] - 1])
+            region = regions[labels[name] - 1]
+            ijk = region[::-1]
+            if scan_end_gap_mm([part.start for part in ijk], [part.stop for part in ijk], labelmap.volume) <= 0.0:
+                cut.add(name)
+            corners = surface_corners_ras(labelmap, labels[name], region)
             self.hulls[name] = corners[ConvexHull(corners).vertices]
             self.centers[name], self.axes[name] = centroids[name], axes[name]
+        self.cut = frozenset(cut)
 
     def centers_at(self, matrix_ras: np.ndarray) -> dict[str, np.ndarray]:
         """name -> (3,) centroid, world RAS mm, of every vertebra with the CT at pose ``matrix_ras``
