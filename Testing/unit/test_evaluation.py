@@ -101,6 +101,10 @@ def test_truth_is_the_spine_offset_then_the_vertebra_motion_about_its_centroid(p
         offset, motion = _params(case.info["spine_offset"]), _params(case.info["vertebra_motion"])
         expected = params_to_matrix(offset, center) @ params_to_matrix(motion, center)
         np.testing.assert_allclose(case.matrix_true, expected, atol=1e-3)  # info is rounded to 1e-4
+        poses = {name: np.array(pose) for name, pose in case.info["vertebra_poses"].items()}
+        np.testing.assert_allclose(poses[case.vertebra], case.matrix_true, atol=1e-6)
+        others = [pose for name, pose in poses.items() if name != case.vertebra]
+        assert others and all(not np.allclose(pose, case.matrix_true, atol=1e-3) for pose in others)  # each its own
         np.testing.assert_array_equal(case.matrix_init, np.eye(4))
         assert np.all(np.abs(offset[:3]) <= config.rot_deg) and np.all(np.abs(offset[3:]) <= config.trans_mm)
         assert np.all(np.abs(motion[:3]) <= config.per_vertebra_deg) and np.all(np.abs(motion[3:]) <= 2.0)
