@@ -177,8 +177,8 @@ def decode(output: torch.Tensor, threshold: float = 0.3, max_boxes: int = len(CH
 
     Why per level: the heatmap alone is a ridge along the spine whose peaks fall between vertebrae
     as often as on them, while the level head tells neighbours apart. On the DiffDRR X-rays of the
-    real CT (Testing/benchmarks/bench_detect.py, whole vertebrae) the heatmap's own peaks found 92 %
-    of the boxes at IoU 0.5, the per-level peaks 99 %."""
+    real CT (Testing/benchmarks/bench_detect.py, whole vertebrae) the recall at IoU 0.5 of a
+    patient-specific model went from 0.83 (the heatmap's own peaks) to 0.97, its mAP 0.83 to 0.98."""
     heat = torch.sigmoid(output[HEAT])
     levels = torch.log_softmax(output[LEVEL], dim=0)
     named_heat = heat[None] * levels.exp()  # (levels, h, w)
@@ -222,8 +222,9 @@ class DetectorPredictor:
     def detect(self, array: np.ndarray, geometry: XrayGeometry, threshold: float = 0.3,
                centers_ras: Mapping[str, np.ndarray] | None = None) -> list[XrayBox]:
         """(rows, columns) bone-bright X-ray and its geometry -> one named box per detected vertebra
-        (original pixels, source ``detector``, score = the peak of heatmap x level probability), cranial -> caudal. centers_ras:
-        the CT's vertebra centroids at its initial pose, world RAS mm, to help name the levels."""
+        (original pixels, source ``detector``, score: its peak of heatmap x level probability),
+        cranial -> caudal. centers_ras: the CT's vertebra centroids at its initial pose, world RAS mm,
+        to help name the levels."""
         return self.detect_views([array], [geometry], threshold, centers_ras)[0]
 
     def detect_views(self, arrays: Sequence[np.ndarray], geometries: Sequence[XrayGeometry], threshold: float = 0.3,
