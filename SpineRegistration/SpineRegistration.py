@@ -929,7 +929,10 @@ class SpineRegistrationLogic(ScriptedLoadableModuleLogic):
             slicer.mrmlScene, self.boxXrays(parameterNode), python=self.pythonExecutable(), device=parameterNode.device,
             work_dir=slicer.app.temporaryPath, callback=callback, ct_node=parameterNode.ctVolume,
             segmentation_node=parameterNode.segmentation, model=parameterNode.detectorModel or None)
-        return self.boxMessage(parameterNode, _("Detected {count} boxes.").format(count=sum(map(len, made.values()))))
+        done = _("Detected {count} boxes.").format(count=sum(map(len, made.values())))
+        if not parameterNode.detectorModel:  # mAP 0.03 on a real CT's X-rays, 0.98 for one trained on that CT
+            done += " " + _("(The shipped detector knows phantoms only: for a patient, \"Train detector on this CT\".)")
+        return self.boxMessage(parameterNode, done)
 
     def projectBoxes(self, parameterNode) -> str:
         """Boxes of the segmentation's vertebrae at their registered poses (accepted boxes stay)."""
