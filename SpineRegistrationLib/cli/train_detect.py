@@ -16,9 +16,9 @@ import argparse
 
 from .training_options import add_run_options, add_training_cts, kind_defaults, run_fields, run_training, training_cts
 
-#: Defaults of a patient-specific run (one --ct): the views drawn and the steps of the one run that named the
-#: real CT's vertebrae best (README, the detector section: mAP 0.51 -> 0.64 with today's naming); general
-#: training (phantoms) keeps a smaller bank per CT and fewer steps.
+#: Defaults of a patient-specific run (one --ct): the views drawn and the steps of the single run that named
+#: the real CT's vertebrae best (README, the detector section); general training (phantoms) keeps a smaller
+#: bank per CT and fewer steps.
 PATIENT_DRAWS, GENERAL_DRAWS = 1500, 200
 PATIENT_STEPS, GENERAL_STEPS = 8000, 2500
 

@@ -152,12 +152,12 @@ def draw(path: Path, cases: list, results: dict, count: int) -> None:
                     for t in boxes:
                         ring = np.vstack([t.corners_px, t.corners_px[:1]])
                         ax.plot(ring[:, 0], ring[:, 1], color=colour, lw=0.7, ls=style)
-                scored = counted(record["truth"], record["ignored"], record["detections"])
+                scored = {id(d) for d in counted(record["truth"], record["ignored"], record["detections"])}
                 for d in record["detections"]:
                     if d.score < 0.3:
                         continue
                     right = d.vertebra in truth_names and match([truth_names[d.vertebra]], [d])
-                    colour = "cyan" if d not in scored else "red" if right else "yellow"
+                    colour = "cyan" if id(d) not in scored else "red" if right else "yellow"
                     ring = np.vstack([d.corners_px, d.corners_px[:1]])
                     ax.plot(ring[:, 0], ring[:, 1], color=colour, lw=0.8, ls="--")
                     ax.text(*d.corners_px.max(0), d.vertebra, color=colour, fontsize=6)
