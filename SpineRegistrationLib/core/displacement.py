@@ -116,7 +116,8 @@ def unfold(field: DisplacementField, fixed: np.ndarray, yielding: np.ndarray | N
     field's rigid zones). yielding: optional (K, J, I) bool, nodes of ``fixed`` that may change
     where a fold outlasts the rounds without them (a second set of rounds): a node's determinant
     depends on its neighbours only, so a fold between two fixed nodes goes only if one of them
-    yields. Nodes within two of the grid's faces never change. Returns the number of nodes smoothed.
+    yields; where one outlasts that too, every node around it may change (a third set). Nodes
+    within two of the grid's faces never change. Returns the number of nodes smoothed.
 
     By hand: neither SimpleITK nor MONAI repairs a field's folds while holding given nodes fixed.
     """
@@ -133,7 +134,7 @@ def unfold(field: DisplacementField, fixed: np.ndarray, yielding: np.ndarray | N
     changed = 0
     for found in ndimage.find_objects(clusters):
         box = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(found, folded.shape))
-        held = [fixed[box]] if yielding is None else [fixed[box], fixed[box] & ~yielding[box]]
+        held = [fixed[box]] if yielding is None else [fixed[box], fixed[box] & ~yielding[box], np.zeros_like(fixed[box])]
         changed += _unfold_box(field.displacement[box], held, inverse, min_det, rounds)
     return changed
 

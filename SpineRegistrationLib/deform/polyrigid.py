@@ -7,14 +7,15 @@ transforms do::
 
     x = exp( sum_k w_k(y) log(M_k^-1) ) y          (about a fixed origin o, see below)
 
-- Weights come from distance fields to the *moved* vertebrae (each CT mask resampled to
-  world through M_k): inside vertebra k's rigid zone (the moved mask grown by
-  ``rigid_margin_mm``, so that the trilinear interpolation between grid nodes stays exact
-  for every CT voxel of the vertebra, but by at most ``gap_share`` of the distance to the
-  nearest other vertebra) w is one-hot, so the field is exactly M_k^-1 there; outside every
-  zone w_k is proportional to 1 / (D_k - margin)^power (Shepard's inverse distance weights),
-  which tend to one-hot at a zone's surface, so the field is continuous and smooth between
-  vertebrae, and turns from one pose to the next across the whole remaining gap.
+- Weights come from distance fields to the *moved* vertebrae, each taken as the grid nodes
+  at the corners of the cells that hold its CT voxel centres moved by M_k (the nodes
+  trilinear interpolation reads for them): inside vertebra k's rigid zone (those nodes, grown
+  by ``rigid_margin_mm`` but by at most ``gap_share`` of the distance to the nearest other
+  vertebra) w is one-hot, so the field is exactly M_k^-1 there and at every voxel of k whose
+  cell no other vertebra's voxel shares (a node both claim goes to the one with the nearer
+  voxel); outside every zone w_k is proportional to 1 / (D_k - margin)^power (Shepard's inverse
+  distance weights), which tend to one-hot at a zone's surface, so the field is continuous and
+  smooth between vertebrae, and turns from one pose to the next across the whole remaining gap.
 - Vertebrae of the segmentation without a pose follow their registered neighbours: their
   twist is interpolated along the spine (linearly in the level index) between the nearest
   registered vertebra above and below, or copied from the one registered end.
@@ -31,14 +32,14 @@ from dataclasses import dataclass, field as dataclass_field
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy.spatial import cKDTree
 
 from ..core.frames import apply_matrix
 from ..core.labelmap import Labelmap, centroids_ras, label_boxes
 from ..core.pose import se3_exp, se3_log
-from ..core.volume import Volume, box_corners, grown_box
+from ..core.volume import Volume, box_corners
 from ..errors import InputError
 from ..io.images import volume_to_image
-from ..io.transforms import resampling_transform
 from ..core.displacement import DisplacementField, unfold
 
 _CHUNK_NODES = 1 << 20  # grid nodes exponentiated at a time (float64 twists: ~50 MB)
@@ -138,9 +139,11 @@ def polyrigid_field(labelmap: Labelmap, registered: dict[str, np.ndarray],
     n_nodes = grid.array.size
     inverse_twists = np.stack([_twist(np.linalg.inv(poses[name]), origin) for name in order])
 
+    moved = [_moved_voxels(labelmap, labelmap.labels[name], poses[name], grid, boxes[labelmap.labels[name]])
+             for name in order]
+
     def distance(k: int) -> np.ndarray:  # (nodes,) float32 mm to vertebra k moved
-        label = labelmap.labels[order[k]]
-        return _distance_to_moved(labelmap, label, poses[order[k]], reference, boxes[label]).ravel()
+        return _distance_to_cells(moved[k], reference).ravel()
 
     # One vertebra's distance map at a time (a (vertebrae, nodes) stack took ~260 bytes a node,
     # 10 GB at 1.25 mm on the real CT), so the distances are computed twice: first each node's
@@ -154,6 +157,7 @@ def polyrigid_field(labelmap: Labelmap, registered: dict[str, np.ndarray],
         second = np.where(closer, nearest, np.minimum(second, d))
         nearest = np.where(closer, d, nearest)
         owner[closer] = k
+    _share_contested_nodes(owner, np.flatnonzero(second == 0), moved, grid.array.shape)
     # ... then the weights: a vertebra's margin is capped by its distance to the nearest *other*
     # vertebra, the second nearest where it is the owner.
     owner_margin = np.minimum(np.float32(config.margin_mm), np.float32(config.gap_share) * second)
@@ -262,19 +266,66 @@ def _field_grid(labelmap: Labelmap, poses: dict[str, np.ndarray], spacing_mm: fl
     return Volume(np.zeros(tuple(counts[::-1]), dtype=np.uint8), ijk_to_ras)
 
 
-def _distance_to_moved(labelmap: Labelmap, label: int, pose: np.ndarray, reference: sitk.Image,
-                       box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """(K, J, I) float32 distance (mm, 0 inside; inf when it moves off the grid) on ``reference``'s
-    grid (world) to the vertebra ``label`` moved by ``pose``: its CT mask (cropped to its voxel ``box``
-    grown by two voxels) resampled through pose^-1, linearly and cut at one half, then SimpleITK's
-    signed Maurer distance map."""
-    start, stop = grown_box(*box, 2, labelmap.volume.array.shape)
+def _moved_voxels(labelmap: Labelmap, label: int, pose: np.ndarray, grid: Volume,
+                  box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(n, 3) float32: the CT voxel centres of vertebra ``label`` (``box``: its voxel box) moved by
+    ``pose``, in continuous (i, j, k) of the field's ``grid``."""
+    start, stop = box
     crop = labelmap.volume.array[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] == label
-    crop_ijk_to_ras = labelmap.volume.ijk_to_ras.copy()
-    crop_ijk_to_ras[:3, 3] = labelmap.volume.ijk_to_ras_points(start.astype(np.float64))
-    mask_image = volume_to_image(Volume(crop.astype(np.float32), crop_ijk_to_ras))
-    moved = sitk.Resample(mask_image, reference, resampling_transform(pose), sitk.sitkLinear, 0.0, sitk.sitkFloat32) >= 0.5
-    if not sitk.GetArrayViewFromImage(moved).any():  # moved off the grid: it pulls on no node
-        return np.full(sitk.GetArrayViewFromImage(moved).shape, np.inf, dtype=np.float32)
-    distance = sitk.SignedMaurerDistanceMap(moved, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    k, j, i = np.nonzero(crop)
+    ct = labelmap.volume.ijk_to_ras_points(np.stack([i, j, k], axis=1).astype(np.float64) + start)
+    return apply_matrix(np.linalg.inv(grid.ijk_to_ras) @ pose, ct).astype(np.float32)
+
+
+def _cell_corners(voxels_ijk: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(K, J, I) bool: every corner node of a grid cell holding one of ``voxels_ijk`` (continuous
+    grid i, j, k): the nodes trilinear interpolation reads for those points."""
+    cells = np.floor(voxels_ijk).astype(np.int64)
+    shape_ijk = np.array(shape[::-1])
+    corners = np.zeros(shape, dtype=bool)
+    for corner in box_corners(np.zeros(3), np.ones(3)).astype(np.int64):
+        node = cells + corner
+        on = np.all((node >= 0) & (node < shape_ijk), axis=1)
+        corners[node[on, 2], node[on, 1], node[on, 0]] = True
+    return corners
+
+
+def _distance_to_cells(voxels_ijk: np.ndarray, reference: sitk.Image) -> np.ndarray:
+    """(K, J, I) float32 distance (mm, 0 inside; inf when nothing lies on the grid) on the field's grid
+    (``reference``, its image) to the corner nodes of the cells that hold a vertebra's moved voxel
+    centres (:func:`_moved_voxels`): SimpleITK's signed Maurer distance map. (A mask resampled at
+    the nodes instead loses processes thinner than a cell, and their voxels fell outside the rigid
+    zone: up to 1.8 mm off their pose on the real CT.)"""
+    inside = _cell_corners(voxels_ijk, sitk.GetArrayViewFromImage(reference).shape)
+    if not inside.any():  # moved off the grid: it pulls on no node
+        return np.full(inside.shape, np.inf, dtype=np.float32)
+    image = sitk.GetImageFromArray(inside.astype(np.uint8))
+    image.CopyInformation(reference)
+    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
     return np.maximum(sitk.GetArrayFromImage(distance), 0.0).astype(np.float32)
+
+
+def _share_contested_nodes(owner: np.ndarray, contested: np.ndarray, moved: list[np.ndarray],
+                           shape: tuple[int, int, int]) -> None:
+    """Give each ``contested`` node (flat indices; a corner of cells holding the voxels of two or
+    more vertebrae) to the vertebra, among those, with the voxel centre nearest to it (Euclidean,
+    in grid cells), in place in ``owner`` (flat, vertebra index). No grid can move both vertebrae
+    rigidly there; this keeps each voxel's own corner nodes on its vertebra where it can."""
+    if contested.size == 0:
+        return
+    kk, jj, ii = np.unravel_index(contested, shape)
+    nodes = np.stack([ii, jj, kk], axis=1).astype(np.float64)
+    best = np.full(contested.size, np.inf)
+    for k, voxels in enumerate(moved):
+        if voxels.size == 0:
+            continue
+        tree = cKDTree(voxels)
+        # a corner of a cell holding one of k's voxels: a voxel within one cell along every axis
+        corner = tree.query(nodes, p=np.inf, distance_upper_bound=1.0)[0] < 1.0
+        if not corner.any():
+            continue
+        near = np.full(contested.size, np.inf)
+        near[corner] = tree.query(nodes[corner])[0]
+        closer = near < best
+        best[closer] = near[closer]
+        owner[contested[closer]] = k

@@ -392,9 +392,11 @@ def test_deform_folder_becomes_a_grid_transform_a_segmentation_and_a_summary(sce
             back = np.array([from_parent.TransformPoint(*point) for point in world])
             errors[where] = np.linalg.norm(back - points, axis=1)
         assert errors["interior"].max() < 0.05, name
-        # At the surface the rigid zone may be thinner than a grid cell (narrow gaps): deform.json says how much.
+        # At the surface the rigid zone may be thinner than a grid cell (narrow gaps): deform.json says how
+        # much, for the linear interpolation ITK resamples with; Slicer interpolates the grid cubically,
+        # reading a node beyond each cell, which adds a little there.
         residual = document["vertebrae"][name]["rigid_residual"]
-        assert np.percentile(errors["all"], 99) == pytest.approx(residual["p99_mm"], abs=0.01), name
+        assert np.percentile(errors["all"], 99) == pytest.approx(residual["p99_mm"], abs=0.02), name
         assert residual["p99_mm"] < 0.1, name
     # The warped segmentation: one segment per vertebra, closed surfaces shown in 3D, no parent transform.
     segmentation = made["segmentation"]
