@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        help="grid spacing of the displacement field (mm); the field covers the CT")
     poses.add_argument("--rigid-margin", type=float, default=None, metavar="MM",
                        help="how far beyond each moved vertebra the field stays exactly rigid "
-                       "(default: the spacing)")
+                       "(default: a grid cell's diagonal, the spacing x 1.73; at most a third of the gap "
+                       "to the next vertebra)")
     poses.add_argument("--xray", action="append", metavar="IMAGE", default=suppress,
                        help="an X-ray the result was registered to (repeat per view, with --geometry): the poses "
                        "of the registered vertebrae are then refined jointly against the X-rays first, and "

@@ -50,9 +50,10 @@ class PolyRigidConfig:
     """spacing_mm: grid spacing of the field (world RAS mm; the field covers the CT's extent).
     power: exponent of the inverse-distance weights (1: the gentlest turn between neighbours;
     on the phantom with +-3 deg/+-2 mm independent vertebra motions, 2 mm grid, power 1 did
-    not fold where 1.5 and 2 did). rigid_margin_mm: how far beyond each moved
-    vertebra the field stays exactly rigid (default: a grid cell's diagonal, spacing * sqrt 3, so
-    that trilinear interpolation keeps every CT voxel of the vertebra on its pose). gap_share: the
+    not fold where 1.5 and 2 did). rigid_margin_mm: how far beyond the nodes of each moved
+    vertebra's cells (those trilinear interpolation reads for its voxels) the field stays exactly
+    rigid (default: a grid cell's diagonal, spacing * sqrt 3, which also covers the node beyond
+    each cell that Slicer's cubic interpolation of a grid transform reads). gap_share: the
     margin never takes more than this share of the distance to the next vertebra, so that a
     narrow disc or facet gap keeps room for the turn from one pose to the next (without it the
     field folds there). unfold: where the blend still folds (a gap between two vertebrae a node or

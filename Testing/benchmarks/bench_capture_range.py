@@ -119,7 +119,9 @@ def main(argv=None) -> int:
         for offset in offsets:
             start = start_of(case, offset, args.seed)
             arms = [("without", None), ("with", truth_boxes)]
-            if predictor is not None:  # as `spinereg detect --ct --seg --init START`: the CT helps name the levels
+            detected_arms_left = {(index, offset, "detected"), (index, offset, "detected target")} - done
+            if predictor is not None and detected_arms_left:  # as `spinereg detect --ct --seg --init START`:
+                # the CT helps name the levels; not rerun on resume once both detected arms are done
                 detected = dict(zip(VIEWS, predictor.detect_views(case.images, case.geometries,
                                                                    centers_ras=outlines.centers_at(start))))
                 arms.append(("detected", {view: [replace(box, accepted=True) for box in boxes]
