@@ -240,6 +240,24 @@ def test_every_voxel_is_its_pose_unless_another_vertebra_shares_its_cells_nodes(
     assert unshared_total > 0.9  # most voxels are checked
 
 
+def test_a_node_two_vertebrae_claim_goes_to_the_nearer_voxel():
+    # Two vertebrae with a voxel each in the same grid cell (continuous grid i, j, k), a third far
+    # away: each corner of that cell goes to the vertebra whose voxel is nearer to it.
+    from SpineRegistrationLib.deform.polyrigid import _share_contested_nodes
+
+    shape = (4, 4, 4)  # K, J, I
+    moved = [np.array([[1.2, 1.1, 1.3]], np.float32), np.array([[1.9, 1.8, 1.7]], np.float32),
+             np.array([[3.0, 3.0, 3.0]], np.float32)]
+    corners = [(i, j, k) for i in (1, 2) for j in (1, 2) for k in (1, 2)]
+    contested = np.array([np.ravel_multi_index((k, j, i), shape) for i, j, k in corners])
+    owner = np.zeros(int(np.prod(shape)), dtype=np.int16)
+    _share_contested_nodes(owner, contested, moved, shape)
+    for (i, j, k), node in zip(corners, contested):
+        nearer = int(np.argmin([np.linalg.norm(np.array([i, j, k]) - m[0]) for m in moved[:2]]))
+        assert owner[node] == nearer, (i, j, k)
+    assert set(owner[contested]) == {0, 1}
+
+
 def test_the_blends_folds_are_smoothed_away_outside_the_rigid_zones(spine):
     # Steeper weights (power 2) and +-3 deg / +-2 mm per vertebra fold the blend in the gaps;
     # the repair removes every fold and changes no node inside a moved vertebra.
