@@ -219,9 +219,10 @@ def main(argv=None) -> int:
     outlines = VertebraOutlines(labelmap)
     truths, ignored = [], []
     for case in cases:
+        poses = case.info.get("vertebra_poses")  # every vertebra's own (cases cached before 2026-12-07: rigid only)
+        poses = {n: np.array(m) for n, m in poses.items()} if poses else case.matrix_true
         for g, view in zip(case.geometries, case.info["views"]):
-            poses = case.info.get("vertebra_poses")  # every vertebra's own (cases cached before 2026-12-07: rigid only)
-            boxes = outlines.boxes(g, {n: np.array(m) for n, m in poses.items()} if poses else case.matrix_true)
+            boxes = outlines.boxes(g, poses)
             scored = [visible_share(b.corners_px, g.size, view["sim"]["collimation"]) >= MIN_VISIBLE
                       and (args.score_cut or b.vertebra not in outlines.cut) for b in boxes]
             truths.append([b for b, keep in zip(boxes, scored) if keep])
