@@ -108,6 +108,22 @@ def centroids_ras(labelmap: Labelmap) -> dict[str, np.ndarray]:
     }
 
 
+def neighbour_offsets(centroids: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, ...]:
+    """(3,) CT RAS mm vectors from vertebra ``name``'s centroid to its labelled neighbours' (the
+    entries before and after it in ``centroids``, cranial -> caudal, as :func:`centroids_ras` gives
+    them). With one neighbour only, its mirror stands for the other side (the spine goes on beyond
+    the labels); none when ``name`` is alone or absent."""
+    names = list(centroids)
+    if name not in centroids or len(names) < 2:
+        return ()
+    at = names.index(name)
+    here = np.asarray(centroids[name], dtype=np.float64)
+    offsets = [np.asarray(centroids[names[i]], dtype=np.float64) - here for i in (at - 1, at + 1) if 0 <= i < len(names)]
+    if len(offsets) == 1:
+        offsets.append(-offsets[0])
+    return tuple(offsets)
+
+
 def label_boxes(labelmap: Labelmap, margin_vox: int | tuple[int, int, int] = 0) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Every vertebra's label (of :attr:`Labelmap.labels`) -> its voxel box (start_ijk, stop_ijk) as
     :func:`.volume.bounding_box_ijk` gives it, in one pass over the array (scipy's find_objects),

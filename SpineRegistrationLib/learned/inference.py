@@ -153,10 +153,11 @@ def register_vertebra_learned(
     progress: Progress | None = None,
     region: OrientedBox | None = None,
     boxes: Sequence[DetectorBox] = (),
+    neighbour_offsets: Sequence[np.ndarray] = (),
 ) -> VertebraResult:
     """The ``learned`` (``refine=False``) or ``auto`` (``refine=True``) registration of one vertebra.
 
-    Same inputs (``region`` and ``boxes`` go to the intensity stages) and result as
+    Same inputs (``region``, ``boxes`` and ``neighbour_offsets`` go to the intensity stages) and result as
     :func:`..registration.register_vertebra`; its ``stages`` start with the network's, and say
     when the full intensity search had to take over.
     """
@@ -172,7 +173,7 @@ def register_vertebra_learned(
     else:  # score the network's pose at every level without moving it
         local = replace(config, global_search="none", iterations=(0,) * len(config.iterations))
     result = register_vertebra(name, mu, mask, xrays, geometries, init=start, config=local, device=device,
-                               progress=progress, region=region, boxes=boxes)
+                               progress=progress, region=region, boxes=boxes, neighbour_offsets=neighbour_offsets)
     stages = [{"stage": "network", "time_s": round(network_s, 3)}] + result.stages
     if not refine and result.verdict != "pass":
         result = replace(result, verdict_reason=f"{NETWORK_ONLY}: {result.verdict_reason}")
@@ -180,7 +181,7 @@ def register_vertebra_learned(
         if progress is not None:
             progress(f"{name}: network result in doubt, full search", 0.5)
         full = register_vertebra(name, mu, mask, xrays, geometries, init=init, config=config, device=device,
-                                 progress=progress, region=region, boxes=boxes)
+                                 progress=progress, region=region, boxes=boxes, neighbour_offsets=neighbour_offsets)
         stages += [{"stage": "fallback:intensity", "similarity": round(full.similarity, 4)}] + full.stages
         if full.similarity > result.similarity:
             result = replace(full, evaluations=full.evaluations + result.evaluations)

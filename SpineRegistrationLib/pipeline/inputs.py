@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.box import OrientedBox, mask_box_center_ras
-from ..core.labelmap import check_same_grid
+from ..core.labelmap import centroids_ras, check_same_grid, neighbour_offsets
 from ..core.labels import get_scheme
 from ..core.volume import Volume, bounding_box_ijk, box_corners
 from ..errors import InputError
@@ -144,6 +144,15 @@ class CaseInputs:
     def mask(self, name: str) -> np.ndarray:
         """(K, J, I) bool mask of one vertebra to register."""
         return self.labelmap.volume.array == self.vertebrae[name]
+
+    @cached_property
+    def centroids(self) -> dict[str, np.ndarray]:
+        """Every labelled vertebra's centroid, CT RAS mm, cranial -> caudal (computed once)."""
+        return centroids_ras(self.labelmap)
+
+    def neighbour_offsets(self, name: str) -> tuple[np.ndarray, ...]:
+        """CT RAS mm from vertebra ``name``'s centroid to its labelled neighbours' (the verdict's level margin)."""
+        return neighbour_offsets(self.centroids, name)
 
     def start(self, name: str) -> np.ndarray:
         """(4, 4) matrix_ras the registration of vertebra ``name`` starts from (see :func:`start_pose`)."""

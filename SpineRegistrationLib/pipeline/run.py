@@ -90,12 +90,14 @@ def iter_register_case(
                     name, case.mu, case.mask(name), case.xrays, case.geometries, predictor, init=case.start(name),
                     config=case.config.rigid, refine=case.method == "auto", device=case.device, progress=report,
                     region=case.rois.get(name), boxes=case.boxes.get(name, ()),
+                    neighbour_offsets=case.neighbour_offsets(name),
                 )
                 continue
             yield register_vertebra(
                 name, case.mu, case.mask(name), case.xrays, case.geometries, init=case.start(name),
                 config=case.config.rigid, device=case.device, progress=report,
                 region=case.rois.get(name), boxes=case.boxes.get(name, ()),
+                neighbour_offsets=case.neighbour_offsets(name),
             )
     finally:
         if threads is not None:

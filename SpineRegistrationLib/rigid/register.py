@@ -39,7 +39,7 @@ from .config import Progress, RigidConfig
 from .problem import VertebraDRR, prepare_xray, pyramid
 from .refine import refine_level
 from .search import global_search
-from .verdict import final_similarities, judge
+from .verdict import final_similarities, judge, level_margin
 
 
 def register_vertebra(
@@ -54,13 +54,16 @@ def register_vertebra(
     progress: Progress | None = None,
     region: OrientedBox | None = None,
     boxes: Sequence[DetectorBox] = (),
+    neighbour_offsets: Sequence[np.ndarray] = (),
 ) -> VertebraResult:
     """Register one vertebra (``mask`` (K, J, I) in the CT ``mu``, 1/mm) to biplanar X-rays.
 
     ``xrays``: (rows, columns) arrays, bone bright, one per geometry. ``init``: (4, 4)
     starting matrix_ras (default identity). ``region``: the user's box (CT RAS) bounding what
     is compared (:class:`.problem.VertebraDRR`); ``boxes``: the vertebra's accepted boxes on
-    the X-rays, which the translation grid does not leave (:func:`.search.grid_search`).
+    the X-rays, which the translation grid does not leave (:func:`.search.grid_search`);
+    ``neighbour_offsets``: CT RAS mm from the vertebra's centroid to its labelled neighbours'
+    (:func:`..core.labelmap.neighbour_offsets`), which the verdict's level margin reads (none: not read).
     """
     started = time.perf_counter()
     config = RigidConfig() if config is None else config
@@ -119,8 +122,9 @@ def register_vertebra(
     optimiser_similarity = float(similarity)
     views = final_similarities(vertebra, levels, pose, config, device)
     similarity = float(np.mean(views))
+    levels_margin = level_margin(vertebra, levels, pose, neighbour_offsets, config, device)
     verdict, reason = judge(similarity, margin, config, optimiser_similarity, scan_end_distance_mm(vertebra.mask, mu),
-                            views)
+                            views, levels_margin)
     report("done", 1.0)
     return VertebraResult(
         name=name,
@@ -135,5 +139,6 @@ def register_vertebra(
         rival_margin=margin,
         view_similarities=views,
         optimiser_similarity=optimiser_similarity,
+        level_margin=levels_margin,
         stages=stages,
     )

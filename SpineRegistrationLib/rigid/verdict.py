@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -12,6 +14,7 @@ from .refine import level_problem
 #: Reasons written with a ``doubt`` verdict (result.json ``verdict_reason``).
 LOW_SIMILARITY = "low similarity"
 RIVAL_ELSEWHERE = "rival at another place"
+RIVAL_LEVEL = "rival at another level"
 NETWORK_ONLY = "network only, not refined"
 VIEW_DISAGREES = "a view disagrees"
 CUT_BY_CT = "vertebra cut by the CT's end"
@@ -21,12 +24,14 @@ AT_CT_EDGE = "vertebra at the CT's edge"
 
 def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
           optimiser_similarity: float | None = None, scan_end_mm: float | None = None,
-          view_similarities: list[float] | None = None) -> tuple[str, str | None]:
+          view_similarities: list[float] | None = None,
+          level_margin: float | None = None) -> tuple[str, str | None]:
     """("pass", None) or ("doubt", reason) for a final ``similarity`` (:func:`final_similarities`,
     averaged over ``view_similarities``, each view's; None: not known), the lead over the best
     rival candidate at another place (None when the search kept none), the refinement's own
-    best score at the finest level (None: not known) and the vertebra's distance to the nearer end
-    of the CT's scanned range (mm, :func:`..core.volume.scan_end_distance_mm`; None: not known).
+    best score at the finest level (None: not known), the vertebra's distance to the nearer end
+    of the CT's scanned range (mm, :func:`..core.volume.scan_end_distance_mm`; None: not known)
+    and the result's lead over the neighbouring levels (:func:`level_margin`; None: not known).
 
     A vertebra the CT cuts (``scan_end_mm`` 0: part of it lies outside the scan) is doubted: the
     DRR lacks bone that the X-ray shows, and no similarity vouches for its pose. The similarity is
@@ -37,12 +42,21 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
     ``edge_optimiser_doubt_below`` instead, and the reason says so. A view under
     ``view_doubt_below`` disagrees with the pose whatever the other says (one view alone leaves
     the depth along its beam free to go wrong).
+
+    The level margin compares within the case, where the similarities meet thresholds common to
+    every case: a result that stands out from the neighbouring levels by ``level_vouch`` is held
+    to ``level_vouched_doubt_below`` instead of ``optimiser_doubt_below`` (vertebrae over the liver
+    or behind the shoulders score low at right poses, but the places of their neighbours score
+    lower still; not at the CT's edge, where the context is cut), and a result that scores under
+    another level (margin under ``level_doubt_below``) is doubted whatever it scores.
     """
     if scan_end_mm is not None and scan_end_mm <= 0.0:
         return "doubt", CUT_BY_CT
     edge = scan_end_mm is not None and at_ct_edge(scan_end_mm, config)
     fresh, refined = ((config.edge_doubt_below, config.edge_optimiser_doubt_below) if edge
                       else (config.doubt_below, config.optimiser_doubt_below))
+    if not edge and level_margin is not None and level_margin >= config.level_vouch:
+        refined = min(refined, config.level_vouched_doubt_below)
     if similarity < fresh and (optimiser_similarity is None or optimiser_similarity < refined):
         where = f", {AT_CT_EDGE}" if edge else ""
         return "doubt", f"{LOW_SIMILARITY} ({similarity:.3f} < {fresh:g}{where})"
@@ -50,6 +64,8 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
         view = int(np.argmin(view_similarities))
         return "doubt", (f"{VIEW_DISAGREES} (view {view + 1}: {view_similarities[view]:.3f} < "
                          f"{config.view_doubt_below:g})")
+    if level_margin is not None and level_margin < config.level_doubt_below:
+        return "doubt", f"{RIVAL_LEVEL} (margin {level_margin:.3f} < {config.level_doubt_below:g})"
     if rival_margin is not None and rival_margin < config.ambiguity_margin:
         return "doubt", f"{RIVAL_ELSEWHERE} (margin {rival_margin:.3f} < {config.ambiguity_margin:g})"
     return "pass", None
@@ -76,3 +92,34 @@ def final_similarities(vertebra: VertebraDRR, levels: list[list[View]], pose: np
     with torch.no_grad():
         scores = problem.view_similarities(torch.as_tensor(pose, dtype=torch.float32, device=device)[None])[:, 0]
     return [float(score) for score in scores]
+
+
+def level_margin(vertebra: VertebraDRR, levels: list[list[View]], pose: np.ndarray,
+                 neighbour_offsets: Sequence[np.ndarray], config: RigidConfig, device) -> float | None:
+    """How far the similarity at ``pose`` stands above the best at the same pose moved along the
+    spine by each of ``config.level_shifts`` (fractions) of each neighbour offset (CT RAS mm, from the
+    vertebra's centroid to a neighbour's: :func:`..core.labelmap.neighbour_offsets`), rotated
+    with the pose: where the neighbours lie if the result is right, and halfway there. None when no
+    offset is given or no shifted pose is seen by every view.
+
+    Read at the level before the finest (its wide weight, the context moving with the vertebra):
+    there the context, ribs and organs, tells the levels apart, and neighbours that moved a few
+    millimetres on their own are under two pixels. Each pose is set up afresh, without refinement.
+    """
+    level = max(0, len(levels[0]) - 2)
+    views = [per_view[level] for per_view in levels]
+
+    def score(at: np.ndarray) -> float:
+        problem = level_problem(vertebra, views, at, level, config, device)
+        with torch.no_grad():
+            return float(problem.similarity(torch.as_tensor(at, dtype=torch.float32, device=device)[None])[0])
+
+    rivals = []
+    for offset in neighbour_offsets:
+        for fraction in config.level_shifts:
+            shifted = np.array(pose, dtype=np.float64)
+            shifted[:3, 3] += fraction * (shifted[:3, :3] @ np.asarray(offset, dtype=np.float64))
+            center = shifted[:3, :3] @ vertebra.center_ras + shifted[:3, 3]
+            if all(view.geometry.sees(center[None])[0] for view in views):
+                rivals.append(score(shifted))
+    return score(np.asarray(pose, dtype=np.float64)) - max(rivals) if rivals else None

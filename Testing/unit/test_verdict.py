@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from SpineRegistrationLib.core.labelmap import Labelmap, vertebra_mask
+from SpineRegistrationLib.core.labelmap import Labelmap, centroids_ras, neighbour_offsets, vertebra_mask
 from SpineRegistrationLib.core.pose import params_to_matrix
 from SpineRegistrationLib.core.volume import Volume, bounding_box_ijk, scan_axis, scan_end_distance_mm
 from SpineRegistrationLib.io.results import VertebraResult
@@ -16,7 +16,7 @@ from SpineRegistrationLib.rigid import RigidConfig
 from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
 from SpineRegistrationLib.rigid.refine import level_problem
 from SpineRegistrationLib.rigid.register import register_vertebra
-from SpineRegistrationLib.rigid.verdict import AT_CT_EDGE, CUT_BY_CT, final_similarities, judge
+from SpineRegistrationLib.rigid.verdict import AT_CT_EDGE, CUT_BY_CT, RIVAL_LEVEL, final_similarities, judge, level_margin
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig
 from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample
 
@@ -31,11 +31,12 @@ def problem():
     vertebra = VertebraDRR(mu, vertebra_mask(Labelmap(phantom.labels, "verse"), "L2"), config.roi_margin_mm, "cpu",
                            config.context_mm, config.full_depth)
     levels = [pyramid(prepare_xray(x), g, config.pixel_mm) for x, g in zip(case.images, case.geometries)]
-    return vertebra, levels, case.poses["L2"], config
+    offsets = neighbour_offsets(centroids_ras(Labelmap(phantom.labels, "verse")), "L2")
+    return vertebra, levels, case.poses["L2"], config, offsets
 
 
 def test_the_final_similarity_is_set_up_at_the_pose_it_judges(problem):
-    vertebra, levels, truth, config = problem
+    vertebra, levels, truth, config, _ = problem
     right = final_similarities(vertebra, levels, truth, config, "cpu")
     wrong = final_similarities(vertebra, levels, truth @ params_to_matrix(np.array([4.0, -3.0, 5.0, 6.0, -5.0, 4.0]),
                                                                           vertebra.center_ras), config, "cpu")
@@ -50,14 +51,15 @@ def test_the_final_similarity_is_set_up_at_the_pose_it_judges(problem):
 def test_result_json_keeps_each_views_similarity():
     result = VertebraResult(name="L2", matrix_ras=np.eye(4), params=np.zeros(6), center_ras=np.zeros(3),
                             similarity=0.75, verdict="pass", time_s=1.0, evaluations=10, view_similarities=[0.8, 0.7],
-                            optimiser_similarity=0.77)
+                            optimiser_similarity=0.77, level_margin=0.21)
     again = VertebraResult.from_json("L2", result.to_json())
     assert again.view_similarities == [0.8, 0.7] and again.optimiser_similarity == 0.77 and again.verdict == "pass"
+    assert again.level_margin == 0.21
     # result.json of an older version has none: read as None, not an error.
     old = result.to_json()
-    del old["view_similarities"], old["optimiser_similarity"]
+    del old["view_similarities"], old["optimiser_similarity"], old["level_margin"]
     older = VertebraResult.from_json("L2", old)
-    assert older.view_similarities is None and older.optimiser_similarity is None
+    assert older.view_similarities is None and older.optimiser_similarity is None and older.level_margin is None
 
 
 @pytest.mark.parametrize("similarity, optimiser, margin, reason", [
@@ -123,7 +125,7 @@ def test_scan_end_distance_follows_the_scan_axis():
 
 
 def test_registration_judges_a_vertebra_the_ct_ends_next_to_by_the_edge_thresholds(problem):
-    vertebra, levels, truth, _ = problem
+    vertebra, levels, truth, _, _ = problem
     # A verdict that always doubts at the CT's edge and never elsewhere shows which rule was applied.
     config = RigidConfig(pixel_mm=(3.2, 1.6), iterations=(0, 0), global_search="none", doubt_below=-2.0,
                          edge_doubt_below=2.0, edge_optimiser_doubt_below=2.0)
@@ -139,3 +141,52 @@ def test_registration_judges_a_vertebra_the_ct_ends_next_to_by_the_edge_threshol
     mask = vertebra.mask[: cut_stop[2]]
     at_edge = register_vertebra("L2", cut, mask, xrays, geometries, truth, config)
     assert at_edge.verdict == "doubt" and AT_CT_EDGE in at_edge.verdict_reason
+
+
+def test_neighbour_offsets_point_to_the_labelled_neighbours():
+    centroids = {"T12": np.array([0.0, 0.0, 30.0]), "L1": np.array([1.0, 2.0, 0.0]), "L2": np.array([0.0, 5.0, -28.0])}
+    above, below = neighbour_offsets(centroids, "L1")
+    np.testing.assert_allclose(above, [-1.0, -2.0, 30.0])
+    np.testing.assert_allclose(below, [-1.0, 3.0, -28.0])
+    # The first labelled vertebra: the one neighbour's mirror stands for the missing side.
+    np.testing.assert_allclose(np.array(neighbour_offsets(centroids, "T12")), [[1.0, 2.0, -30.0], [-1.0, -2.0, 30.0]])
+    assert neighbour_offsets({"L1": np.zeros(3)}, "L1") == () and neighbour_offsets(centroids, "L5") == ()
+
+
+def test_the_level_margin_is_positive_at_the_truth_and_negative_a_level_away(problem):
+    vertebra, levels, truth, config, offsets = problem
+    at_truth = level_margin(vertebra, levels, truth, offsets, config, "cpu")
+    assert at_truth > config.level_vouch
+    # The vertebra's DRR moved onto its cranial neighbour (a level mix-up): the truth is among its shifts.
+    up = truth.copy()
+    up[:3, 3] += truth[:3, :3] @ offsets[0]
+    assert level_margin(vertebra, levels, up, offsets, config, "cpu") < 0.0
+    assert level_margin(vertebra, levels, truth, (), config, "cpu") is None  # no neighbour: not read
+
+
+@pytest.mark.parametrize("similarity, optimiser, level, edge_mm, reason", [
+    (0.50, 0.60, None, None, "low similarity"),  # not read: as before
+    (0.50, 0.60, 0.10, None, "low similarity"),  # above its neighbours, but not by enough to vouch
+    (0.50, 0.60, 0.20, None, None),  # low, but it stands out from the neighbouring levels: vouched for
+    (0.50, 0.52, 0.20, None, "low similarity"),  # vouched for, but under even the lower threshold
+    (0.50, 0.72, 0.30, 2.5, "low similarity"),  # at the CT's edge the context is cut: no vouching
+    (0.80, 0.80, -0.01, None, RIVAL_LEVEL),  # high, but another level scores higher
+])
+def test_the_level_margin_vouches_for_a_low_similarity_and_doubts_a_rival_level(similarity, optimiser, level, edge_mm,
+                                                                                 reason):
+    verdict, why = judge(similarity, None, RigidConfig(), optimiser, scan_end_mm=edge_mm, level_margin=level)
+    assert verdict == ("pass" if reason is None else "doubt")
+    assert (why is None) if reason is None else why.startswith(reason)
+
+
+def test_registration_writes_the_level_margin_it_judged_by(problem):
+    vertebra, levels, truth, _, offsets = problem
+    config = RigidConfig(pixel_mm=(3.2, 1.6), iterations=(0, 0), global_search="none")
+    xrays = [views[-1].image.numpy() for views in levels]
+    geometries = [views[-1].geometry for views in levels]
+    without = register_vertebra("L2", vertebra.mu, vertebra.mask, xrays, geometries, truth, config)
+    assert without.level_margin is None
+    result = register_vertebra("L2", vertebra.mu, vertebra.mask, xrays, geometries, truth, config,
+                               neighbour_offsets=offsets)
+    assert result.level_margin == pytest.approx(level_margin(vertebra, levels, truth, offsets, config, "cpu"), abs=1e-5)
+    assert result.verdict == "pass"
