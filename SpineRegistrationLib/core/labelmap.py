@@ -118,7 +118,8 @@ def neighbour_offsets(centroids: dict[str, np.ndarray], name: str) -> tuple[np.n
         return ()
     at = names.index(name)
     here = np.asarray(centroids[name], dtype=np.float64)
-    offsets = [np.asarray(centroids[names[i]], dtype=np.float64) - here for i in (at - 1, at + 1) if 0 <= i < len(names)]
+    offsets = [np.asarray(centroids[names[i]], dtype=np.float64) - here
+               for i in (at - 1, at + 1) if 0 <= i < len(names)]
     if len(offsets) == 1:
         offsets.append(-offsets[0])
     return tuple(offsets)

@@ -88,7 +88,14 @@ def final_similarities(vertebra: VertebraDRR, levels: list[list[View]], pose: np
     0.49 set up afresh, 0.55 at the truth).
     """
     finest = len(levels[0]) - 1
-    problem = level_problem(vertebra, [views[finest] for views in levels], pose, finest, config, device)
+    return similarities_at(vertebra, [views[finest] for views in levels], pose, finest, config, device)
+
+
+def similarities_at(vertebra: VertebraDRR, views: list[View], pose: np.ndarray, level: int, config: RigidConfig,
+                    device) -> list[float]:
+    """Each view's similarity at ``pose`` with the objective of pyramid ``level`` set up at ``pose``
+    (``views``: that level's)."""
+    problem = level_problem(vertebra, views, pose, level, config, device)
     with torch.no_grad():
         scores = problem.view_similarities(torch.as_tensor(pose, dtype=torch.float32, device=device)[None])[:, 0]
     return [float(score) for score in scores]
@@ -110,9 +117,7 @@ def level_margin(vertebra: VertebraDRR, levels: list[list[View]], pose: np.ndarr
     views = [per_view[level] for per_view in levels]
 
     def score(at: np.ndarray) -> float:
-        problem = level_problem(vertebra, views, at, level, config, device)
-        with torch.no_grad():
-            return float(problem.similarity(torch.as_tensor(at, dtype=torch.float32, device=device)[None])[0])
+        return float(np.mean(similarities_at(vertebra, views, at, level, config, device)))
 
     rivals = []
     for offset in neighbour_offsets:

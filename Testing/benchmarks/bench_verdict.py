@@ -81,8 +81,6 @@ def add_level_margins(records: list[dict], cases: list) -> int:
     """Read the level margin (:func:`SpineRegistrationLib.rigid.verdict.level_margin`) at the stored
     pose of every record that lacks it (records of a version before it): the reading does not move
     the pose, so this is what registering again would write. Returns how many were added."""
-    import torch
-
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
     from SpineRegistrationLib.rigid.verdict import level_margin
@@ -97,9 +95,8 @@ def add_level_margins(records: list[dict], cases: list) -> int:
                 VertebraDRR(case.mu, case.mask, config.roi_margin_mm, "cpu", config.context_mm, config.full_depth),
                 [pyramid(prepare_xray(x), g, config.pixel_mm) for x, g in zip(case.images, case.geometries)])}
         vertebra, levels = prepared[case.index]
-        with torch.no_grad():
-            record["level_margin"] = level_margin(vertebra, levels, np.asarray(record["matrix_ras"]),
-                                                  case.neighbour_offsets, config, "cpu")
+        record["level_margin"] = level_margin(vertebra, levels, np.asarray(record["matrix_ras"]),
+                                              case.neighbour_offsets, config, "cpu")
         added += 1
     return added
 
