@@ -282,6 +282,9 @@ _TABLE_COLUMNS = {
     "Similarity": (vtk.vtkDoubleArray, lambda v: float(v.similarity)),
     "Verdict": (vtk.vtkStringArray, lambda v: v.verdict),
     "Time (s)": (vtk.vtkDoubleArray, lambda v: float(v.time_s)),
+    # The verdict's lead over the neighbouring levels (NaN where not read) and why a result is in doubt.
+    "Level margin": (vtk.vtkDoubleArray, lambda v: float("nan") if v.level_margin is None else float(v.level_margin)),
+    "Why in doubt": (vtk.vtkStringArray, lambda v: v.verdict_reason or ""),
 }
 
 
@@ -300,11 +303,13 @@ def _update_results_table(change: SceneChange, result: RegistrationResult):
 
 
 def results_table_rows(table_node) -> list[tuple]:
-    """The rows of a results table as (vertebra, similarity, verdict, time_s) tuples."""
+    """The rows of a results table as (vertebra, similarity, verdict, time_s, level margin, why in
+    doubt) tuples."""
     table = table_node.GetTable()
+    strings = [array_class is vtk.vtkStringArray for array_class, _ in _TABLE_COLUMNS.values()]
     return [
-        tuple(table.GetValue(row, col).ToString() if col in (0, 2) else table.GetValue(row, col).ToDouble()
-              for col in range(4))
+        tuple(table.GetValue(row, col).ToString() if strings[col] else table.GetValue(row, col).ToDouble()
+              for col in range(len(strings)))
         for row in range(table.GetNumberOfRows())
     ]
 

@@ -56,8 +56,11 @@ def test_register_succeeds_and_writes_the_folder(registered):
     assert "[1/1] L2: registering" in lines
     assert any(line.startswith("L2:") and "%|" in line for line in lines), "no tqdm bar"
     table = stdout.splitlines()
-    assert table[0].split()[:3] == ["vertebra", "similarity", "verdict"]
-    assert table[1].split()[0] == "L2" and table[1].split()[2] in ("pass", "doubt")
+    assert table[0].split()[:4] == ["vertebra", "similarity", "level_margin", "verdict"]
+    row = table[1].split()
+    assert row[0] == "L2" and row[3] in ("pass", "doubt")
+    entry = json.loads((out / "result.json").read_text())["vertebrae"]["L2"]
+    assert float(row[2]) == pytest.approx(entry["level_margin"], abs=5e-4)
 
 
 def test_result_json_follows_the_contract(registered, phantom_dir):
@@ -75,6 +78,8 @@ def test_result_json_follows_the_contract(registered, phantom_dir):
     assert np.asarray(entry["matrix_ras"]).shape == (4, 4)
     assert set(entry["params"]) == PARAM_KEYS and len(entry["center_ras"]) == 3
     assert -1.0 <= entry["similarity"] <= 1.0 and entry["verdict"] in ("pass", "doubt")
+    # L2 has both neighbours labelled: the verdict read how far it leads them (a right result leads).
+    assert entry["level_margin"] > 0.0
     assert entry["time_s"] > 0 and isinstance(entry["evaluations"], int) and entry["evaluations"] > 0
     assert result["total_time_s"] >= entry["time_s"]
 
