@@ -16,8 +16,9 @@ Stages, coarse to fine over a pyramid of detector resolutions (``RigidConfig.pix
 
 The verdict (:mod:`.verdict`) compares the final similarity (the objective set up afresh at
 the final pose) with ``doubt_below`` and the refinement's own score with
-``optimiser_doubt_below`` (``edge_*`` for a vertebra the CT ends next to), and the winner's lead
-over rival candidates elsewhere with ``ambiguity_margin``.
+``optimiser_doubt_below`` (``edge_*`` for a vertebra the CT ends next to), the winner's lead
+over rival candidates elsewhere with ``ambiguity_margin``, and its lead over the pose moved towards
+the neighbouring levels (the level margin) with ``level_vouch`` and ``level_doubt_below``.
 """
 
 from __future__ import annotations
@@ -122,9 +123,9 @@ def register_vertebra(
     optimiser_similarity = float(similarity)
     views = final_similarities(vertebra, levels, pose, config, device)
     similarity = float(np.mean(views))
-    levels_margin = level_margin(vertebra, levels, pose, neighbour_offsets, config, device)
+    level_lead = level_margin(vertebra, levels, pose, neighbour_offsets, config, device)
     verdict, reason = judge(similarity, margin, config, optimiser_similarity, scan_end_distance_mm(vertebra.mask, mu),
-                            views, levels_margin)
+                            views, level_lead)
     report("done", 1.0)
     return VertebraResult(
         name=name,
@@ -139,6 +140,6 @@ def register_vertebra(
         rival_margin=margin,
         view_similarities=views,
         optimiser_similarity=optimiser_similarity,
-        level_margin=levels_margin,
+        level_margin=level_lead,
         stages=stages,
     )
