@@ -95,9 +95,13 @@ class VertebraDRR:
         self.corners_ras = region.corners() if region is not None else mu.ijk_to_ras_points(box)
         self.evaluations = 0
 
+    def center_world(self, matrix: np.ndarray) -> np.ndarray:
+        """(3,) world RAS mm of the vertebra's centroid at pose ``matrix`` (4, 4 matrix_ras)."""
+        return matrix[:3, :3] @ self.center_ras + matrix[:3, 3]
+
     def _draw(self, what: str, poses: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
         matrix = poses[0].detach().cpu().double().numpy()
-        center_world = matrix[:3, :3] @ self.center_ras + matrix[:3, 3]
+        center_world = self.center_world(matrix)
         pixel_at_object_mm = min(geometry.pixel_spacing) / geometry.magnification(center_world)
         beam_ras = np.linalg.solve(matrix[:3, :3], center_world - geometry.source)
         axis = int(np.argmax(np.abs(np.linalg.solve(self.mu.ijk_to_ras[:3, :3], beam_ras))))  # voxel axis nearest the beam

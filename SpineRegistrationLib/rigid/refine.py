@@ -56,7 +56,7 @@ def refine_level(
 ) -> tuple[np.ndarray, float]:
     """One pyramid level of local optimisation (Adam, or CMA-ES for the gradient-free baseline)."""
     problem = level_problem(vertebra, views, pose, level, config, device)
-    center_world = pose[:3, :3] @ vertebra.center_ras + pose[:3, 3]
+    center_world = vertebra.center_world(pose)
     if config.cmaes_all_levels:
         shrink = 0.25 * 0.5**level
         return cmaes_search(problem, pose, center_world, config.cmaes_sigma_deg * shrink, config.cmaes_sigma_mm * shrink,

@@ -80,7 +80,7 @@ def register_vertebra(
     vertebra = VertebraDRR(mu, mask, config.roi_margin_mm, device, config.context_mm, config.full_depth, region)
     pose = np.eye(4) if init is None else np.asarray(init, dtype=np.float64)
     for geometry in geometries:
-        if not geometry.sees((pose[:3, :3] @ vertebra.center_ras + pose[:3, 3])[None])[0]:
+        if not geometry.sees(vertebra.center_world(pose)[None])[0]:
             raise InputError(f"vertebra {name} is not seen by every X-ray at the initial pose "
                              "(its centre projects outside a detector)")
     levels = [pyramid(prepare_xray(x), g, config.pixel_mm) for x, g in zip(xrays, geometries)]

@@ -36,7 +36,7 @@ def grid_search(
     projection outside one of them loses more than any score can win, so the candidates are
     the translations inside all of them (when there are any) and the neighbours are out.
     """
-    center_world = start[:3, :3] @ vertebra.center_ras + start[:3, 3]
+    center_world = vertebra.center_world(start)
     axis = np.arange(-config.search_mm, config.search_mm + 1e-6, config.search_step_mm)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     # The trial rotations turn about the centre, so where each translation projects, and the
@@ -165,7 +165,7 @@ def global_search(
     for index, candidate in enumerate(candidates):
         problem = LevelProblem(vertebra, coarse, candidate, margin, device, config.weight_dilate_mm)
         polished.append(cmaes_search(
-            problem, candidate, candidate[:3, :3] @ vertebra.center_ras + candidate[:3, 3],
+            problem, candidate, vertebra.center_world(candidate),
             config.cmaes_sigma_deg if wide else config.polish_sigma_deg,
             config.cmaes_sigma_mm if wide else config.polish_sigma_mm,
             config.cmaes_evaluations if wide else config.cmaes_evaluations // 2, config.seed + index, device,

@@ -124,7 +124,6 @@ def level_margin(vertebra: VertebraDRR, levels: list[list[View]], pose: np.ndarr
         for fraction in config.level_shifts:
             shifted = np.array(pose, dtype=np.float64)
             shifted[:3, 3] += fraction * (shifted[:3, :3] @ np.asarray(offset, dtype=np.float64))
-            center = shifted[:3, :3] @ vertebra.center_ras + shifted[:3, 3]
-            if all(view.geometry.sees(center[None])[0] for view in views):
+            if all(view.geometry.sees(vertebra.center_world(shifted)[None])[0] for view in views):
                 rivals.append(score(shifted))
     return score(np.asarray(pose, dtype=np.float64)) - max(rivals) if rivals else None

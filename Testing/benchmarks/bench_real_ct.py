@@ -42,6 +42,7 @@ import math
 import platform
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +78,19 @@ class CaseCache:
         """``masks``: every labelled vertebra's mask, cranial -> caudal (as ``Labelmap.labels`` lists them)."""
         self.directory, self.ct, self.mu, self.masks = Path(directory), ct, mu, masks
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._centroids = None
 
-    def neighbour_offsets(self, vertebra: str) -> tuple:
-        """What :class:`EvalCase` keeps for the verdict's level margin (centroids computed once)."""
-        from SpineRegistrationLib.core.labelmap import neighbour_offsets
+    @cached_property
+    def centroids(self) -> dict:
+        """Every labelled vertebra's centroid (CT RAS mm), cranial -> caudal, computed once."""
         from SpineRegistrationLib.core.volume import mask_center_ras
 
-        if self._centroids is None:
-            self._centroids = {name: mask_center_ras(mask, self.ct) for name, mask in self.masks.items() if mask.any()}
-        return neighbour_offsets(self._centroids, vertebra)
+        return {name: mask_center_ras(mask, self.ct) for name, mask in self.masks.items() if mask.any()}
+
+    def neighbour_offsets(self, vertebra: str) -> tuple:
+        """What :class:`EvalCase` keeps for the verdict's level margin."""
+        from SpineRegistrationLib.core.labelmap import neighbour_offsets
+
+        return neighbour_offsets(self.centroids, vertebra)
 
     def path(self, variant: str, renderer: str, seed: int, index: int) -> Path:
         return self.directory / f"{variant}-{renderer}-{seed}-{index}.npz"

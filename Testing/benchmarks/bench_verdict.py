@@ -160,7 +160,6 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from SpineRegistrationLib.core.labelmap import vertebra_mask
-    from SpineRegistrationLib.core.volume import mask_center_ras
     from SpineRegistrationLib.evaluation import intensity_method, iter_run_method
     from SpineRegistrationLib.io.images import read_volume
     from SpineRegistrationLib.io.labelmaps import read_labelmap
@@ -187,13 +186,12 @@ def main(argv=None) -> int:
         if add_level_margins(records, cases):
             save()
     else:
-        centers = {name: mask_center_ras(mask, ct) for name, mask in masks.items() if mask.any()}
         methods = {"search": intensity_method("cpu"), "local": intensity_method("cpu", RigidConfig(global_search="none"))}
         done = {(r["case"], r["kind"]) for r in records}
         args.out.mkdir(parents=True, exist_ok=True)
         for case in tqdm(cases[:args.cases], desc="cases", unit="case", file=sys.stderr):
             for kind in kinds:
-                start = decoy_start(case, kind, centers, args.seed)
+                start = decoy_start(case, kind, cache.centroids, args.seed)
                 if start is None or (case.index, kind) in done:
                     continue
                 method = methods["search" if kind == "search" else "local"]
