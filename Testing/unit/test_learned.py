@@ -102,8 +102,8 @@ def test_acquisitions_from_either_side_with_flipped_detectors_and_offset_princip
 
 
 def test_training_draws_frontal_and_lateral_views_from_either_side():
-    """The network meets both sides in training (the shipped model, trained on one frontal side,
-    reads the other badly: see training_acquisition)."""
+    """The network meets both sides in training, as the benchmarks and the operating room take them
+    (the patches undo the mirroring, not the perspective)."""
     from SpineRegistrationLib.learned.data import training_acquisition
     from SpineRegistrationLib.synthetic.acquisition import draw_geometries
 

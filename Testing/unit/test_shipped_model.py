@@ -2,8 +2,8 @@
 
 The shipped model was trained on varied phantoms of seeds 1000-1005
 (``spinereg train --phantoms 6 --phantom-seed 1000``); here a phantom of another seed and
-anatomy is posed like the evaluation's cases and the network alone must bring every start
-closer to the truth (within 10 mm, the refinement's reach), and the median much closer.
+anatomy is posed like the evaluation's cases, seen from either side, and the network alone must
+bring every start closer to the truth (within 6 mm), and the median much closer.
 """
 
 from __future__ import annotations
@@ -33,18 +33,29 @@ def test_the_shipped_model_is_small_and_says_what_it_was_trained_on(shipped):
     assert info["steps"] > 0 and all(name.startswith("phantom-10") for name in info["sources"])
 
 
-def test_the_shipped_model_improves_the_pose_on_a_phantom_it_never_saw(shipped):
+def test_the_shipped_model_improves_the_pose_from_either_side_on_a_phantom_it_never_saw(shipped):
+    """AP or PA, the lateral from the left or the right, flipped detectors, offset principal points (the
+    real-CT benchmark's C-arms and the operating room's): the patches undo the flips but not the
+    perspective, which training from either side teaches."""
     phantom = generate_phantom(PhantomConfig(seed=7, anatomy_scale=0.95, lordosis_deg=30.0))
     labelmap = Labelmap(phantom.labels, "verse")
-    cases = make_cases(phantom.ct, labelmap, config=EvalConfig(cases=6, rot_deg=8.0, trans_mm=15.0, seed=5,
-                                                              detector_size=(384, 384), pixel_spacing_mm=1.3))
+    cases = make_cases(phantom.ct, labelmap, config=EvalConfig(
+        cases=12, rot_deg=8.0, trans_mm=15.0, seed=5, either_side=True, flip_detector=True, principal_offset_mm=20.0,
+        detector_size=(384, 384), pixel_spacing_mm=1.3))
     predictor = PosePredictor(shipped)
-    before, after = [], []
+    before, after, side = [], [], []
     for case in cases:
         points = vertebra_points(case.mask, case.ct, max_points=2000)
         predicted = predictor.predict(case.mu, case.mask, case.images, case.geometries, case.matrix_init)
         before.append(mtre_mm(case.matrix_init, case.matrix_true, points))
         after.append(mtre_mm(predicted, case.matrix_true, points))
-    # Measured when shipped: median 16 mm -> 3.3 mm, worst 6.3 mm.
-    assert all(a < min(b, 10.0) for a, b in zip(after, before)), (before, after)
+        center = case.matrix_true[:3, :3] @ case.center_ras + case.matrix_true[:3, 3]
+        side.append(case.geometries[0].source[1] > center[1])  # frontal source anterior
+    before, after, side = np.array(before), np.array(after), np.array(side)
+    assert 0 < side.sum() < len(side), side
+    # Measured when shipped: median 14.4 mm -> 3.1 mm, worst 5.4 mm; median 4.2 mm with the frontal source
+    # anterior, 2.5 mm posterior (the model before, trained 5 000 steps fewer and from one side: worst 7.4 mm,
+    # 6.2 mm anterior).
+    assert np.all(after < np.minimum(before, 6.0)), (before, after)
     assert np.median(after) < 0.3 * np.median(before), (before, after)
+    assert np.median(after[side]) < 5.0 and np.median(after[~side]) < 5.0, (after, side)
