@@ -282,8 +282,11 @@ _TABLE_COLUMNS = {
     "Similarity": (vtk.vtkDoubleArray, lambda v: float(v.similarity)),
     "Verdict": (vtk.vtkStringArray, lambda v: v.verdict),
     "Time (s)": (vtk.vtkDoubleArray, lambda v: float(v.time_s)),
-    # The verdict's lead over the neighbouring levels (NaN where not read) and why a result is in doubt.
+    # The verdict's lead over the neighbouring levels, the vertebra's own evidence (NaN where not
+    # read) and why a result is in doubt.
     "Level margin": (vtk.vtkDoubleArray, lambda v: float("nan") if v.level_margin is None else float(v.level_margin)),
+    "Vertebra evidence": (vtk.vtkDoubleArray,
+                          lambda v: float("nan") if v.vertebra_evidence is None else float(v.vertebra_evidence)),
     "Why in doubt": (vtk.vtkStringArray, lambda v: v.verdict_reason or ""),
 }
 
@@ -303,8 +306,8 @@ def _update_results_table(change: SceneChange, result: RegistrationResult):
 
 
 def results_table_rows(table_node) -> list[tuple]:
-    """The rows of a results table as (vertebra, similarity, verdict, time_s, level margin, why in
-    doubt) tuples."""
+    """The rows of a results table as (vertebra, similarity, verdict, time_s, level margin, vertebra
+    evidence, why in doubt) tuples."""
     table = table_node.GetTable()
     strings = [array_class is vtk.vtkStringArray for array_class, _ in _TABLE_COLUMNS.values()]
     return [

@@ -44,7 +44,7 @@ def result_extra(result) -> dict:
     return {"verdict": result.verdict, "similarity": float(result.similarity), "evaluations": int(result.evaluations),
             "verdict_reason": result.verdict_reason, "rival_margin": result.rival_margin,
             "view_similarities": result.view_similarities, "optimiser_similarity": result.optimiser_similarity,
-            "level_margin": result.level_margin}
+            "level_margin": result.level_margin, "vertebra_evidence": result.vertebra_evidence}
 
 
 def cmaes_method(device: str | torch.device = "cpu") -> Method:

@@ -54,7 +54,9 @@ class VertebraResult:
     ``similarity``; None where not measured). optimiser_similarity: the refinement's own best
     score at the finest level (the verdict's second reading; None where not known). level_margin:
     the similarity's lead over the same pose moved towards the neighbouring levels
-    (:func:`..rigid.verdict.level_margin`; None where not read). stages: what each stage did
+    (:func:`..rigid.verdict.level_margin`; None where not read). vertebra_evidence: how much of the
+    X-rays' edges the vertebra alone explains at the result (:func:`..rigid.verdict.vertebra_evidence`;
+    read only for a doubt for a low similarity, None elsewhere). stages: what each stage did
     (JSON-ready dicts).
     """
 
@@ -71,6 +73,7 @@ class VertebraResult:
     view_similarities: list[float] | None = None
     optimiser_similarity: float | None = None
     level_margin: float | None = None
+    vertebra_evidence: float | None = None
     stages: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -86,6 +89,7 @@ class VertebraResult:
             "view_similarities": self.view_similarities,
             "optimiser_similarity": self.optimiser_similarity,
             "level_margin": self.level_margin,
+            "vertebra_evidence": self.vertebra_evidence,
             "time_s": round(float(self.time_s), 3),
             "evaluations": int(self.evaluations),
             "stages": self.stages,
@@ -110,6 +114,7 @@ class VertebraResult:
                 view_similarities=entry.get("view_similarities"),
                 optimiser_similarity=entry.get("optimiser_similarity"),
                 level_margin=entry.get("level_margin"),
+                vertebra_evidence=entry.get("vertebra_evidence"),
                 stages=list(entry.get("stages", [])),
             )
         except (KeyError, TypeError, ValueError) as error:

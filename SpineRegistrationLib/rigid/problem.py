@@ -149,11 +149,21 @@ class VertebraDRR:
         with torch.no_grad():
             return self._draw("background", pose, geometry)[0]
 
+    def render_background(self, poses: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
+        """(B, 4, 4) -> (B, rows, columns): the context without the vertebra at ``poses``, differentiable."""
+        self.evaluations += poses.shape[0]
+        return self._draw("background", poses, geometry)
+
+    def render_excess(self, poses: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
+        """(B, 4, 4) -> (B, rows, columns): the vertebra's attenuation above soft tissue at ``poses``
+        (what it adds to the background; the simulator's decomposition)."""
+        return self._draw("excess", poses, geometry)
+
     def render_over(self, poses: torch.Tensor, geometry: XrayGeometry, background: torch.Tensor) -> torch.Tensor:
         """(B, 4, 4) -> (B, rows, columns): the vertebra alone at ``poses`` over a fixed ``background``
         (the simulator's decomposition: background plus the vertebra's attenuation above tissue)."""
         self.evaluations += poses.shape[0]
-        return self._draw("excess", poses, geometry) + background
+        return self.render_excess(poses, geometry) + background
 
     def render(self, poses: torch.Tensor, geometry: XrayGeometry) -> torch.Tensor:
         """(B, 4, 4) -> (B, rows, columns) DRRs in one view: what the X-ray is compared with."""

@@ -17,8 +17,9 @@ Stages, coarse to fine over a pyramid of detector resolutions (``RigidConfig.pix
 The verdict (:mod:`.verdict`) compares the final similarity (the objective set up afresh at
 the final pose) with ``doubt_below`` and the refinement's own score with
 ``optimiser_doubt_below`` (``edge_*`` for a vertebra the CT ends next to), the winner's lead
-over rival candidates elsewhere with ``ambiguity_margin``, and its lead over the pose moved towards
-the neighbouring levels (the level margin) with ``level_vouch`` and ``level_doubt_below``.
+over rival candidates elsewhere with ``ambiguity_margin``, its lead over the pose moved towards
+the neighbouring levels (the level margin) with ``level_vouch`` and ``level_doubt_below``, and, for
+a result in doubt for a low similarity, the vertebra's own evidence with ``evidence_vouch``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .config import Progress, RigidConfig
 from .problem import VertebraDRR, prepare_xray, pyramid
 from .refine import refine_level
 from .search import global_search
-from .verdict import final_similarities, judge, level_margin
+from .verdict import final_similarities, judge, level_margin, needs_evidence, vertebra_evidence
 
 
 def register_vertebra(
@@ -124,8 +125,13 @@ def register_vertebra(
     views = final_similarities(vertebra, levels, pose, config, device)
     similarity = float(np.mean(views))
     level_lead = level_margin(vertebra, levels, pose, neighbour_offsets, config, device)
-    verdict, reason = judge(similarity, margin, config, optimiser_similarity, scan_end_distance_mm(vertebra.mask, mu),
-                            views, level_lead)
+    scan_end = scan_end_distance_mm(vertebra.mask, mu)
+    verdict, reason = judge(similarity, margin, config, optimiser_similarity, scan_end, views, level_lead)
+    evidence = None
+    if needs_evidence(reason, scan_end, config):
+        report("vertebra evidence", 0.95)
+        evidence = vertebra_evidence(vertebra, levels, pose, config, device)
+        verdict, reason = judge(similarity, margin, config, optimiser_similarity, scan_end, views, level_lead, evidence)
     report("done", 1.0)
     return VertebraResult(
         name=name,
@@ -141,5 +147,6 @@ def register_vertebra(
         view_similarities=views,
         optimiser_similarity=optimiser_similarity,
         level_margin=level_lead,
+        vertebra_evidence=evidence,
         stages=stages,
     )

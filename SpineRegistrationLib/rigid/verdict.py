@@ -7,9 +7,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..similarity import partial_gradient_ncc, vertebra_similarity
 from .config import RigidConfig
-from .problem import VertebraDRR, View
-from .refine import level_problem
+from .problem import LevelProblem, VertebraDRR, View
+from .refine import adam_refine, level_problem
 
 #: Reasons written with a ``doubt`` verdict (result.json ``verdict_reason``).
 LOW_SIMILARITY = "low similarity"
@@ -25,13 +26,14 @@ AT_CT_EDGE = "vertebra at the CT's edge"
 def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
           optimiser_similarity: float | None = None, scan_end_mm: float | None = None,
           view_similarities: list[float] | None = None,
-          level_margin: float | None = None) -> tuple[str, str | None]:
+          level_margin: float | None = None, evidence: float | None = None) -> tuple[str, str | None]:
     """("pass", None) or ("doubt", reason) for a final ``similarity`` (:func:`final_similarities`,
     averaged over ``view_similarities``, each view's; None: not known), the lead over the best
     rival candidate at another place (None when the search kept none), the refinement's own
     best score at the finest level (None: not known), the vertebra's distance to the nearer end
-    of the CT's scanned range (mm, :func:`..core.volume.scan_end_distance_mm`; None: not known)
-    and the result's lead over the neighbouring levels (:func:`level_margin`; None: not known).
+    of the CT's scanned range (mm, :func:`..core.volume.scan_end_distance_mm`; None: not known),
+    the result's lead over the neighbouring levels (:func:`level_margin`; None: not known) and
+    the vertebra's own evidence (:func:`vertebra_evidence`; None: not read).
 
     A vertebra the CT cuts (``scan_end_mm`` 0: part of it lies outside the scan) is doubted: the
     DRR lacks bone that the X-ray shows, and no similarity vouches for its pose. The similarity is
@@ -49,6 +51,11 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
     or behind the shoulders score low at right poses, but the places of their neighbours score
     lower still; not at the CT's edge, where the context is cut), and a result that scores under
     another level (margin under ``level_doubt_below``) is doubted whatever it scores.
+
+    The vertebra evidence is a third similarity reading: a result whose X-ray holds the vertebra's
+    own edges (``evidence`` of ``evidence_vouch`` or more, not at the CT's edge) is not doubted for
+    a low similarity, whose readings are lowered when the vertebra moved against the rest of the
+    patient; the other reasons still apply.
     """
     if scan_end_mm is not None and scan_end_mm <= 0.0:
         return "doubt", CUT_BY_CT
@@ -57,9 +64,11 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
                       else (config.doubt_below, config.optimiser_doubt_below))
     if not edge and level_margin is not None and level_margin >= config.level_vouch:
         refined = min(refined, config.level_vouched_doubt_below)
-    if similarity < fresh and (optimiser_similarity is None or optimiser_similarity < refined):
+    vouched = not edge and evidence is not None and evidence >= config.evidence_vouch
+    if similarity < fresh and (optimiser_similarity is None or optimiser_similarity < refined) and not vouched:
         where = f", {AT_CT_EDGE}" if edge else ""
-        return "doubt", f"{LOW_SIMILARITY} ({similarity:.3f} < {fresh:g}{where})"
+        own = "" if evidence is None else f"; vertebra evidence {evidence:.3f} < {config.evidence_vouch:g}"
+        return "doubt", f"{LOW_SIMILARITY} ({similarity:.3f} < {fresh:g}{where}{own})"
     if view_similarities and min(view_similarities) < config.view_doubt_below:
         view = int(np.argmin(view_similarities))
         return "doubt", (f"{VIEW_DISAGREES} (view {view + 1}: {view_similarities[view]:.3f} < "
@@ -69,6 +78,13 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
     if rival_margin is not None and rival_margin < config.ambiguity_margin:
         return "doubt", f"{RIVAL_ELSEWHERE} (margin {rival_margin:.3f} < {config.ambiguity_margin:g})"
     return "pass", None
+
+
+def needs_evidence(reason: str | None, scan_end_mm: float | None, config: RigidConfig) -> bool:
+    """Could the vertebra evidence change this verdict? Only a doubt for a low similarity, away from
+    the CT's edge (:func:`judge`): the evidence costs a short fit, so it is read only there."""
+    return (reason is not None and reason.startswith(LOW_SIMILARITY)
+            and not (scan_end_mm is not None and at_ct_edge(scan_end_mm, config)))
 
 
 def at_ct_edge(scan_end_mm: float, config: RigidConfig) -> bool:
@@ -127,3 +143,50 @@ def level_margin(vertebra: VertebraDRR, levels: list[list[View]], pose: np.ndarr
             if all(view.geometry.sees(vertebra.center_world(shifted)[None])[0] for view in views):
                 rivals.append(score(shifted))
     return score(np.asarray(pose, dtype=np.float64)) - max(rivals) if rivals else None
+
+
+class _HeldVertebra:
+    """The objective of the background alone at one pyramid level: the context without the vertebra
+    at the poses tried, the vertebra's attenuation held where it was drawn (``problem``'s crops,
+    X-rays and weights)."""
+
+    def __init__(self, vertebra: VertebraDRR, problem: LevelProblem, held: torch.Tensor):
+        self.vertebra, self.problem = vertebra, problem
+        with torch.no_grad():
+            self.excess = [vertebra.render_excess(held, crop.geometry) for crop in problem.crops]
+
+    def similarity(self, poses: torch.Tensor) -> torch.Tensor:
+        """(B, 4, 4) background poses -> (B,) mean similarity over the views."""
+        scores = [vertebra_similarity(self.vertebra.render_background(poses, crop.geometry) + excess, image, weight)
+                  for crop, excess, image, weight in zip(self.problem.crops, self.excess, self.problem.images,
+                                                         self.problem.weights)]
+        return torch.stack(scores).mean(0)
+
+
+def vertebra_evidence(vertebra: VertebraDRR, levels: list[list[View]], pose: np.ndarray, config: RigidConfig,
+                      device) -> float:
+    """How much of the X-rays' edges the vertebra alone explains at ``pose``: the partial correlation of
+    each X-ray's gradients with the vertebra's (its attenuation above soft tissue), the background's
+    (the context without it) regressed out (:func:`..similarity.partial_gradient_ncc`), where the
+    vertebra projects at the finest level, averaged over the views.
+
+    The background is first re-posed on its own (``evidence_steps`` Adam steps at the level before
+    the finest, its wide weight, the vertebra held at ``pose``): after the vertebra moved against the
+    rest of the patient, a background drawn at its pose would leave edges the vertebra does not
+    make. At a right pose the X-ray holds the vertebra's edges beyond the background's; at a wrong
+    one, what lies under it (a neighbour, ribs) is already the background's.
+    """
+    held = torch.as_tensor(pose, dtype=torch.float32, device=device)[None]
+    level = max(0, len(levels[0]) - 2)
+    fit = _HeldVertebra(vertebra, level_problem(vertebra, [views[level] for views in levels], pose, level, config,
+                                                device), held)
+    background_pose, _ = adam_refine(fit, pose, vertebra.center_world(pose), config.evidence_steps,
+                                     config.lr_deg * 0.5**level, config.lr_mm * 0.5**level, device)
+    finest = len(levels[0]) - 1
+    problem = level_problem(vertebra, [views[finest] for views in levels], pose, finest, config, device)
+    background_t = torch.as_tensor(background_pose, dtype=torch.float32, device=device)[None]
+    with torch.no_grad():
+        scores = [partial_gradient_ncc(image, vertebra.render_background(background_t, crop.geometry)[0],
+                                       vertebra.render_excess(held, crop.geometry)[0], weight)
+                  for crop, image, weight in zip(problem.crops, problem.images, problem.weights)]
+    return float(torch.stack(scores).mean())

@@ -19,7 +19,7 @@ per kind, per half of the cases and in all; each record keeps what the verdict r
 Writes OUT/verdict.json (one record per result, after every case) and OUT/verdict.md;
 ``--resume`` keeps the records of OUT/verdict.json and runs only what they lack;
 ``--from-results`` re-scores them with today's verdict without registering again (reading at each
-stored pose what the records of an older version lack: the level margin).
+stored pose what the records of an older version lack: the level margin, the vertebra evidence).
 
 Usage::
 
@@ -69,25 +69,29 @@ def decoy_start(case, kind: str, centers: dict, seed: int) -> np.ndarray | None:
 
 
 def verdict_of(record: dict) -> tuple[str, str | None]:
-    """Today's verdict on a stored record (its similarities, rival margin and distance to the CT's end)."""
+    """Today's verdict on a stored record (its similarities, margins, vertebra evidence and distance to the CT's end)."""
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.verdict import judge
 
     return judge(record["similarity"], record["rival_margin"], RigidConfig(), record["optimiser_similarity"],
-                 record["ct_edge_mm"], record.get("view_similarities"), record.get("level_margin"))
+                 record["ct_edge_mm"], record.get("view_similarities"), record.get("level_margin"),
+                 record.get("vertebra_evidence"))
 
 
-def add_level_margins(records: list[dict], cases: list) -> int:
-    """Read the level margin (:func:`SpineRegistrationLib.rigid.verdict.level_margin`) at the stored
-    pose of every record that lacks it (records of a version before it): the reading does not move
-    the pose, so this is what registering again would write. Returns how many were added."""
+def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float]) -> int:
+    """Read at the stored pose of every record what the verdict reads and the record lacks (records of
+    an older version): the level margin (:func:`SpineRegistrationLib.rigid.verdict.level_margin`) and,
+    where the verdict needs it, the vertebra evidence (:func:`~SpineRegistrationLib.rigid.verdict.vertebra_evidence`).
+    Neither moves the pose, so this is what registering again would write. Returns how many records changed."""
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
-    from SpineRegistrationLib.rigid.verdict import level_margin
+    from SpineRegistrationLib.rigid.verdict import level_margin, needs_evidence, vertebra_evidence
 
-    config, added, prepared = RigidConfig(), 0, {}
-    for record in records:
-        if record["error"] is not None or "level_margin" in record:
+    from tqdm import tqdm
+
+    config, changed, prepared = RigidConfig(), 0, {}
+    for record in tqdm(records, desc="readings", unit="result", file=sys.stderr):
+        if record["error"] is not None or ("level_margin" in record and "vertebra_evidence" in record):
             continue
         case = cases[record["case"]]
         if case.index not in prepared:
@@ -95,10 +99,15 @@ def add_level_margins(records: list[dict], cases: list) -> int:
                 VertebraDRR(case.mu, case.mask, config.roi_margin_mm, "cpu", config.context_mm, config.full_depth),
                 [pyramid(prepare_xray(x), g, config.pixel_mm) for x, g in zip(case.images, case.geometries)])}
         vertebra, levels = prepared[case.index]
-        record["level_margin"] = level_margin(vertebra, levels, np.asarray(record["matrix_ras"]),
-                                              case.neighbour_offsets, config, "cpu")
-        added += 1
-    return added
+        pose = np.asarray(record["matrix_ras"])
+        if "level_margin" not in record:
+            record["level_margin"] = level_margin(vertebra, levels, pose, case.neighbour_offsets, config, "cpu")
+        edge = edge_mm[record["vertebra"]]
+        _, reason = verdict_of({**record, "ct_edge_mm": edge, "vertebra_evidence": None})
+        record["vertebra_evidence"] = (vertebra_evidence(vertebra, levels, pose, config, "cpu")
+                                       if needs_evidence(reason, edge, config) else None)
+        changed += 1
+    return changed
 
 
 def scan_end_distances(ct, labelmap) -> dict[str, float]:
@@ -183,7 +192,7 @@ def main(argv=None) -> int:
                                     "records": records}, indent=1))
 
     if args.from_results:
-        if add_level_margins(records, cases):
+        if add_readings(records, cases, edge_mm):
             save()
     else:
         methods = {"search": intensity_method("cpu"), "local": intensity_method("cpu", RigidConfig(global_search="none"))}
@@ -204,6 +213,7 @@ def main(argv=None) -> int:
                                     "view_similarities": extra.get("view_similarities"),
                                     "optimiser_similarity": extra.get("optimiser_similarity"),
                                     "level_margin": extra.get("level_margin"),
+                                    "vertebra_evidence": extra.get("vertebra_evidence"),
                                     "matrix_ras": record["matrix_ras"], "time_s": record["time_s"]})
             save()
     records = [{**r, "ct_edge_mm": edge_mm[r["vertebra"]]} for r in records if r["error"] is None]

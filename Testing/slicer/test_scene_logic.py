@@ -81,6 +81,7 @@ def make_result_folder(folder: Path, phantom_dir: Path, drr_scale: float = 0.5, 
             "verdict": "pass" if index < 2 else "doubt",
             "verdict_reason": None if index < 2 else "low similarity (0.700 < 0.73)",
             "level_margin": None if index == 0 else 0.1 * index,
+            "vertebra_evidence": None if index < 2 else 0.21,
             "time_s": 1.5 + index,
         }
     (folder / "result.json").write_text(json.dumps({"format": "spinereg-result", "version": 1, "vertebrae": vertebrae}))
@@ -240,9 +241,10 @@ def test_result_folder_becomes_transforms_drrs_surfaces_and_table(scene, loaded,
     rows = logic.results_table_rows(made["table"])
     assert [row[0] for row in rows] == ["L1", "L2", "L3"]
     assert rows[0][1] == pytest.approx(0.9) and rows[2][2] == "doubt" and rows[1][3] == pytest.approx(2.5)
-    # Why a result is in doubt, and the level margin (NaN where the result did not read one).
-    assert [row[5] for row in rows] == ["", "", "low similarity (0.700 < 0.73)"]
+    # Why a result is in doubt, the level margin and the vertebra evidence (NaN where not read).
+    assert [row[6] for row in rows] == ["", "", "low similarity (0.700 < 0.73)"]
     assert np.isnan(rows[0][4]) and rows[2][4] == pytest.approx(0.2)
+    assert np.isnan(rows[1][5]) and rows[2][5] == pytest.approx(0.21)
 
     # A second result updates the same nodes; Reset removes them and keeps the inputs.
     count = node_count(scene)

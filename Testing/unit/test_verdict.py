@@ -16,8 +16,9 @@ from SpineRegistrationLib.rigid import RigidConfig
 from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
 from SpineRegistrationLib.rigid.refine import level_problem
 from SpineRegistrationLib.rigid.register import register_vertebra
-from SpineRegistrationLib.rigid.verdict import (AT_CT_EDGE, CUT_BY_CT, RIVAL_LEVEL, final_similarities, judge,
-                                                 level_margin)
+from SpineRegistrationLib.rigid.verdict import (AT_CT_EDGE, CUT_BY_CT, LOW_SIMILARITY, RIVAL_LEVEL, VIEW_DISAGREES,
+                                                 final_similarities, judge, level_margin, needs_evidence,
+                                                 vertebra_evidence)
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig
 from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample
 
@@ -55,7 +56,9 @@ def test_result_json_keeps_each_views_similarity():
                             optimiser_similarity=0.77, level_margin=0.21)
     again = VertebraResult.from_json("L2", result.to_json())
     assert again.view_similarities == [0.8, 0.7] and again.optimiser_similarity == 0.77 and again.verdict == "pass"
-    assert again.level_margin == 0.21
+    assert again.level_margin == 0.21 and again.vertebra_evidence is None
+    read = VertebraResult.from_json("L2", {**result.to_json(), "vertebra_evidence": 0.31})
+    assert read.vertebra_evidence == 0.31 and read.to_json()["vertebra_evidence"] == 0.31
     # result.json of an older version has none: read as None, not an error.
     old = result.to_json()
     del old["view_similarities"], old["optimiser_similarity"], old["level_margin"]
@@ -191,3 +194,59 @@ def test_registration_writes_the_level_margin_it_judged_by(problem):
                                neighbour_offsets=offsets)
     assert result.level_margin == pytest.approx(level_margin(vertebra, levels, truth, offsets, config, "cpu"), abs=1e-5)
     assert result.verdict == "pass"
+
+
+def test_the_vertebra_evidence_is_high_at_the_truth_and_low_where_the_background_explains_the_x_ray(problem):
+    vertebra, levels, truth, config, offsets = problem
+    at_truth = vertebra_evidence(vertebra, levels, truth, config, "cpu")
+    assert at_truth > 0.6
+    # On its neighbour (a level mix-up) what lies under the vertebra is the neighbour's, which the
+    # background already draws; half a level away, or rotated and shifted, nothing of it is there.
+    up = truth.copy()
+    up[:3, 3] += truth[:3, :3] @ offsets[0]
+    half = truth.copy()
+    half[:3, 3] += 0.5 * truth[:3, :3] @ offsets[0]
+    off = truth @ params_to_matrix(np.array([4.0, -3.0, 5.0, 6.0, -5.0, 4.0]), vertebra.center_ras)
+    assert vertebra_evidence(vertebra, levels, up, config, "cpu") < 0.5 * at_truth
+    assert max(vertebra_evidence(vertebra, levels, pose, config, "cpu") for pose in (half, off)) < config.evidence_vouch
+
+
+@pytest.mark.parametrize("similarity, optimiser, views, evidence, edge_mm, reason", [
+    (0.50, 0.60, None, None, None, "low similarity (0.500 < 0.63)"),  # not read
+    (0.50, 0.60, None, 0.20, None, "low similarity (0.500 < 0.63; vertebra evidence 0.200 < 0.26)"),
+    (0.50, 0.60, None, 0.30, None, None),  # the X-ray holds the vertebra's own edges: vouched for
+    (0.50, 0.60, [0.66, 0.34], 0.30, None, VIEW_DISAGREES),  # vouched for, but a view still disagrees
+    (0.60, 0.66, None, 0.40, 2.5, LOW_SIMILARITY),  # at the CT's edge the background is cut: no vouching
+])
+def test_the_vertebra_evidence_vouches_for_a_low_similarity(similarity, optimiser, views, evidence, edge_mm, reason):
+    verdict, why = judge(similarity, None, RigidConfig(), optimiser, scan_end_mm=edge_mm, view_similarities=views,
+                         evidence=evidence)
+    assert verdict == ("pass" if reason is None else "doubt")
+    assert (why is None) if reason is None else why.startswith(reason)
+
+
+def test_the_evidence_is_read_only_where_it_can_change_the_verdict():
+    config = RigidConfig()
+    assert needs_evidence("low similarity (0.500 < 0.63)", 50.0, config)
+    assert needs_evidence("low similarity (0.500 < 0.63)", None, config)
+    assert not needs_evidence("low similarity (0.570 < 0.68, vertebra at the CT's edge)", 2.5, config)
+    assert not needs_evidence("a view disagrees (view 2: 0.344 < 0.4)", 50.0, config)
+    assert not needs_evidence(None, 50.0, config)
+
+
+def test_registration_reads_the_evidence_for_a_low_similarity_and_writes_it(problem):
+    vertebra, levels, truth, _, _ = problem
+    xrays = [views[-1].image.numpy() for views in levels]
+    geometries = [views[-1].geometry for views in levels]
+    # Thresholds no similarity meets: the low-similarity rule fires, and the evidence decides.
+    low = dict(pixel_mm=(3.2, 1.6), iterations=(0, 0), global_search="none", doubt_below=2.0, optimiser_doubt_below=2.0)
+    vouched = register_vertebra("L2", vertebra.mu, vertebra.mask, xrays, geometries, truth, RigidConfig(**low))
+    assert vouched.verdict == "pass" and vouched.vertebra_evidence > RigidConfig().evidence_vouch
+    strict = register_vertebra("L2", vertebra.mu, vertebra.mask, xrays, geometries, truth,
+                               RigidConfig(**low, evidence_vouch=1.5))
+    assert strict.verdict == "doubt" and "vertebra evidence" in strict.verdict_reason
+    assert strict.vertebra_evidence == pytest.approx(vouched.vertebra_evidence, abs=1e-6)
+    # A result that passes on its similarity does not spend the fit.
+    plain = register_vertebra("L2", vertebra.mu, vertebra.mask, xrays, geometries, truth,
+                              RigidConfig(pixel_mm=(3.2, 1.6), iterations=(0, 0), global_search="none"))
+    assert plain.verdict == "pass" and plain.vertebra_evidence is None
