@@ -121,11 +121,14 @@ class _ProgressPrinter:
 
 
 def _table(results) -> str:
-    """The summary table printed on stdout (level_margin: the verdict's reading, "-" where not read)."""
-    lines = [f"{'vertebra':<9} {'similarity':>10} {'level_margin':>12}  {'verdict':<7} {'time_s':>7} {'renders':>8}"]
+    """The summary table printed on stdout (level_margin and evidence: the verdict's readings, "-" where
+    not read; the evidence is read only for a low similarity)."""
+    lines = [f"{'vertebra':<9} {'similarity':>10} {'level_margin':>12} {'evidence':>8}  {'verdict':<7} {'time_s':>7} "
+             f"{'renders':>8}"]
     for r in results:
         lead = "-" if r.level_margin is None else f"{r.level_margin:+.3f}"
-        lines.append(f"{r.name:<9} {r.similarity:>10.3f} {lead:>12}  {r.verdict:<7} {r.time_s:>7.1f} "
+        evidence = "-" if r.vertebra_evidence is None else f"{r.vertebra_evidence:.3f}"
+        lines.append(f"{r.name:<9} {r.similarity:>10.3f} {lead:>12} {evidence:>8}  {r.verdict:<7} {r.time_s:>7.1f} "
                      f"{r.evaluations:>8d}")
     return "\n".join(lines)
 

@@ -56,11 +56,27 @@ def test_register_succeeds_and_writes_the_folder(registered):
     assert "[1/1] L2: registering" in lines
     assert any(line.startswith("L2:") and "%|" in line for line in lines), "no tqdm bar"
     table = stdout.splitlines()
-    assert table[0].split()[:4] == ["vertebra", "similarity", "level_margin", "verdict"]
+    assert table[0].split()[:5] == ["vertebra", "similarity", "level_margin", "evidence", "verdict"]
     row = table[1].split()
-    assert row[0] == "L2" and row[3] in ("pass", "doubt")
+    assert row[0] == "L2" and row[4] in ("pass", "doubt")
     entry = json.loads((out / "result.json").read_text())["vertebrae"]["L2"]
     assert float(row[2]) == pytest.approx(entry["level_margin"], abs=5e-4)
+    evidence = entry.get("vertebra_evidence")
+    assert row[3] == "-" if evidence is None else float(row[3]) == pytest.approx(evidence, abs=5e-4)
+
+
+def test_the_table_shows_the_vertebra_evidence_where_it_was_read():
+    from SpineRegistrationLib.cli.register import _table
+    from SpineRegistrationLib.io.results import VertebraResult
+
+    def result(name, evidence):
+        return VertebraResult(name, np.eye(4), np.zeros(6), np.zeros(3), similarity=0.41, verdict="pass",
+                              time_s=1.0, evaluations=10, level_margin=0.2, vertebra_evidence=evidence)
+
+    rows = [line.split() for line in _table([result("T1", 0.31234), result("T2", None)]).splitlines()]
+    assert rows[0][3] == "evidence"
+    assert rows[1][:5] == ["T1", "0.410", "+0.200", "0.312", "pass"]
+    assert rows[2][:5] == ["T2", "0.410", "+0.200", "-", "pass"]
 
 
 def test_result_json_follows_the_contract(registered, phantom_dir):
