@@ -67,9 +67,12 @@ class RigidConfig:
     view_doubt_below: the verdict is also "doubt" when one view's final similarity is under
         this, whatever the other says: on the real CT's whole-spine cases (bench_deform_refine.py
         --start register) poses 3-5 mm off fitted one view (0.62-0.65) and not the other
-        (0.20-0.40), and passed on the mean. It changes nothing on bench_verdict.py's sets; on
-        other whole-spine cases it also flagged right poses whose lateral view scored 0.36-0.39
-        (README, the verdict section).
+        (0.20-0.40), and passed on the mean; on other whole-spine cases it also flagged right poses
+        whose lateral view scored 0.36-0.39 (README, the verdict section). A result the vertebra
+        evidence vouches for is held to ``view_vouched_doubt_below`` instead: on bench_verdict.py's
+        articulated cases of seed 1 the rule flagged six right results (a view at 0.353-0.392,
+        evidence 0.34-0.47); the wrong ones only it catches, on the sets of seeds 0 and 1, read
+        0.22-0.347 (a thin line, chosen in sample).
     ambiguity_margin: the verdict is also "doubt" when a rival candidate elsewhere (a
         wrong vertebra level, typically) scored within this of the winner.
     level_shifts / level_vouch / level_vouched_doubt_below / level_doubt_below: the level margin
@@ -82,7 +85,8 @@ class RigidConfig:
         refined score 0.52; right ones held to the lower threshold: 0.60 and more).
     evidence_steps / evidence_vouch: the vertebra evidence (:func:`.verdict.vertebra_evidence`) fits
         the background on its own in this many Adam steps; a result whose evidence reaches
-        ``evidence_vouch`` (not at the CT's edge) is not doubted for a low similarity. Chosen on
+        ``evidence_vouch`` (not at the CT's edge) is not doubted for a low similarity (and is held to
+        ``view_vouched_doubt_below`` for a view). Chosen on
         bench_verdict.py's real-CT sets: the right results the similarity alone doubted read
         0.285-0.305, the wrong ones nothing else doubts up to 0.247 (and one 2.2 mm off, 0.287,
         which passes); any threshold from 0.24 to 0.28 meets the verdict's targets there.
@@ -118,6 +122,7 @@ class RigidConfig:
     edge_doubt_below: float = 0.68
     edge_optimiser_doubt_below: float = 0.76
     view_doubt_below: float = 0.40
+    view_vouched_doubt_below: float = 0.35
     ambiguity_margin: float = 0.01
     level_shifts: tuple[float, ...] = (0.5, 1.0)
     level_vouch: float = 0.16

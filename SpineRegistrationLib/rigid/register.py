@@ -126,12 +126,13 @@ def register_vertebra(
     similarity = float(np.mean(views))
     level_lead = level_margin(vertebra, levels, pose, neighbour_offsets, config, device)
     scan_end = scan_end_distance_mm(vertebra.mask, mu)
-    verdict, reason = judge(similarity, margin, config, optimiser_similarity, scan_end, views, level_lead)
+    readings = (similarity, margin, config, optimiser_similarity, scan_end, views, level_lead)
+    verdict, reason = judge(*readings)
     evidence = None
-    if needs_evidence(reason, scan_end, config):
+    if needs_evidence(*readings):
         report("vertebra evidence", 0.95)
         evidence = vertebra_evidence(vertebra, levels, pose, config, device)
-        verdict, reason = judge(similarity, margin, config, optimiser_similarity, scan_end, views, level_lead, evidence)
+        verdict, reason = judge(*readings, evidence)
     report("done", 1.0)
     return VertebraResult(
         name=name,

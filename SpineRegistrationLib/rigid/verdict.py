@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -55,7 +56,8 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
     The vertebra evidence is a third similarity reading: a result whose X-ray holds the vertebra's
     own edges (``evidence`` of ``evidence_vouch`` or more, not at the CT's edge) is not doubted for
     a low similarity, whose readings are lowered when the vertebra moved against the rest of the
-    patient; the other reasons still apply.
+    patient, and its views are held to ``view_vouched_doubt_below`` instead of ``view_doubt_below``;
+    the other reasons still apply.
     """
     if scan_end_mm is not None and scan_end_mm <= 0.0:
         return "doubt", CUT_BY_CT
@@ -65,14 +67,14 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
     if not edge and level_margin is not None and level_margin >= config.level_vouch:
         refined = min(refined, config.level_vouched_doubt_below)
     vouched = not edge and evidence is not None and evidence >= config.evidence_vouch
+    own = "" if evidence is None or vouched else f"; vertebra evidence {evidence:.3f} < {config.evidence_vouch:g}"
     if similarity < fresh and (optimiser_similarity is None or optimiser_similarity < refined) and not vouched:
         where = f", {AT_CT_EDGE}" if edge else ""
-        own = "" if evidence is None else f"; vertebra evidence {evidence:.3f} < {config.evidence_vouch:g}"
         return "doubt", f"{LOW_SIMILARITY} ({similarity:.3f} < {fresh:g}{where}{own})"
-    if view_similarities and min(view_similarities) < config.view_doubt_below:
+    view_floor = config.view_vouched_doubt_below if vouched else config.view_doubt_below
+    if view_similarities and min(view_similarities) < view_floor:
         view = int(np.argmin(view_similarities))
-        return "doubt", (f"{VIEW_DISAGREES} (view {view + 1}: {view_similarities[view]:.3f} < "
-                         f"{config.view_doubt_below:g})")
+        return "doubt", f"{VIEW_DISAGREES} (view {view + 1}: {view_similarities[view]:.3f} < {view_floor:g}{own})"
     if level_margin is not None and level_margin < config.level_doubt_below:
         return "doubt", f"{RIVAL_LEVEL} (margin {level_margin:.3f} < {config.level_doubt_below:g})"
     if rival_margin is not None and rival_margin < config.ambiguity_margin:
@@ -80,11 +82,12 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
     return "pass", None
 
 
-def needs_evidence(reason: str | None, scan_end_mm: float | None, config: RigidConfig) -> bool:
-    """Could the vertebra evidence change this verdict? Only a doubt for a low similarity, away from
-    the CT's edge (:func:`judge`): the evidence costs a short fit, so it is read only there."""
-    return (reason is not None and reason.startswith(LOW_SIMILARITY)
-            and not (scan_end_mm is not None and at_ct_edge(scan_end_mm, config)))
+def needs_evidence(*readings) -> bool:
+    """Could the vertebra evidence turn :func:`judge`'s doubt on ``readings`` (its arguments from
+    ``similarity`` to ``level_margin``, in order) into a pass? The evidence costs a short fit, so it
+    is read only then: for a low similarity or a view under ``view_doubt_below``, away from the CT's
+    edge, when no other rule doubts the result."""
+    return judge(*readings)[0] == "doubt" and judge(*readings, evidence=math.inf)[0] == "pass"
 
 
 def at_ct_edge(scan_end_mm: float, config: RigidConfig) -> bool:

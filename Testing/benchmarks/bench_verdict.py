@@ -68,20 +68,26 @@ def decoy_start(case, kind: str, centers: dict, seed: int) -> np.ndarray | None:
     return truth @ shift
 
 
-def verdict_of(record: dict) -> tuple[str, str | None]:
-    """Today's verdict on a stored record (its similarities, margins, vertebra evidence and distance to the CT's end)."""
+def readings_of(record: dict) -> tuple:
+    """A stored record's readings as :func:`~SpineRegistrationLib.rigid.verdict.judge` takes them, from the
+    similarity to the level margin (its distance to the CT's end included), under today's thresholds."""
     from SpineRegistrationLib.rigid import RigidConfig
+
+    return (record["similarity"], record["rival_margin"], RigidConfig(), record["optimiser_similarity"],
+            record["ct_edge_mm"], record.get("view_similarities"), record.get("level_margin"))
+
+
+def verdict_of(record: dict) -> tuple[str, str | None]:
+    """Today's verdict on a stored record (its readings and vertebra evidence)."""
     from SpineRegistrationLib.rigid.verdict import judge
 
-    return judge(record["similarity"], record["rival_margin"], RigidConfig(), record["optimiser_similarity"],
-                 record["ct_edge_mm"], record.get("view_similarities"), record.get("level_margin"),
-                 record.get("vertebra_evidence"))
+    return judge(*readings_of(record), record.get("vertebra_evidence"))
 
 
 def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float]) -> int:
     """Read at the stored pose of every record what the verdict reads and the record lacks (records of
     an older version): the level margin (:func:`SpineRegistrationLib.rigid.verdict.level_margin`) and,
-    where the verdict needs it, the vertebra evidence (:func:`~SpineRegistrationLib.rigid.verdict.vertebra_evidence`).
+    where today's verdict needs it, the vertebra evidence (:func:`~SpineRegistrationLib.rigid.verdict.vertebra_evidence`).
     Neither moves the pose, so this is what registering again would write. Returns how many records changed."""
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
@@ -89,9 +95,13 @@ def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float]) ->
 
     from tqdm import tqdm
 
+    def needs(record: dict) -> bool:
+        return needs_evidence(*readings_of({**record, "ct_edge_mm": edge_mm[record["vertebra"]]}))
+
     config, changed, prepared = RigidConfig(), 0, {}
     for record in tqdm(records, desc="readings", unit="result", file=sys.stderr):
-        if record["error"] is not None or ("level_margin" in record and "vertebra_evidence" in record):
+        if record["error"] is not None or ("level_margin" in record and (record.get("vertebra_evidence") is not None
+                                                                         or not needs(record))):
             continue
         case = cases[record["case"]]
         if case.index not in prepared:
@@ -102,10 +112,8 @@ def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float]) ->
         pose = np.asarray(record["matrix_ras"])
         if "level_margin" not in record:
             record["level_margin"] = level_margin(vertebra, levels, pose, case.neighbour_offsets, config, "cpu")
-        edge = edge_mm[record["vertebra"]]
-        _, reason = verdict_of({**record, "ct_edge_mm": edge, "vertebra_evidence": None})
-        record["vertebra_evidence"] = (vertebra_evidence(vertebra, levels, pose, config, "cpu")
-                                       if needs_evidence(reason, edge, config) else None)
+        if record.get("vertebra_evidence") is None:
+            record["vertebra_evidence"] = vertebra_evidence(vertebra, levels, pose, config, "cpu") if needs(record) else None
         changed += 1
     return changed
 

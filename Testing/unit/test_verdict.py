@@ -216,22 +216,30 @@ def test_the_vertebra_evidence_is_high_at_the_truth_and_low_where_the_background
     (0.50, 0.60, None, 0.20, None, "low similarity (0.500 < 0.63; vertebra evidence 0.200 < 0.26)"),
     (0.50, 0.60, None, 0.30, None, None),  # the X-ray holds the vertebra's own edges: vouched for
     (0.50, 0.60, [0.66, 0.34], 0.30, None, VIEW_DISAGREES),  # vouched for, but a view still disagrees
+    (0.70, 0.70, [0.90, 0.37], 0.30, None, None),  # a view under 0.40, but its edges are there
+    (0.70, 0.70, [0.90, 0.37], 0.20, None, "a view disagrees (view 2: 0.370 < 0.4; vertebra evidence 0.200 < 0.26)"),
+    (0.70, 0.70, [0.90, 0.37], 0.30, 2.5, VIEW_DISAGREES),  # at the CT's edge: no vouching
     (0.60, 0.66, None, 0.40, 2.5, LOW_SIMILARITY),  # at the CT's edge the background is cut: no vouching
 ])
-def test_the_vertebra_evidence_vouches_for_a_low_similarity(similarity, optimiser, views, evidence, edge_mm, reason):
+def test_the_vertebra_evidence_vouches_for_a_low_similarity_or_a_weak_view(similarity, optimiser, views, evidence, edge_mm, reason):
     verdict, why = judge(similarity, None, RigidConfig(), optimiser, scan_end_mm=edge_mm, view_similarities=views,
                          evidence=evidence)
     assert verdict == ("pass" if reason is None else "doubt")
     assert (why is None) if reason is None else why.startswith(reason)
 
 
-def test_the_evidence_is_read_only_where_it_can_change_the_verdict():
-    config = RigidConfig()
-    assert needs_evidence("low similarity (0.500 < 0.63)", 50.0, config)
-    assert needs_evidence("low similarity (0.500 < 0.63)", None, config)
-    assert not needs_evidence("low similarity (0.570 < 0.68, vertebra at the CT's edge)", 2.5, config)
-    assert not needs_evidence("a view disagrees (view 2: 0.344 < 0.4)", 50.0, config)
-    assert not needs_evidence(None, 50.0, config)
+@pytest.mark.parametrize("similarity, optimiser, edge_mm, views, level, needed", [
+    (0.50, 0.60, 50.0, None, None, True),  # a low similarity
+    (0.50, 0.60, None, [0.45, 0.55], None, True),
+    (0.57, 0.70, 2.5, None, None, False),  # at the CT's edge: nothing vouches
+    (0.70, 0.70, 50.0, [0.90, 0.37], None, True),  # a view the evidence can lift
+    (0.70, 0.70, 50.0, [0.90, 0.34], None, False),  # a view under the vouched floor too
+    (0.50, 0.60, 50.0, [0.66, 0.34], None, False),  # the evidence lifts the similarity, not that view
+    (0.50, 0.60, 50.0, None, -0.05, False),  # another level scores higher
+    (0.70, 0.70, 50.0, [0.70, 0.70], 0.20, False),  # passes already
+])
+def test_the_evidence_is_read_only_where_it_can_change_the_verdict(similarity, optimiser, edge_mm, views, level, needed):
+    assert needs_evidence(similarity, None, RigidConfig(), optimiser, edge_mm, views, level) is needed
 
 
 def test_registration_reads_the_evidence_for_a_low_similarity_and_writes_it(problem):
