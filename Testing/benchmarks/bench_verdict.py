@@ -19,7 +19,10 @@ per kind, per half of the cases and in all; each record keeps what the verdict r
 Writes OUT/verdict.json (one record per result, after every case) and OUT/verdict.md;
 ``--resume`` keeps the records of OUT/verdict.json and runs only what they lack;
 ``--from-results`` re-scores them with today's verdict without registering again (reading at each
-stored pose what the records of an older version lack: the level margin, the vertebra evidence).
+stored pose what the records of an older version lack: the level margin, the vertebra evidence);
+with ``--evidence-everywhere`` it reads the vertebra evidence at every result, not only where the
+verdict needs it, to study it as a reading of its own (the verdicts stay the same: the evidence
+only vouches where the verdict would read it).
 
 Usage::
 
@@ -84,10 +87,10 @@ def verdict_of(record: dict) -> tuple[str, str | None]:
     return judge(*readings_of(record), record.get("vertebra_evidence"))
 
 
-def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float]) -> int:
+def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float], everywhere: bool = False) -> int:
     """Read at the stored pose of every record what the verdict reads and the record lacks (records of
     an older version): the level margin (:func:`SpineRegistrationLib.rigid.verdict.level_margin`) and,
-    where today's verdict needs it, the vertebra evidence (:func:`~SpineRegistrationLib.rigid.verdict.vertebra_evidence`).
+    where today's verdict needs it (``everywhere``: at every result), the vertebra evidence (:func:`~SpineRegistrationLib.rigid.verdict.vertebra_evidence`).
     Neither moves the pose, so this is what registering again would write. Returns how many records changed."""
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
@@ -96,7 +99,7 @@ def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float]) ->
     from tqdm import tqdm
 
     def needs(record: dict) -> bool:
-        return needs_evidence(*readings_of({**record, "ct_edge_mm": edge_mm[record["vertebra"]]}))
+        return everywhere or needs_evidence(*readings_of({**record, "ct_edge_mm": edge_mm[record["vertebra"]]}))
 
     config, changed, prepared = RigidConfig(), 0, {}
     for record in tqdm(records, desc="readings", unit="result", file=sys.stderr):
@@ -167,9 +170,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="keep OUT/verdict.json's records, run what they lack")
     parser.add_argument("--from-results", action="store_true", help="re-score OUT/verdict.json, register nothing")
+    parser.add_argument("--evidence-everywhere", action="store_true",
+                        help="with --from-results: read the vertebra evidence at every result")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     path = args.out / "verdict.json"
+    if args.evidence_everywhere and not args.from_results:
+        parser.error("--evidence-everywhere reads at stored results: add --from-results")
     if args.from_results and not path.is_file():
         parser.error(f"--from-results: {path} does not exist (run without it first)")
     kinds = [k for k in args.kinds.split(",") if k]
@@ -202,7 +209,7 @@ def main(argv=None) -> int:
                                     "total_s": round(time.perf_counter() - started, 1), "records": records}, indent=1))
 
     if args.from_results:
-        if add_readings(records, cases, edge_mm):
+        if add_readings(records, cases, edge_mm, args.evidence_everywhere):
             save()
     else:
         methods = {"search": intensity_method("cpu"), "local": intensity_method("cpu", RigidConfig(global_search="none"))}
