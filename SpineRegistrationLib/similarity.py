@@ -95,8 +95,8 @@ def partial_gradient_ncc(image: torch.Tensor, explained: torch.Tensor, candidate
     x_img, x_exp, x_can = (s - (weights * s).sum((-2, -1), keepdim=True) / total for s in samples)
 
     def residual(y: torch.Tensor) -> torch.Tensor:
-        beta = (weights * x_exp * y).sum((-2, -1), keepdim=True) / ((weights * x_exp * x_exp).sum((-2, -1), keepdim=True) + _EPS)
+        beta = ((weights * x_exp * y).sum((-2, -1), keepdim=True)
+                / ((weights * x_exp * x_exp).sum((-2, -1), keepdim=True) + _EPS))
         return y - beta * x_exp
 
-    a, b = residual(x_img), residual(x_can)
-    return (weights * a * b).sum((-2, -1)) / torch.sqrt((weights * a * a).sum((-2, -1)) * (weights * b * b).sum((-2, -1)) + _EPS)
+    return masked_ncc(residual(x_img), residual(x_can), weights)

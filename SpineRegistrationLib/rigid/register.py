@@ -19,7 +19,8 @@ the final pose) with ``doubt_below`` and the refinement's own score with
 ``optimiser_doubt_below`` (``edge_*`` for a vertebra the CT ends next to), the winner's lead
 over rival candidates elsewhere with ``ambiguity_margin``, its lead over the pose moved towards
 the neighbouring levels (the level margin) with ``level_vouch`` and ``level_doubt_below``, and, for
-a result in doubt for a low similarity, the vertebra's own evidence with ``evidence_vouch``.
+a result in doubt that it could lift (a low similarity, a weak view), the vertebra's own evidence
+with ``evidence_vouch``.
 """
 
 from __future__ import annotations
