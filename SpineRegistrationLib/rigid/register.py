@@ -18,9 +18,10 @@ The verdict (:mod:`.verdict`) compares the final similarity (the objective set u
 the final pose) with ``doubt_below`` and the refinement's own score with
 ``optimiser_doubt_below`` (``edge_*`` for a vertebra the CT ends next to), the winner's lead
 over rival candidates elsewhere with ``ambiguity_margin``, its lead over the pose moved towards
-the neighbouring levels (the level margin) with ``level_vouch`` and ``level_doubt_below``, and, for
-a result in doubt that it could lift (a low similarity, a weak view), the vertebra's own evidence
-with ``evidence_vouch``.
+the neighbouring levels (the level margin) with ``level_vouch`` and ``level_doubt_below``, and,
+wherever it could change the verdict (a doubt it could lift: a low similarity, a weak view; a
+pass it could doubt), the vertebra's own evidence with ``evidence_vouch`` and
+``evidence_doubt_below``.
 """
 
 from __future__ import annotations

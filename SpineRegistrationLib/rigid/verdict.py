@@ -20,6 +20,7 @@ RIVAL_LEVEL = "rival at another level"
 NETWORK_ONLY = "network only, not refined"
 VIEW_DISAGREES = "a view disagrees"
 CUT_BY_CT = "vertebra cut by the CT's end"
+WEAK_EVIDENCE = "weak vertebra evidence"
 #: Said with LOW_SIMILARITY for a vertebra the CT ends next to (:func:`at_ct_edge`).
 AT_CT_EDGE = "vertebra at the CT's edge"
 
@@ -57,7 +58,8 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
     own edges (``evidence`` of ``evidence_vouch`` or more, not at the CT's edge) is not doubted for
     a low similarity, whose readings are lowered when the vertebra moved against the rest of the
     patient, and its views are held to ``view_vouched_doubt_below`` instead of ``view_doubt_below``;
-    the other reasons still apply.
+    the other reasons still apply. A result whose evidence is under ``evidence_doubt_below`` (not at
+    the CT's edge) is doubted whatever it scores: the neighbours' edges explain its X-ray.
     """
     if scan_end_mm is not None and scan_end_mm <= 0.0:
         return "doubt", CUT_BY_CT
@@ -71,6 +73,8 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
     if similarity < fresh and (optimiser_similarity is None or optimiser_similarity < refined) and not vouched:
         where = f", {AT_CT_EDGE}" if edge else ""
         return "doubt", f"{LOW_SIMILARITY} ({similarity:.3f} < {fresh:g}{where}{own})"
+    if not edge and evidence is not None and evidence < config.evidence_doubt_below:
+        return "doubt", f"{WEAK_EVIDENCE} ({evidence:.3f} < {config.evidence_doubt_below:g})"
     view_floor = config.view_vouched_doubt_below if vouched else config.view_doubt_below
     if view_similarities and min(view_similarities) < view_floor:
         view = int(np.argmin(view_similarities))
@@ -83,11 +87,12 @@ def judge(similarity: float, rival_margin: float | None, config: RigidConfig,
 
 
 def needs_evidence(*readings) -> bool:
-    """Could the vertebra evidence turn :func:`judge`'s doubt on ``readings`` (its arguments from
-    ``similarity`` to ``level_margin``, in order) into a pass? The evidence costs a short fit, so it
-    is read only then: for a low similarity or a view under ``view_doubt_below``, away from the CT's
-    edge, when no other rule doubts the result."""
-    return judge(*readings)[0] == "doubt" and judge(*readings, evidence=math.inf)[0] == "pass"
+    """Could the vertebra evidence change :func:`judge`'s verdict on ``readings`` (its arguments from
+    ``similarity`` to ``level_margin``, in order), either way? The evidence costs a short fit, so it
+    is read only then: away from the CT's edge, for a result that passes (a weak evidence doubts it)
+    or that only a low similarity or a view under ``view_doubt_below`` doubts (a strong one lifts
+    that); not where another rule doubts the result whatever the evidence says."""
+    return judge(*readings, evidence=math.inf)[0] != judge(*readings, evidence=-math.inf)[0]
 
 
 def at_ct_edge(scan_end_mm: float, config: RigidConfig) -> bool:

@@ -16,7 +16,7 @@ from SpineRegistrationLib.rigid import RigidConfig
 from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
 from SpineRegistrationLib.rigid.refine import level_problem
 from SpineRegistrationLib.rigid.register import register_vertebra
-from SpineRegistrationLib.rigid.verdict import (AT_CT_EDGE, CUT_BY_CT, LOW_SIMILARITY, RIVAL_LEVEL, VIEW_DISAGREES,
+from SpineRegistrationLib.rigid.verdict import (AT_CT_EDGE, CUT_BY_CT, LOW_SIMILARITY, RIVAL_LEVEL, VIEW_DISAGREES, WEAK_EVIDENCE,
                                                  final_similarities, judge, level_margin, needs_evidence,
                                                  vertebra_evidence)
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig
@@ -213,15 +213,30 @@ def test_the_vertebra_evidence_is_high_at_the_truth_and_low_where_the_background
 
 @pytest.mark.parametrize("similarity, optimiser, views, evidence, edge_mm, reason", [
     (0.50, 0.60, None, None, None, "low similarity (0.500 < 0.63)"),  # not read
-    (0.50, 0.60, None, 0.20, None, "low similarity (0.500 < 0.63; vertebra evidence 0.200 < 0.26)"),
+    (0.50, 0.60, None, 0.25, None, "low similarity (0.500 < 0.63; vertebra evidence 0.250 < 0.26)"),
     (0.50, 0.60, None, 0.30, None, None),  # the X-ray holds the vertebra's own edges: vouched for
     (0.50, 0.60, [0.66, 0.34], 0.30, None, VIEW_DISAGREES),  # vouched for, but a view still disagrees
     (0.70, 0.70, [0.90, 0.37], 0.30, None, None),  # a view under 0.40, but its edges are there
-    (0.70, 0.70, [0.90, 0.37], 0.20, None, "a view disagrees (view 2: 0.370 < 0.4; vertebra evidence 0.200 < 0.26)"),
+    (0.70, 0.70, [0.90, 0.37], 0.25, None, "a view disagrees (view 2: 0.370 < 0.4; vertebra evidence 0.250 < 0.26)"),
+    (0.70, 0.70, [0.90, 0.37], 0.20, None, "weak vertebra evidence (0.200 < 0.24)"),
     (0.70, 0.70, [0.90, 0.37], 0.30, 2.5, VIEW_DISAGREES),  # at the CT's edge: no vouching
     (0.60, 0.66, None, 0.40, 2.5, LOW_SIMILARITY),  # at the CT's edge the background is cut: no vouching
 ])
 def test_the_vertebra_evidence_vouches_for_a_low_similarity_or_a_weak_view(similarity, optimiser, views, evidence, edge_mm, reason):
+    verdict, why = judge(similarity, None, RigidConfig(), optimiser, scan_end_mm=edge_mm, view_similarities=views,
+                         evidence=evidence)
+    assert verdict == ("pass" if reason is None else "doubt")
+    assert (why is None) if reason is None else why.startswith(reason)
+
+
+@pytest.mark.parametrize("similarity, optimiser, views, evidence, edge_mm, reason", [
+    (0.80, 0.80, [0.80, 0.80], 0.20, None, "weak vertebra evidence (0.200 < 0.24)"),  # scores well, on a neighbour's edges
+    (0.80, 0.80, [0.80, 0.80], 0.25, None, None),  # under the vouch, over the floor
+    (0.80, 0.80, [0.80, 0.80], 0.20, 2.5, None),  # at the CT's edge the background is cut: no floor
+    (0.50, 0.60, None, 0.20, None, LOW_SIMILARITY),  # the first reason is named
+])
+def test_a_weak_vertebra_evidence_doubts_a_result_whatever_it_scores(similarity, optimiser, views, evidence, edge_mm,
+                                                                     reason):
     verdict, why = judge(similarity, None, RigidConfig(), optimiser, scan_end_mm=edge_mm, view_similarities=views,
                          evidence=evidence)
     assert verdict == ("pass" if reason is None else "doubt")
@@ -236,13 +251,15 @@ def test_the_vertebra_evidence_vouches_for_a_low_similarity_or_a_weak_view(simil
     (0.70, 0.70, 50.0, [0.90, 0.34], None, False),  # a view under the vouched floor too
     (0.50, 0.60, 50.0, [0.66, 0.34], None, False),  # the evidence lifts the similarity, not that view
     (0.50, 0.60, 50.0, None, -0.05, False),  # another level scores higher
-    (0.70, 0.70, 50.0, [0.70, 0.70], 0.20, False),  # passes already
+    (0.70, 0.70, 50.0, [0.70, 0.70], 0.20, True),  # passes: a weak evidence would doubt it
+    (0.70, 0.70, 2.5, [0.70, 0.70], 0.20, False),  # passes at the CT's edge: the evidence is not judged there
+    (0.70, 0.70, 50.0, [0.70, 0.70], -0.05, False),  # another level scores higher
 ])
 def test_the_evidence_is_read_only_where_it_can_change_the_verdict(similarity, optimiser, edge_mm, views, level, needed):
     assert needs_evidence(similarity, None, RigidConfig(), optimiser, edge_mm, views, level) is needed
 
 
-def test_registration_reads_the_evidence_for_a_low_similarity_and_writes_it(problem):
+def test_registration_reads_the_evidence_where_it_can_change_the_verdict_and_writes_it(problem):
     vertebra, levels, truth, _, _ = problem
     xrays = [views[-1].image.numpy() for views in levels]
     geometries = [views[-1].geometry for views in levels]
@@ -254,7 +271,11 @@ def test_registration_reads_the_evidence_for_a_low_similarity_and_writes_it(prob
                                RigidConfig(**low, evidence_vouch=1.5))
     assert strict.verdict == "doubt" and "vertebra evidence" in strict.verdict_reason
     assert strict.vertebra_evidence == pytest.approx(vouched.vertebra_evidence, abs=1e-6)
-    # A result that passes on its similarity does not spend the fit.
-    plain = register_vertebra("L2", vertebra.mu, vertebra.mask, xrays, geometries, truth,
-                              RigidConfig(pixel_mm=(3.2, 1.6), iterations=(0, 0), global_search="none"))
-    assert plain.verdict == "pass" and plain.vertebra_evidence is None
+    # A result that passes on its similarity reads it too, and a floor it does not reach doubts it.
+    plain = dict(pixel_mm=(3.2, 1.6), iterations=(0, 0), global_search="none")
+    passed = register_vertebra("L2", vertebra.mu, vertebra.mask, xrays, geometries, truth, RigidConfig(**plain))
+    assert passed.verdict == "pass"
+    assert passed.vertebra_evidence == pytest.approx(vouched.vertebra_evidence, abs=1e-6)
+    floored = register_vertebra("L2", vertebra.mu, vertebra.mask, xrays, geometries, truth,
+                                RigidConfig(**plain, evidence_doubt_below=1.5))
+    assert floored.verdict == "doubt" and floored.verdict_reason.startswith(WEAK_EVIDENCE)
