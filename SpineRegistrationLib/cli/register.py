@@ -122,7 +122,7 @@ class _ProgressPrinter:
 
 def _table(results) -> str:
     """The summary table printed on stdout (level_margin and evidence: the verdict's readings, "-" where
-    not read; the evidence only where it could lift a doubt)."""
+    not read; the evidence only where it could change the verdict)."""
     lines = [f"{'vertebra':<9} {'similarity':>10} {'level_margin':>12} {'evidence':>8}  {'verdict':<7} {'time_s':>7} "
              f"{'renders':>8}"]
     for r in results:

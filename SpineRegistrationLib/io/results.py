@@ -56,7 +56,7 @@ class VertebraResult:
     the similarity's lead over the same pose moved towards the neighbouring levels
     (:func:`..rigid.verdict.level_margin`; None where not read). vertebra_evidence: how much of the
     X-rays' edges the vertebra alone explains at the result (:func:`..rigid.verdict.vertebra_evidence`;
-    read only where it could turn a doubt into a pass, None elsewhere). stages: what each stage did
+    read only where it could change the verdict, None elsewhere). stages: what each stage did
     (JSON-ready dicts).
     """
 
