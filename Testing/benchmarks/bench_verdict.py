@@ -19,7 +19,8 @@ per kind, per half of the cases and in all; each record keeps what the verdict r
 Writes OUT/verdict.json (one record per result, after every case) and OUT/verdict.md;
 ``--resume`` keeps the records of OUT/verdict.json and runs only what they lack;
 ``--from-results`` re-scores them with today's verdict without registering again (reading at each
-stored pose what the records of an older version lack: the level margin, the vertebra evidence);
+stored pose what the records of an older version lack: the level margin, the vertebra evidence),
+or with other thresholds (``--set evidence_vouch=0.28``: what a change would do);
 with ``--evidence-everywhere`` it reads the vertebra evidence at every result, not only where the
 verdict needs it, to study it as a reading of its own (the verdicts stay the same: it is read
 wherever it could change one). OUT/failures.png draws the verdict's failures (``--pictures`` of
@@ -73,26 +74,28 @@ def decoy_start(case, kind: str, centers: dict, seed: int) -> np.ndarray | None:
     return truth @ shift
 
 
-def readings_of(record: dict) -> tuple:
+def readings_of(record: dict, config=None) -> tuple:
     """A stored record's readings as :func:`~SpineRegistrationLib.rigid.verdict.judge` takes them, from the
-    similarity to the level margin (its distance to the CT's end included), under today's thresholds."""
+    similarity to the level margin (its distance to the CT's end included), under ``config``'s
+    thresholds (None: today's)."""
     from SpineRegistrationLib.rigid import RigidConfig
 
-    return (record["similarity"], record["rival_margin"], RigidConfig(), record["optimiser_similarity"],
+    return (record["similarity"], record["rival_margin"], config or RigidConfig(), record["optimiser_similarity"],
             record["ct_edge_mm"], record.get("view_similarities"), record.get("level_margin"))
 
 
-def verdict_of(record: dict) -> tuple[str, str | None]:
-    """Today's verdict on a stored record (its readings and vertebra evidence)."""
+def verdict_of(record: dict, config=None) -> tuple[str, str | None]:
+    """The verdict on a stored record (its readings and vertebra evidence) under ``config`` (None: today's)."""
     from SpineRegistrationLib.rigid.verdict import judge
 
-    return judge(*readings_of(record), record.get("vertebra_evidence"))
+    return judge(*readings_of(record, config), record.get("vertebra_evidence"))
 
 
-def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float], everywhere: bool = False) -> int:
+def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float], everywhere: bool = False,
+                 verdict=None) -> int:
     """Read at the stored pose of every record what the verdict reads and the record lacks (records of
     an older version): the level margin (:func:`SpineRegistrationLib.rigid.verdict.level_margin`) and,
-    where today's verdict needs it (``everywhere``: at every result), the vertebra evidence (:func:`~SpineRegistrationLib.rigid.verdict.vertebra_evidence`).
+    where the verdict (``verdict``'s thresholds, None: today's) needs it (``everywhere``: at every result), the vertebra evidence (:func:`~SpineRegistrationLib.rigid.verdict.vertebra_evidence`).
     Neither moves the pose, so this is what registering again would write. Returns how many records changed."""
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
@@ -101,7 +104,7 @@ def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float], ev
     from tqdm import tqdm
 
     def needs(record: dict) -> bool:
-        return everywhere or needs_evidence(*readings_of({**record, "ct_edge_mm": edge_mm[record["vertebra"]]}))
+        return everywhere or needs_evidence(*readings_of({**record, "ct_edge_mm": edge_mm[record["vertebra"]]}, verdict))
 
     config, changed, prepared = RigidConfig(), 0, {}
     for record in tqdm(records, desc="readings", unit="result", file=sys.stderr):
@@ -139,7 +142,7 @@ def verdict_edge(record: dict) -> bool:
     return at_ct_edge(record["ct_edge_mm"], RigidConfig())
 
 
-def score(records: list[dict]) -> str:
+def score(records: list[dict], config=None) -> str:
     """The markdown table: per kind, right / wrong results and the share of each flagged doubt."""
     rows = ["| runs | results | right (mTRE < 2 mm) | wrong flagged `doubt` | right flagged `doubt` |",
             "|---|---|---|---|---|"]
@@ -153,14 +156,14 @@ def score(records: list[dict]) -> str:
         wrong = [r for r in chosen if r["mtre_mm"] >= 2.0]
 
         def share(group):
-            flagged = sum(verdict_of(r)[0] == "doubt" for r in group)
+            flagged = sum(verdict_of(r, config)[0] == "doubt" for r in group)
             return f"{100 * flagged / len(group):.0f} % ({flagged}/{len(group)})" if group else "-"
 
         rows.append(f"| {kind} | {len(chosen)} | {len(right)} | {share(wrong)} | {share(right)} |")
     return "\n".join(rows)
 
 
-def draw_failures(records: list[dict], cases: list, path: Path, count: int) -> int:
+def draw_failures(records: list[dict], cases: list, path: Path, count: int, config=None) -> int:
     """Draw up to ``count`` of the verdict's failures (wrong results that pass, then right ones in
     doubt; rows) into ``path``: per view the X-ray, the DRR at the result (orange), the truth's
     outline (cyan), titled with the reading that decided. Returns how many were drawn."""
@@ -169,7 +172,7 @@ def draw_failures(records: list[dict], cases: list, path: Path, count: int) -> i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    judged = [(r, *verdict_of(r)) for r in records]
+    judged = [(r, *verdict_of(r, config)) for r in records]
     failures = ([(r, why) for r, verdict, why in judged if verdict == "pass" and r["mtre_mm"] >= 2.0]
                 + [(r, why) for r, verdict, why in judged if verdict == "doubt" and r["mtre_mm"] < 2.0])[:count]
     if not failures:
@@ -190,6 +193,27 @@ def draw_failures(records: list[dict], cases: list, path: Path, count: int) -> i
     return len(failures)
 
 
+def verdict_config(settings: list[str]):
+    """The RigidConfig with ``settings`` ("name=value", numbers) over today's defaults; None when there
+    are none. Raises ValueError on an unknown name or a value that is not a number."""
+    from dataclasses import fields
+
+    from SpineRegistrationLib.rigid import RigidConfig
+
+    if not settings:
+        return None
+    names, values = {f.name for f in fields(RigidConfig) if f.type in ("float", float)}, {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if name not in names:
+            raise ValueError(f"{name!r} is not a number of RigidConfig (one of {', '.join(sorted(names))})")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise ValueError(f"{setting!r}: the value is not a number") from None
+    return RigidConfig(**values)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, help="bench_real_ct's case cache (default OUT/cases)")
@@ -204,12 +228,21 @@ def main(argv=None) -> int:
     parser.add_argument("--from-results", action="store_true", help="re-score OUT/verdict.json, register nothing")
     parser.add_argument("--evidence-everywhere", action="store_true",
                         help="with --from-results: read the vertebra evidence at every result")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="with --from-results: score under this verdict threshold of RigidConfig instead of "
+                             "today's (repeatable; e.g. evidence_vouch=0.28)")
     parser.add_argument("--pictures", type=int, default=8, help="failures drawn in OUT/failures.png (0: none)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     path = args.out / "verdict.json"
     if args.evidence_everywhere and not args.from_results:
         parser.error("--evidence-everywhere reads at stored results: add --from-results")
+    if args.set and not args.from_results:
+        parser.error("--set re-scores stored results: add --from-results")
+    try:
+        config = verdict_config(args.set)
+    except ValueError as error:
+        parser.error(f"--set: {error}")
     if args.from_results and not path.is_file():
         parser.error(f"--from-results: {path} does not exist (run without it first)")
     kinds = [k for k in args.kinds.split(",") if k]
@@ -242,7 +275,7 @@ def main(argv=None) -> int:
                                     "total_s": round(time.perf_counter() - started, 1), "records": records}, indent=1))
 
     if args.from_results:
-        if add_readings(records, cases, edge_mm, args.evidence_everywhere):
+        if add_readings(records, cases, edge_mm, args.evidence_everywhere, config):
             save()
     else:
         methods = {"search": intensity_method("cpu"), "local": intensity_method("cpu", RigidConfig(global_search="none"))}
@@ -267,10 +300,12 @@ def main(argv=None) -> int:
                                     "matrix_ras": record["matrix_ras"], "time_s": record["time_s"]})
             save()
     records = [{**r, "ct_edge_mm": edge_mm[r["vertebra"]]} for r in records if r["error"] is None]
-    table = score(records)
+    table = score(records, config)
+    if args.set:
+        table = f"Scored with {', '.join(args.set)} (today's verdict otherwise).\n\n{table}"
     (args.out / "verdict.md").write_text(table + "\n")
     print(table)
-    if args.pictures > 0 and draw_failures(records, cases, args.out / "failures.png", args.pictures):
+    if args.pictures > 0 and draw_failures(records, cases, args.out / "failures.png", args.pictures, config):
         print(f"wrote {args.out / 'failures.png'}", file=sys.stderr)
     return 0
 
