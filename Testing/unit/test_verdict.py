@@ -213,12 +213,12 @@ def test_the_vertebra_evidence_is_high_at_the_truth_and_low_where_the_background
 
 @pytest.mark.parametrize("similarity, optimiser, views, evidence, edge_mm, reason", [
     (0.50, 0.60, None, None, None, "low similarity (0.500 < 0.63)"),  # not read
-    (0.50, 0.60, None, 0.25, None, "low similarity (0.500 < 0.63; vertebra evidence 0.250 < 0.26)"),
+    (0.50, 0.60, None, 0.27, None, "low similarity (0.500 < 0.63; vertebra evidence 0.270 < 0.28)"),
     (0.50, 0.60, None, 0.30, None, None),  # the X-ray holds the vertebra's own edges: vouched for
     (0.50, 0.60, [0.66, 0.34], 0.30, None, VIEW_DISAGREES),  # vouched for, but a view still disagrees
     (0.70, 0.70, [0.90, 0.37], 0.30, None, None),  # a view under 0.40, but its edges are there
-    (0.70, 0.70, [0.90, 0.37], 0.25, None, "a view disagrees (view 2: 0.370 < 0.4; vertebra evidence 0.250 < 0.26)"),
-    (0.70, 0.70, [0.90, 0.37], 0.20, None, "weak vertebra evidence (0.200 < 0.24)"),
+    (0.70, 0.70, [0.90, 0.37], 0.27, None, "a view disagrees (view 2: 0.370 < 0.4; vertebra evidence 0.270 < 0.28)"),
+    (0.70, 0.70, [0.90, 0.37], 0.20, None, "weak vertebra evidence (0.200 < 0.26)"),
     (0.70, 0.70, [0.90, 0.37], 0.30, 2.5, VIEW_DISAGREES),  # at the CT's edge: no vouching
     (0.60, 0.66, None, 0.40, 2.5, LOW_SIMILARITY),  # at the CT's edge the background is cut: no vouching
 ])
@@ -230,8 +230,8 @@ def test_the_vertebra_evidence_vouches_for_a_low_similarity_or_a_weak_view(simil
 
 
 @pytest.mark.parametrize("similarity, optimiser, views, evidence, edge_mm, reason", [
-    (0.80, 0.80, [0.80, 0.80], 0.20, None, "weak vertebra evidence (0.200 < 0.24)"),  # scores well, on a neighbour's edges
-    (0.80, 0.80, [0.80, 0.80], 0.25, None, None),  # under the vouch, over the floor
+    (0.80, 0.80, [0.80, 0.80], 0.20, None, "weak vertebra evidence (0.200 < 0.26)"),  # scores well, on a neighbour's edges
+    (0.80, 0.80, [0.80, 0.80], 0.27, None, None),  # under the vouch, over the floor
     (0.80, 0.80, [0.80, 0.80], 0.20, 2.5, None),  # at the CT's edge the background is cut: no floor
     (0.50, 0.60, None, 0.20, None, LOW_SIMILARITY),  # the first reason is named
 ])
