@@ -95,7 +95,8 @@ def add_readings(records: list[dict], cases: list, edge_mm: dict[str, float], ev
                  verdict=None) -> int:
     """Read at the stored pose of every record what the verdict reads and the record lacks (records of
     an older version): the level margin (:func:`SpineRegistrationLib.rigid.verdict.level_margin`) and,
-    where the verdict (``verdict``'s thresholds, None: today's) needs it (``everywhere``: at every result), the vertebra evidence (:func:`~SpineRegistrationLib.rigid.verdict.vertebra_evidence`).
+    where the verdict (``verdict``'s thresholds, None: today's) needs it (``everywhere``: at every
+    result), the vertebra evidence (:func:`~SpineRegistrationLib.rigid.verdict.vertebra_evidence`).
     Neither moves the pose, so this is what registering again would write. Returns how many records changed."""
     from SpineRegistrationLib.rigid import RigidConfig
     from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
@@ -183,9 +184,9 @@ def draw_failures(records: list[dict], cases: list, path: Path, count: int, conf
         views = record.get("view_similarities") or [None, None]
         for view, ax in enumerate(axes[row]):
             draw_view(ax, case, view, [(record["matrix_ras"], "autumn")], pad_px=30)
-            score = "" if views[view] is None else f", view {views[view]:.2f}"
+            view_score = "" if views[view] is None else f", view {views[view]:.2f}"
             ax.set_title(f"case {record['case']} {record['vertebra']} {record['kind']} {'AP' if view == 0 else 'LAT'}: "
-                         f"{record['mtre_mm']:.2f} mm{score}\n{why or 'pass'}", fontsize=6)
+                         f"{record['mtre_mm']:.2f} mm{view_score}\n{why or 'pass'}", fontsize=6)
     figure.suptitle("The verdict's failures: X-ray, DRR at the result (orange), outline of the truth (cyan)", fontsize=8)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.25 / len(failures) / 3.6))
     figure.savefig(path, dpi=80)

@@ -16,8 +16,8 @@ from SpineRegistrationLib.rigid import RigidConfig
 from SpineRegistrationLib.rigid.problem import VertebraDRR, prepare_xray, pyramid
 from SpineRegistrationLib.rigid.refine import level_problem
 from SpineRegistrationLib.rigid.register import register_vertebra
-from SpineRegistrationLib.rigid.verdict import (AT_CT_EDGE, CUT_BY_CT, LOW_SIMILARITY, RIVAL_LEVEL, VIEW_DISAGREES, WEAK_EVIDENCE,
-                                                 final_similarities, judge, level_margin, needs_evidence,
+from SpineRegistrationLib.rigid.verdict import (AT_CT_EDGE, CUT_BY_CT, LOW_SIMILARITY, RIVAL_LEVEL, VIEW_DISAGREES,
+                                                 WEAK_EVIDENCE, final_similarities, judge, level_margin, needs_evidence,
                                                  vertebra_evidence)
 from SpineRegistrationLib.synthetic.phantom import PhantomConfig
 from SpineRegistrationLib.synthetic.sample_data import SampleConfig, make_sample
